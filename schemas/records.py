@@ -1,0 +1,20 @@
+"""States of a command in the results store."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Status(str, Enum):
+    """Where a command is. Only the last four are outcomes."""
+
+    pending = "pending"  # accepted, waiting in a buffer for its batch
+    sending = "sending"  # taken into a batch; the backend call may be under way
+    granted = "granted"  # the backend confirmed it
+    rejected = "rejected"  # the backend refused it (4xx); resending cannot help
+    failed = "failed"  # certainly not applied, retries exhausted; safe to replay
+    in_doubt = "in_doubt"  # sent, answer lost: may or may not be applied
+    conflict = "conflict"  # a repeat of a purchase id with a different payload
+
+
+FINAL_STATUSES = frozenset({Status.granted, Status.rejected, Status.failed, Status.in_doubt})

@@ -1,0 +1,154 @@
+"""The ledger's Lua scripts against a real redis-server: claims, batches,
+leases and fencing."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from schemas.records import Status
+from tests.helpers import command
+from worker.ledger import Ledger, Outcome
+from worker.results import Results
+
+TAKE = dict(max_inflight=100, flush_ms=60_000, lease_ms=5_000)
+
+
+@pytest.fixture
+def ledger(redis_client):
+    client, keys = redis_client
+    return Ledger(client, keys, ttl_ms=60_000, batch_limits={"grant": 50}, default_batch_limit=50)
+
+
+@pytest.fixture
+def results(redis_client):
+    client, keys = redis_client
+    return Results(client, keys)
+
+
+def ingest(ledger, ids, source="t", project=1, **kw):
+    return [r.result for r in ledger.ingest([(command(project, i, **kw), 1) for i in ids], source)]
+
+
+def test_claim_dedupes_and_refuses_conflicts(ledger, results):
+    assert ingest(ledger, ["a", "b"]) == ["new", "new"]
+    assert ingest(ledger, ["a"], source="other") == ["dup"]
+    assert ingest(ledger, ["a"], source="t") == ["redelivered"]  # same message again
+    assert ingest(ledger, ["a"], source="x", quantity=9) == ["conflict"]
+    rec = results.get(1, "a")
+    assert rec["status"] == "pending" and rec["duplicates"] == 1
+    assert rec["command"]["operation"]["items"][0]["quantity"] == 1
+    assert rec["conflicts"]["count"] == 1
+    assert results.stats()["counts"]["conflict"] == 1
+
+
+def test_concurrent_claims_of_one_purchase_admit_exactly_one(ledger):
+    outcomes, barrier = [], threading.Barrier(8)
+
+    def claim(n):
+        barrier.wait()
+        outcomes.extend(ingest(ledger, ["same"], source=f"s{n}"))
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["dup"] * 7 + ["new"]
+
+
+def test_take_cuts_batches_of_at_most_50_and_waits_for_the_interval(ledger, redis_client):
+    ingest(ledger, [f"p{i}" for i in range(120)])
+    batches = ledger.take(max_batches=10, **TAKE)
+    assert len(batches) == 2  # two full batches; 20 wait for the interval
+    client, keys = redis_client
+    sizes = [len(json.loads(client.hget(keys.batch(b), "members"))) for b in batches]
+    assert sizes == [50, 50]
+    assert ledger.take(max_batches=10, **TAKE) == []
+    (last,) = ledger.take(max_batches=10, **{**TAKE, "flush_ms": 0})
+    work = ledger.begin(last, "tok", lease_ms=5_000, idempotent=False)
+    assert len(work.purchase_ids) == 20 and work.purchase_ids[0] == "p100"
+
+
+def test_take_respects_the_inflight_bound(ledger):
+    ingest(ledger, [f"p{i}" for i in range(200)])
+    assert len(ledger.take(max_batches=10, **{**TAKE, "max_inflight": 3})) == 3
+
+
+def test_complete_writes_outcomes_and_the_stream(ledger, results, redis_client):
+    ingest(ledger, ["a", "b"])
+    (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
+    work = ledger.begin(bid, "tok", lease_ms=5_000, idempotent=False)
+    assert ledger.begin(bid, "other", lease_ms=5_000, idempotent=False) is None  # held
+    assert ledger.begin(bid, "tok", lease_ms=5_000, idempotent=False).attempt == 1  # same holder: no new attempt
+    owned, written = ledger.complete(work, [Outcome("a", "granted", {"ok": 1}), Outcome("b", "rejected", error="bad")])
+    assert (owned, written) == (True, 2)
+    assert results.get(1, "a")["status"] == "granted"
+    assert results.get(1, "b")["error"] == "bad"
+    client, keys = redis_client
+    assert [e[1]["status"] for e in client.xrange(keys.outcomes)] == ["granted", "rejected"]
+    assert client.zcard(keys.leases) == 0
+    # Completing twice (a retried round trip) changes nothing.
+    assert ledger.complete(work, [Outcome("a", "rejected")]) == (False, 0)
+    assert results.get(1, "a")["status"] == "granted"
+
+
+def test_expired_sending_lease_becomes_in_doubt_and_a_late_answer_resolves_it(ledger, results):
+    ingest(ledger, ["a"])
+    (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
+    work = ledger.begin(bid, "tok", lease_ms=1, idempotent=False)
+    time.sleep(0.01)
+    doubted, redispatch = ledger.recover(dispatch_lease_ms=1000)
+    assert (doubted, redispatch) == (1, [])
+    assert results.get(1, "a")["status"] == "in_doubt"
+    # The stalled worker's answer arrives after all: fenced, but it resolves the doubt.
+    assert ledger.complete(work, [Outcome("a", "granted")]) == (False, 1)
+    assert results.get(1, "a")["status"] == "granted"
+
+
+def test_expired_leased_batch_is_redispatched_and_idempotent_sending_resent(ledger):
+    ingest(ledger, ["a", "b"])
+    (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0, "lease_ms": 1})
+    time.sleep(0.01)
+    assert ledger.recover(dispatch_lease_ms=1000) == (0, [bid])
+    ledger.begin(bid, "tok", lease_ms=1, idempotent=True)
+    time.sleep(0.01)
+    assert ledger.recover(dispatch_lease_ms=1000) == (0, [bid])
+    assert ledger.begin(bid, "tok2", lease_ms=5000, idempotent=True).attempt == 2
+
+
+def test_release_retries_then_fails_after_max_attempts(ledger, results):
+    ingest(ledger, ["a"])
+    (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
+    for attempt in (1, 2):
+        work = ledger.begin(bid, f"t{attempt}", lease_ms=5000, idempotent=False)
+        assert work.attempt == attempt
+        assert ledger.release(work, delay_ms=0, error="503", max_attempts=2) == ("retry" if attempt == 1 else "failed")
+    rec = results.get(1, "a")
+    assert rec["status"] == "failed" and rec["error"] == "503" and rec["attempts"] == 2
+
+
+def test_split_halves_a_refused_batch(ledger, redis_client):
+    ingest(ledger, [f"p{i}" for i in range(5)])
+    (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
+    work = ledger.begin(bid, "tok", lease_ms=5000, idempotent=False)
+    left, right = ledger.split(work, lease_ms=5000)
+    halves = [ledger.begin(b, "t", lease_ms=5000, idempotent=False).purchase_ids for b in (left, right)]
+    assert halves == [["p0", "p1", "p2"], ["p3", "p4"]]
+    single = ledger.begin(left, "t", lease_ms=5000, idempotent=False)
+    ingest(ledger, ["solo"])
+    (sb,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
+    assert ledger.split(ledger.begin(sb, "t", lease_ms=5000, idempotent=False), lease_ms=5000) is None
+    assert single.attempt == 1
+
+
+def test_list_and_stats_by_status(ledger, results):
+    ingest(ledger, ["a", "b", "c"], project=5)
+    assert [r["external_purchase_id"] for r in results.list(Status.pending, project_id=5)] == ["a", "b", "c"]
+    stats = results.stats()
+    assert stats["counts"]["pending"] == 3 and stats["waiting"] == 3
+    assert stats["oldest_waiting_age_s"] >= 0

@@ -1,0 +1,133 @@
+"""The sender's decision table, with the backend answering through httpx's
+injected transport (the real client, an in-process server function)."""
+
+from __future__ import annotations
+
+import random
+
+import httpx
+import pytest
+
+from tests.helpers import command
+from worker.backends.http import retry_after_s
+from worker.backends.xsolla import XsollaInventory
+from worker.ledger import Ledger
+from worker.results import Results
+from worker.sender import Sender, backoff_s
+from worker.settings import Settings
+
+
+def ok(request: httpx.Request) -> httpx.Response:
+    import json
+
+    ops = json.loads(request.content)
+    return httpx.Response(200, json={"count": len(ops), "operations": [
+        {"user": o["user"], "purchase": {"external_purchase_id": o["purchase"]["external_purchase_id"]},
+         "items": [{**i, "balance": i["quantity"]} for i in o["items"]]} for o in ops]})
+
+
+@pytest.fixture
+def harness(redis_client):
+    client, keys = redis_client
+    calls: list[httpx.Request] = []
+    answers: list = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        answer = answers.pop(0) if answers else ok
+        if isinstance(answer, Exception):
+            raise answer
+        return answer(request) if callable(answer) else answer
+
+    settings = Settings(xsolla_base_url="http://xsolla.test", xsolla_merchant_id="m", xsolla_api_key="k",
+                        retry_max_attempts=3)
+    ledger = Ledger(client, keys, ttl_ms=60_000, batch_limits={"grant": 50}, default_batch_limit=50)
+    dispatched: list[str] = []
+
+    def build(idempotent=False):
+        backend = XsollaInventory.from_settings(settings.model_copy(update={"xsolla_idempotent": idempotent}),
+                                                httpx.MockTransport(handler))
+        return Sender(ledger, backend, settings, dispatched.extend, rng=random.Random(1))
+
+    def batch(ids):
+        ledger.ingest([(command(3, i), 1) for i in ids], "t")
+        return ledger.take(max_batches=1, max_inflight=10, flush_ms=0, lease_ms=5000)[0]
+
+    return type("H", (), dict(calls=calls, answers=answers, build=build, batch=batch, dispatched=dispatched,
+                              results=Results(client, keys)))
+
+
+def test_success_grants_each_operation_with_its_answer(harness):
+    bid = harness.batch(["a", "b"])
+    assert harness.build().send(bid)["granted"] == 2
+    req = harness.calls[0]
+    assert req.url.path == "/v2/project/3/inventory/purchase"
+    assert req.headers["authorization"].startswith("Basic ")
+    assert harness.results.get(3, "b")["response"]["items"][0]["balance"] == 1
+
+
+def test_retryable_answers_back_off_then_fail_after_max_attempts(harness):
+    bid = harness.batch(["a"])
+    sender = harness.build()
+    harness.answers.extend([httpx.Response(503), httpx.Response(429, headers={"Retry-After": "7"}),
+                            httpx.ConnectError("refused")])
+    assert sender.send(bid)["state"] == "retry"
+    assert sender.send(bid)["retry_in_s"] >= 7  # Retry-After honoured
+    assert sender.send(bid)["state"] == "failed"
+    rec = harness.results.get(3, "a")
+    assert rec["status"] == "failed" and "could not connect" in rec["error"]
+
+
+def test_whole_batch_4xx_splits_then_rejects_the_single_bad_one(harness):
+    bid = harness.batch(["a", "b"])
+    harness.answers.append(httpx.Response(404, json={"statusCode": 404, "errorMessage": "Item with sku not found"}))
+    out = harness.build().send(bid)
+    assert len(out["split_into"]) == 2 and harness.dispatched == out["split_into"]
+    harness.answers.append(httpx.Response(422, json={"statusCode": 422}))
+    harness.build().send(harness.dispatched[0])
+    harness.build().send(harness.dispatched[1])
+    assert harness.results.get(3, "a")["status"] == "rejected"
+    assert harness.results.get(3, "b")["status"] == "granted"
+
+
+def test_auth_failure_fails_without_retrying(harness):
+    bid = harness.batch(["a"])
+    harness.answers.append(httpx.Response(403, json={"errorMessage": "forbidden"}))
+    harness.build().send(bid)
+    assert harness.results.get(3, "a")["status"] == "failed"
+    assert len(harness.calls) == 1
+
+
+def test_unknown_outcome_is_in_doubt_unless_idempotent(harness):
+    bid = harness.batch(["a"])
+    harness.answers.append(httpx.ReadTimeout("slow"))
+    harness.build().send(bid)
+    assert harness.results.get(3, "a")["status"] == "in_doubt"
+    bid = harness.batch(["b"])
+    harness.answers.append(httpx.RemoteProtocolError("Server disconnected without sending a response."))
+    assert harness.build(idempotent=True).send(bid)["state"] == "retry"
+    assert harness.build(idempotent=True).send(bid)["granted"] == 1
+
+
+def test_answer_missing_an_operation_leaves_it_in_doubt(harness):
+    bid = harness.batch(["a", "b"])
+    harness.answers.append(httpx.Response(200, json={"count": 1, "operations": [
+        {"user": {"id": "user-1"}, "purchase": {"external_purchase_id": "a"}, "items": []}]}))
+    harness.build().send(bid)
+    assert harness.results.get(3, "a")["status"] == "granted"
+    assert harness.results.get(3, "b")["status"] == "in_doubt"
+
+
+def test_backoff_grows_is_jittered_and_capped():
+    rng = random.Random(0)
+    delays = [backoff_s(a, base=0.5, cap=30, retry_after=None, rng=rng) for a in range(1, 12)]
+    assert all(0.25 <= d <= 0.5 for d in delays[:1])
+    assert all(15 <= d <= 30 for d in delays[7:])
+    assert backoff_s(1, base=0.5, cap=30, retry_after=12, rng=rng) == 12
+    assert retry_after_s("3") == 3 and retry_after_s("garbage") is None
+
+
+def test_more_than_50_operations_are_never_sent():
+    backend = XsollaInventory(httpx.Client(transport=httpx.MockTransport(ok), base_url="http://x"), idempotent=False)
+    with pytest.raises(ValueError):
+        backend.send("grant", 1, [command(1, str(i)).body() for i in range(51)])

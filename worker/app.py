@@ -1,0 +1,77 @@
+"""The Celery application: configuration from :class:`Settings`, the two
+tasks, and the sweeper bootstep. ``celery -A worker worker`` is a complete
+deployment; start more of them (anywhere) for more capacity."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery, signals
+from kombu import Queue
+
+from worker import logs, tasks
+from worker.runtime import Runtime
+from worker.settings import Settings
+from worker.sweeper import SweeperStep
+
+
+class GrantsCelery(Celery):
+    """Celery app carrying the settings and a per-process :class:`Runtime`."""
+
+    grants_settings: Settings
+    _grants_runtime: Runtime | None = None
+
+    def grants_runtime(self) -> Runtime:
+        """This process's runtime (a forked pool child builds its own)."""
+        rt = self._grants_runtime
+        if rt is None or rt.pid != os.getpid():
+            rt = self._grants_runtime = Runtime(self.grants_settings, self.dispatch_batches)
+        return rt
+
+    def dispatch_batches(self, batch_ids: list[str]) -> None:
+        """Queue one ``send_batch`` task per batch, on one broker connection."""
+        with self.producer_or_acquire() as producer:
+            for batch_id in batch_ids:
+                self.send_task(tasks.SEND_BATCH, args=[batch_id], queue=tasks.SEND_QUEUE, producer=producer)
+
+
+def create_app(settings: Settings) -> GrantsCelery:
+    """Build the app from settings (parsed once by the entry point)."""
+    app = GrantsCelery("grants", broker=settings.effective_broker_url, set_as_current=True)
+    app.grants_settings = settings
+    app.conf.update(
+        # A message is acked only after its task ran; a task whose pool process
+        # died is put back at once instead of being acked as failed.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One message per pool process at a time: a killed worker strands little.
+        worker_prefetch_multiplier=1,
+        worker_concurrency=settings.worker_concurrency,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        # A running task whose broker connection dropped finishes its HTTP call
+        # and records the outcome in Redis; cancelling it would create doubt.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        # Task events for Flower.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_queues=(Queue(tasks.INGEST_QUEUE), Queue(tasks.SEND_QUEUE)),
+        task_default_queue=tasks.INGEST_QUEUE,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+    )
+    app.task(name=tasks.INGEST, bind=True, queue=tasks.INGEST_QUEUE)(tasks.ingest)
+    app.task(name=tasks.SEND_BATCH, bind=True, queue=tasks.SEND_QUEUE)(tasks.send_batch)
+    app.steps["worker"].add(SweeperStep)
+
+    @signals.setup_logging.connect(weak=False)
+    def _logging(**_kw):  # replaces Celery's own logging set-up
+        logs.configure(settings)
+
+    return app

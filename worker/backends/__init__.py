@@ -1,0 +1,6 @@
+"""Inventory backends: one class per external system, one interface."""
+
+from worker.backends.base import Backend, OpResult
+from worker.backends.xsolla import XsollaInventory
+
+__all__ = ["Backend", "OpResult", "XsollaInventory"]

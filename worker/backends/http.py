@@ -1,0 +1,101 @@
+"""The HTTP edge: the pooled client, and the one place where httpx errors and
+HTTP statuses become :mod:`worker.errors`.
+
+Whether a failed request may have reached the backend decides everything
+downstream, so the mapping is explicit:
+
+- never connected, or the body was not fully written -> ``ConnectFailed`` (not applied)
+- 429 -> ``RateLimited``; 408/5xx -> ``ServerError`` (the backend says it did not apply)
+- 401/403 -> ``AuthFailed``; other 4xx -> ``InvalidRequest``
+- sent but no (complete) answer -> ``OutcomeUnknown``
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Iterator
+
+import httpx
+
+from worker import errors
+
+# Error bodies are kept for the record and logs, cut to this many characters.
+MAX_ERROR_BODY = 500
+
+
+def build_client(
+    base_url: str,
+    *,
+    auth: httpx.Auth | None,
+    headers: dict[str, str] | None = None,
+    connect_timeout: float,
+    read_timeout: float,
+    write_timeout: float,
+    max_connections: int,
+    transport: httpx.BaseTransport | None = None,
+) -> httpx.Client:
+    """One pooled client per process; ``transport`` is injectable for tests."""
+    return httpx.Client(
+        base_url=base_url,
+        auth=auth,
+        headers=headers,
+        timeout=httpx.Timeout(
+            connect=connect_timeout, read=read_timeout, write=write_timeout, pool=connect_timeout
+        ),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        transport=transport,
+    )
+
+
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Map transport failures of the request described by ``what``."""
+    try:
+        yield
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        raise errors.ConnectFailed(f"{what}: could not connect ({type(exc).__name__})") from None
+    except (httpx.WriteError, httpx.WriteTimeout) as exc:
+        # The request body did not fully leave us: the backend cannot have
+        # parsed, let alone applied, a truncated JSON body.
+        raise errors.ConnectFailed(f"{what}: request not fully sent ({type(exc).__name__})") from None
+    except httpx.TimeoutException as exc:
+        raise errors.OutcomeUnknown(f"{what}: sent, no answer in time ({type(exc).__name__})") from None
+    except httpx.TransportError as exc:
+        # ReadError, RemoteProtocolError ("server disconnected without sending
+        # a response"): the request was sent, the answer lost.
+        raise errors.OutcomeUnknown(f"{what}: sent, connection lost ({type(exc).__name__})") from None
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Retry-After as seconds: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def check_status(response: httpx.Response, what: str) -> None:
+    """Raise the matching error for a non-2xx response."""
+    status = response.status_code
+    if status < 300:
+        return
+    body = response.text[:MAX_ERROR_BODY]
+    message = f"{what}: HTTP {status}: {body}"
+    if status == 429:
+        raise errors.RateLimited(
+            message, retry_after=retry_after_s(response.headers.get("retry-after")), status=status, body=body
+        )
+    if status == 408 or status >= 500:
+        raise errors.ServerError(message, status=status, body=body)
+    if status in (401, 403):
+        raise errors.AuthFailed(message, status=status, body=body)
+    raise errors.InvalidRequest(message, status=status, body=body)

@@ -1,0 +1,97 @@
+"""Xsolla inventory API: ``POST /v2/project/{project_id}/inventory/purchase``.
+
+At most 50 operations per call (Xsolla ignores the rest without a word), HTTP
+Basic auth with the merchant id and API key. A 200 answers
+``{"count": n, "operations": [...]}``, one entry per operation with each item's
+new ``balance``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+
+from worker.backends.base import OpResult
+from worker.backends.http import build_client, check_status, translated
+from worker.settings import XSOLLA_MAX_BATCH, Settings
+
+_PATHS = {"grant": "purchase"}
+
+
+class XsollaInventory:
+    """Backend for Xsolla's inventory API."""
+
+    name = "xsolla"
+    max_batch = XSOLLA_MAX_BATCH
+
+    def __init__(self, client: httpx.Client, *, idempotent: bool):
+        self.client = client
+        self.idempotent = idempotent
+
+    @classmethod
+    def from_settings(cls, settings: Settings, transport: httpx.BaseTransport | None = None) -> "XsollaInventory":
+        client = build_client(
+            settings.xsolla_base_url,
+            auth=httpx.BasicAuth(settings.xsolla_merchant_id, settings.xsolla_api_key.get_secret_value()),
+            connect_timeout=settings.http_connect_timeout_s,
+            read_timeout=settings.http_read_timeout_s,
+            write_timeout=settings.http_write_timeout_s,
+            max_connections=settings.http_max_connections,
+            transport=transport,
+        )
+        return cls(client, idempotent=settings.xsolla_idempotent)
+
+    def send(self, kind: str, project_id: int, operations: list[dict[str, Any]]) -> list[OpResult]:
+        """One call of at most 50 operations; one result per operation."""
+        if len(operations) > self.max_batch:
+            # Xsolla would drop the surplus silently: refuse to lose a grant.
+            raise ValueError(f"{len(operations)} operations in one call; Xsolla takes {self.max_batch}")
+        path = f"/v2/project/{project_id}/inventory/{_PATHS[kind]}"
+        what = f"POST {path} ({len(operations)} operations)"
+        with translated(what):
+            response = self.client.post(
+                path, content=orjson.dumps(operations), headers={"content-type": "application/json"}
+            )
+        check_status(response, what)
+        return match_operations(operations, _json(response))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        body = None
+    return body if isinstance(body, dict) else {}
+
+
+def match_operations(sent: list[dict[str, Any]], body: dict[str, Any]) -> list[OpResult]:
+    """Pair the answer's operations with what was sent.
+
+    By external_purchase_id when the answer carries it, else by position
+    (Xsolla answers in request order). An operation the answer does not
+    mention was not confirmed: it is in doubt, never assumed granted.
+    """
+    answered = body.get("operations") if isinstance(body.get("operations"), list) else []
+    by_id = {
+        op.get("purchase", {}).get("external_purchase_id"): op
+        for op in answered
+        if isinstance(op, dict) and isinstance(op.get("purchase"), dict)
+    }
+    results = []
+    for i, op in enumerate(sent):
+        epid = op["purchase"]["external_purchase_id"]
+        match = by_id.get(epid)
+        if match is None and not by_id and i < len(answered) and isinstance(answered[i], dict):
+            candidate = answered[i]
+            if candidate.get("user", {}).get("id") == op["user"]["id"]:
+                match = candidate
+        if match is None:
+            results.append(OpResult("in_doubt", error="the backend answered 200 but did not report this operation"))
+        else:
+            results.append(OpResult("granted", response=match))
+    return results

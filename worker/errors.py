@@ -1,0 +1,73 @@
+"""The exception tree. Library errors are translated into it once, at the edge
+(:mod:`worker.backends.http`), so the rest of the code decides on three
+questions only: may I retry, is it final, or is the outcome unknown?
+
+    GrantsError
+    ├── ConfigError               settings that cannot work
+    └── BackendError
+        ├── Retryable             certainly NOT applied: safe to send again
+        │   ├── ConnectFailed     refused, DNS, connect/pool timeout, write failed
+        │   ├── RateLimited       429 (carries Retry-After)
+        │   └── ServerError       5xx
+        ├── Permanent             the backend refused; resending cannot help
+        │   ├── InvalidRequest    400/404/409/413/422: split the batch to find the bad one
+        │   └── AuthFailed        401/403: fix credentials, then replay
+        └── OutcomeUnknown        sent, no answer (read timeout, dropped connection)
+"""
+
+from __future__ import annotations
+
+
+class GrantsError(Exception):
+    """Base of every error this service raises on purpose."""
+
+
+class ConfigError(GrantsError):
+    """Configuration that cannot work (missing credentials, bad URL)."""
+
+
+class BackendError(GrantsError):
+    """A backend call did not return a usable answer."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class Retryable(BackendError):
+    """The request certainly did not take effect; sending it again is safe."""
+
+    retry_after: float | None = None
+
+
+class ConnectFailed(Retryable):
+    """No connection, or the request never fully left us."""
+
+
+class RateLimited(Retryable):
+    """HTTP 429. ``retry_after`` is the backend's Retry-After in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None, **kw):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class ServerError(Retryable):
+    """HTTP 5xx: the backend reported its own failure before applying."""
+
+
+class Permanent(BackendError):
+    """The backend refused the request; the same request will be refused again."""
+
+
+class InvalidRequest(Permanent):
+    """The request (or one operation in it) is invalid: 400/404/409/413/422."""
+
+
+class AuthFailed(Permanent):
+    """Credentials refused (401/403). Nothing was applied."""
+
+
+class OutcomeUnknown(BackendError):
+    """The request was sent and the answer lost: it may or may not have applied."""

@@ -1,0 +1,94 @@
+"""Every Redis key the service uses, and every number that governs their life.
+
+One place, so that a reader can see the whole data model at once:
+
+- ``{p}:rec:{project}:{purchase}``  hash, one per command: the results record
+  *and* the dedupe claim (it exists => the purchase was seen).
+- ``{p}:conflict:{project}:{purchase}``  hash: repeats whose payload differed.
+- ``{p}:idx:{status}``  sorted set of ``project:purchase`` by time of entering
+  that status: lists by status and time, counts for stats.
+- ``{p}:buf:{lane}``  list of purchase ids waiting for a batch, FIFO. A lane is
+  ``kind:project`` (one backend endpoint of one project).
+- ``{p}:lanes``  sorted set lane -> received time of its oldest waiting command.
+- ``{p}:batch:{id}``  hash: a taken batch (members, state, fencing token).
+- ``{p}:leases``  sorted set batch id -> lease deadline (ms).
+- ``{p}:seq:batch``  counter for batch ids.
+- ``{p}:outcomes``  stream of final outcomes for the purchase pipeline.
+- ``{p}:lock:sweeper``  the recovery timer's lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Outcome stream length cap (approximate trimming, MAXLEN ~). 1,000,000 entries
+# of ~120 bytes is ~120 MB: days of traffic for a consumer to fall behind by.
+OUTCOME_STREAM_MAXLEN = 1_000_000
+
+# The sweeper lock lives 5 ticks: long enough to survive a slow tick, short
+# enough that another worker takes over within half a second if the holder dies.
+SWEEPER_LOCK_TICKS = 5
+
+# Index entries older than the retention are trimmed by the sweeper this often:
+# trimming is O(log n) per removal and there is no hurry.
+INDEX_TRIM_INTERVAL_S = 60.0
+
+# Lanes the take script looks at per call (oldest first). Keeps one script call
+# short (it blocks Redis) however many projects are waiting.
+TAKE_SCAN_LANES = 100
+
+# Expired leases recovered per sweeper tick, for the same reason.
+RECOVER_PER_TICK = 200
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix (``GRANTS_KEY_PREFIX``)."""
+
+    prefix: str = "grants"
+
+    def record(self, project_id: int | str, purchase_id: str) -> str:
+        return f"{self.prefix}:rec:{project_id}:{purchase_id}"
+
+    def conflict(self, project_id: int | str, purchase_id: str) -> str:
+        return f"{self.prefix}:conflict:{project_id}:{purchase_id}"
+
+    def index(self, status: str) -> str:
+        return f"{self.prefix}:idx:{status}"
+
+    def buffer(self, lane: str) -> str:
+        return f"{self.prefix}:buf:{lane}"
+
+    @property
+    def lanes(self) -> str:
+        return f"{self.prefix}:lanes"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.prefix}:leases"
+
+    @property
+    def outcomes(self) -> str:
+        return f"{self.prefix}:outcomes"
+
+    @property
+    def sweeper_lock(self) -> str:
+        return f"{self.prefix}:lock:sweeper"
+
+
+def lane(kind: str, project_id: int | str) -> str:
+    """The buffer a command waits in: one backend endpoint of one project."""
+    return f"{kind}:{project_id}"
+
+
+def index_member(project_id: int | str, purchase_id: str) -> str:
+    """Index member; project ids are integers, so the first ':' splits it."""
+    return f"{project_id}:{purchase_id}"
+
+
+def split_member(member: str) -> tuple[int, str]:
+    project, _, purchase = member.partition(":")
+    return int(project), purchase

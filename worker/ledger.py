@@ -1,0 +1,179 @@
+"""The write path of the ledger: every state change of a command, each one a
+single Lua script so that Redis applies it whole or not at all.
+
+    ingest   claim + buffer            (producer message -> pending)
+    take     batch take + lease        (pending -> sending, batch 'leased')
+    begin    fencing token + lease     (batch 'sending', right before HTTP)
+    complete outcome + release         (sending -> granted/rejected/failed/in_doubt)
+    release  back off                  (batch 'leased' until the retry time)
+    split    halve a refused batch     (two new 'leased' batches)
+    recover  expired leases            (redispatch, or in_doubt)
+
+Each script is safe to run twice with the same arguments (redis-py retries a
+command whose reply was lost when Redis restarts): tokens and states make the
+second run a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+
+import redis
+
+from schemas.commands import GrantCommand
+from worker import keys as K
+from worker.keys import Keys
+
+_SCRIPTS = ("ingest", "take", "begin", "complete", "release", "split", "recover")
+
+
+def _load_lua(name: str) -> str:
+    return resources.files("worker").joinpath("lua", f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What became of one incoming command."""
+
+    command: GrantCommand
+    result: str  # new | dup | redelivered | conflict
+
+
+@dataclass(frozen=True)
+class BatchWork:
+    """A batch this process now holds under ``token``: send it, then complete it."""
+
+    batch_id: str
+    token: str
+    project_id: int
+    kind: str
+    attempt: int
+    purchase_ids: list[str]
+    commands: list[dict]  # the stored command messages, in batch order
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The final word on one command of a batch."""
+
+    purchase_id: str
+    status: str
+    result: dict | list | None = None
+    error: str = ""
+
+
+class Ledger:
+    """Atomic state changes of commands and batches in Redis."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        ttl_ms: int,
+        batch_limits: dict[str, int],
+        default_batch_limit: int,
+    ):
+        self.redis = client
+        self.keys = keys
+        self.ttl_ms = ttl_ms
+        self.batch_limits_json = json.dumps(batch_limits)
+        self.default_batch_limit = default_batch_limit
+
+    @cached_property
+    def _scripts(self) -> dict:
+        lib = _load_lua("_lib")
+        return {n: self.redis.register_script(lib + "\n" + _load_lua(n)) for n in _SCRIPTS}
+
+    def _run(self, name: str, *args) -> list:
+        return self._scripts[name](args=[self.keys.prefix, *args])
+
+    # --- write path -------------------------------------------------------
+
+    def ingest(
+        self, commands: list[tuple[GrantCommand, int | None]], source: str
+    ) -> list[Ingested]:
+        """Claim each command's purchase id and buffer the new ones."""
+        if not commands:
+            return []
+        args: list = [self.ttl_ms, source]
+        for command, enqueued_at in commands:
+            message = command.to_message(enqueued_at or 0)
+            args += [
+                K.lane(command.kind, command.project_id),
+                command.project_id,
+                command.external_purchase_id,
+                command.payload_hash(),
+                json.dumps(message, separators=(",", ":")),
+                enqueued_at or 0,
+            ]
+        results = self._run("ingest", *args)
+        return [Ingested(c, r) for (c, _), r in zip(commands, results)]
+
+    def take(
+        self, *, max_batches: int, max_inflight: int, flush_ms: int, lease_ms: int
+    ) -> list[str]:
+        """Take ready batches (full, or oldest waited ``flush_ms``); returns their ids."""
+        return self._run(
+            "take",
+            max_inflight,
+            flush_ms,
+            lease_ms,
+            max_batches,
+            K.TAKE_SCAN_LANES,
+            self.batch_limits_json,
+            self.default_batch_limit,
+        )
+
+    def begin(
+        self, batch_id: str, token: str, *, lease_ms: int, idempotent: bool
+    ) -> BatchWork | None:
+        """Hold the batch for one send; None if it is gone or held by someone else."""
+        reply = self._run("begin", batch_id, token, lease_ms, int(idempotent))
+        if reply[0] != "ok":
+            return None
+        _, project_id, attempt, kind, *pairs = reply
+        ids = pairs[0::2]
+        commands = [json.loads(c) if c else None for c in pairs[1::2]]
+        return BatchWork(batch_id, token, int(project_id), kind, int(attempt), ids, commands)
+
+    def complete(self, work: BatchWork, outcomes: list[Outcome]) -> tuple[bool, int]:
+        """Write outcomes and release the batch. Returns (still owned, written)."""
+        args: list = [work.batch_id, work.token, work.project_id, self.ttl_ms, K.OUTCOME_STREAM_MAXLEN]
+        for o in outcomes:
+            args += [
+                o.purchase_id,
+                o.status,
+                "" if o.result is None else json.dumps(o.result, separators=(",", ":")),
+                o.error,
+            ]
+        state, written = self._run("complete", *args)
+        return state == "ok", int(written)
+
+    def release(self, work: BatchWork, *, delay_ms: int, error: str, max_attempts: int) -> str:
+        """Retry later (``'retry'``), or fail for good past max attempts (``'failed'``)."""
+        return self._run(
+            "release",
+            work.batch_id,
+            work.token,
+            delay_ms,
+            error,
+            max_attempts,
+            self.ttl_ms,
+            K.OUTCOME_STREAM_MAXLEN,
+        )[0]
+
+    def split(self, work: BatchWork, *, lease_ms: int) -> list[str] | None:
+        """Halve the batch; None when it is a single command (or no longer ours)."""
+        reply = self._run("split", work.batch_id, work.token, lease_ms)
+        return reply[1:] if reply[0] == "ok" else None
+
+    def recover(self, *, dispatch_lease_ms: int) -> tuple[int, list[str]]:
+        """Handle expired leases. Returns (commands marked in_doubt, batches to dispatch)."""
+        doubted, *ids = self._run(
+            "recover", K.RECOVER_PER_TICK, dispatch_lease_ms, self.ttl_ms, K.OUTCOME_STREAM_MAXLEN
+        )
+        return int(doubted), ids

@@ -1,0 +1,43 @@
+-- Claim + buffer, for a chunk of commands, atomically.
+-- ARGV: prefix, ttl_ms, source (task id), then per command:
+--       lane, project_id, external_purchase_id, payload_hash, command_json, enqueued_at
+-- Returns one code per command: new | dup | redelivered | conflict
+local ttl = tonumber(ARGV[2])
+local src = ARGV[3]
+local now = now_ms()
+local out = {}
+for i = 4, #ARGV, 6 do
+  local lane, pid, epid, h, cmd, enq = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
+  local rk = rec_key(pid, epid)
+  local cur = redis.call('HMGET', rk, 'h', 'src')
+  if not cur[1] then
+    -- First sight: the record is the dedupe claim, kept as long as the outcome.
+    redis.call('HSET', rk, 'pid', pid, 'epid', epid, 'h', h, 'cmd', cmd, 'lane', lane,
+      'rcv', now, 'enq', enq, 'att', 0, 'dup', 0, 'src', src)
+    set_status(rk, pid, epid, nil, 'pending', now)
+    redis.call('PEXPIRE', rk, ttl)
+    local buf = P .. ':buf:' .. lane
+    if redis.call('RPUSH', buf, epid) == 1 then
+      redis.call('ZADD', LANES, now, lane)
+    end
+    out[#out + 1] = 'new'
+  elseif cur[1] == h then
+    if cur[2] == src then
+      -- The same broker message delivered again (worker died before its ack).
+      out[#out + 1] = 'redelivered'
+    else
+      redis.call('HINCRBY', rk, 'dup', 1)
+      out[#out + 1] = 'dup'
+    end
+  else
+    -- Same purchase id, different payload: refuse the repeat, keep the original.
+    local ck = P .. ':conflict:' .. pid .. ':' .. epid
+    redis.call('HSET', ck, 'pid', pid, 'epid', epid, 'h', h, 'cmd', cmd, 'at', now,
+      'err', 'external_purchase_id already used with a different payload (original hash ' .. cur[1] .. ')')
+    redis.call('HINCRBY', ck, 'n', 1)
+    redis.call('PEXPIRE', ck, ttl)
+    redis.call('ZADD', idx_key('conflict'), now, pid .. ':' .. epid)
+    out[#out + 1] = 'conflict'
+  end
+end
+return out

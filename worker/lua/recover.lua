@@ -1,0 +1,38 @@
+-- The sweeper's pass over expired leases.
+-- * leased (never sent, or waiting out a backoff): dispatch again.
+-- * sending, backend idempotent: send again.
+-- * sending otherwise: the worker died or stalled mid-call; the request may
+--   have applied. Mark its commands in_doubt; never resend silently.
+-- ARGV: prefix, max, dispatch_lease_ms, ttl_ms, stream_maxlen
+-- Returns {in_doubt_count, batch ids to dispatch...}
+local max, lease_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttl, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5])
+local now = now_ms()
+local out = {0}
+local doubted = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, max)) do
+  local bk = batch_key(id)
+  local b = redis.call('HMGET', bk, 'st', 'pid', 'members', 'idem')
+  if not b[1] then
+    redis.call('ZREM', LEASES, id)
+  elseif b[1] == 'leased' or b[4] == '1' then
+    redis.call('HSET', bk, 'st', 'leased', 'tok', '')
+    redis.call('ZADD', LEASES, now + lease_ms, id)
+    out[#out + 1] = id
+  else
+    local pid = b[2]
+    for _, epid in ipairs(cjson.decode(b[3])) do
+      local rk = rec_key(pid, epid)
+      if redis.call('HGET', rk, 'st') == 'sending' then
+        finalize(rk, pid, epid, 'sending', 'in_doubt', '',
+          'lease ' .. id .. ' expired during the backend call: the worker died or stalled; the grant may or may not be applied',
+          now, ttl, maxlen)
+        doubted = doubted + 1
+      end
+    end
+    redis.call('DEL', bk)
+    redis.call('ZREM', LEASES, id)
+  end
+end
+out[1] = doubted
+return out

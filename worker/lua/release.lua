@@ -1,0 +1,31 @@
+-- Hand a batch back for a later attempt (the call certainly did not apply, or
+-- the backend is idempotent): state 'leased' with the lease ending at the retry
+-- time, so the sweeper dispatches it then. Past max attempts, every command
+-- fails (certainly not applied: safe to replay).
+-- ARGV: prefix, batch_id, token, delay_ms, error, max_attempts, ttl_ms, stream_maxlen
+-- Returns {'retry'|'failed'|'fenced'}
+local id, token, delay_ms, err = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local max_attempts, ttl, maxlen = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local bk = batch_key(id)
+local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'att')
+if not (b[1] == 'sending' and b[2] == token) then return {'fenced'} end
+local pid = b[3]
+local members = cjson.decode(b[4])
+local now = now_ms()
+if tonumber(b[5]) >= max_attempts then
+  for _, epid in ipairs(members) do
+    local rk = rec_key(pid, epid)
+    if redis.call('HGET', rk, 'st') == 'sending' then
+      finalize(rk, pid, epid, 'sending', 'failed', '', err, now, ttl, maxlen)
+    end
+  end
+  redis.call('DEL', bk)
+  redis.call('ZREM', LEASES, id)
+  return {'failed'}
+end
+redis.call('HSET', bk, 'st', 'leased', 'tok', '', 'err', err)
+redis.call('ZADD', LEASES, now + delay_ms, id)
+for _, epid in ipairs(members) do
+  redis.call('HSET', rec_key(pid, epid), 'err', err)
+end
+return {'retry'}

@@ -1,0 +1,59 @@
+-- Batch take + lease, atomically: pop up to `limit` waiting commands of a lane
+-- into a new batch, mark them sending, and lease the batch.
+-- A lane is taken when it holds a full batch, or when its oldest command has
+-- waited flush_ms. Oldest lanes first; bounded by max_inflight leases overall.
+-- ARGV: prefix, max_inflight, flush_ms, lease_ms, max_batches, scan_lanes,
+--       limits (JSON kind -> batch limit), default_limit
+-- Returns the new batch ids.
+local max_inflight = tonumber(ARGV[2])
+local flush_ms = tonumber(ARGV[3])
+local lease_ms = tonumber(ARGV[4])
+local max_batches = tonumber(ARGV[5])
+local scan = tonumber(ARGV[6])
+local limits = cjson.decode(ARGV[7])
+local default_limit = tonumber(ARGV[8])
+
+local taken = {}
+local inflight = redis.call('ZCARD', LEASES)
+if inflight >= max_inflight then return taken end
+local now = now_ms()
+local lanes = redis.call('ZRANGE', LANES, 0, scan - 1, 'WITHSCORES')
+for i = 1, #lanes, 2 do
+  local lane, oldest = lanes[i], tonumber(lanes[i + 1])
+  local kind, pid = string.match(lane, '^([^:]+):(.+)$')
+  local limit = tonumber(limits[kind]) or default_limit
+  local buf = P .. ':buf:' .. lane
+  while #taken < max_batches and inflight < max_inflight do
+    local n = redis.call('LLEN', buf)
+    if n == 0 then break end
+    if n < limit and now - oldest < flush_ms then break end
+    local members = {}
+    for _, epid in ipairs(redis.call('LPOP', buf, limit)) do
+      local rk = rec_key(pid, epid)
+      -- Skip commands that left 'pending' while waiting (cancelled, expired).
+      if redis.call('HGET', rk, 'st') == 'pending' then members[#members + 1] = epid end
+    end
+    if #members > 0 then
+      local id = 'b' .. redis.call('INCR', P .. ':seq:batch')
+      redis.call('HSET', batch_key(id), 'lane', lane, 'kind', kind, 'pid', pid,
+        'members', cjson.encode(members), 'st', 'leased', 'att', 0, 'created', now)
+      redis.call('ZADD', LEASES, now + lease_ms, id)
+      for _, epid in ipairs(members) do
+        local rk = rec_key(pid, epid)
+        set_status(rk, pid, epid, 'pending', 'sending', now)
+        redis.call('HSET', rk, 'bat', id)
+      end
+      inflight = inflight + 1
+      taken[#taken + 1] = id
+    end
+    local head = redis.call('LINDEX', buf, 0)
+    if not head then
+      redis.call('ZREM', LANES, lane)
+      break
+    end
+    oldest = tonumber(redis.call('HGET', rec_key(pid, head), 'rcv')) or now
+    redis.call('ZADD', LANES, oldest, lane)
+  end
+  if #taken >= max_batches or inflight >= max_inflight then break end
+end
+return taken

@@ -1,0 +1,151 @@
+"""The read side of the results store: one record per command, lists by status
+and time, and the figures ops watch (counts, backlog, oldest waiting)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+
+from schemas.records import Status
+from worker.keys import Keys, split_member
+
+_INT_FIELDS = {"att": "attempts", "dup": "duplicates"}
+_TIME_FIELDS = {
+    "enq": "enqueued_at",
+    "rcv": "received_at",
+    "snt": "sent_at",
+    "cpl": "completed_at",
+}
+
+
+def iso_ms(ms: str | int | None) -> str | None:
+    """Milliseconds since the epoch as ISO 8601 UTC (None for unset)."""
+    if ms in (None, "", "0", 0):
+        return None
+    return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def record_view(raw: dict[str, str]) -> dict[str, Any]:
+    """The public JSON shape of a stored record hash."""
+    view: dict[str, Any] = {
+        "project_id": int(raw["pid"]),
+        "external_purchase_id": raw["epid"],
+        "status": raw.get("st"),
+    }
+    for field, name in _INT_FIELDS.items():
+        view[name] = int(raw.get(field) or 0)
+    for field, name in _TIME_FIELDS.items():
+        view[name] = iso_ms(raw.get(field))
+    view["batch_id"] = raw.get("bat") or None
+    view["response"] = json.loads(raw["res"]) if raw.get("res") else None
+    view["error"] = raw.get("err") or None
+    cmd = json.loads(raw["cmd"]) if raw.get("cmd") else {}
+    view["command"] = {"kind": cmd.get("kind"), "operation": cmd.get("operation")}
+    return view
+
+
+def conflict_view(raw: dict[str, str]) -> dict[str, Any]:
+    cmd = json.loads(raw["cmd"]) if raw.get("cmd") else {}
+    return {
+        "project_id": int(raw["pid"]),
+        "external_purchase_id": raw["epid"],
+        "status": Status.conflict.value,
+        "count": int(raw.get("n") or 0),
+        "last_seen_at": iso_ms(raw.get("at")),
+        "error": raw.get("err"),
+        "command": {"kind": cmd.get("kind"), "operation": cmd.get("operation")},
+    }
+
+
+class Results:
+    """Queries over the results store."""
+
+    def __init__(self, client: redis.Redis, keys: Keys):
+        self.redis = client
+        self.keys = keys
+
+    def get(self, project_id: int, purchase_id: str) -> dict[str, Any] | None:
+        """The record of one purchase, with any conflicting repeats; None if unknown."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.record(project_id, purchase_id))
+        pipe.hgetall(self.keys.conflict(project_id, purchase_id))
+        raw, conflict = pipe.execute()
+        if not raw and not conflict:
+            return None
+        view = record_view(raw) if raw else {
+            "project_id": project_id, "external_purchase_id": purchase_id, "status": None,
+        }
+        if conflict:
+            view["conflicts"] = conflict_view(conflict)
+        return view
+
+    def list(
+        self,
+        status: Status,
+        *,
+        project_id: int | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Records in ``status``, oldest first, entered within [since, until]."""
+        lo = since_ms if since_ms is not None else "-inf"
+        hi = until_ms if until_ms is not None else "+inf"
+        out: list[dict[str, Any]] = []
+        offset, page = 0, max(limit, 500)
+        while len(out) < limit:
+            members = self.redis.zrangebyscore(self.keys.index(status.value), lo, hi, start=offset, num=page)
+            if not members:
+                break
+            offset += len(members)
+            wanted = [split_member(m) for m in members]
+            if project_id is not None:
+                wanted = [w for w in wanted if w[0] == project_id]
+            key = self.keys.conflict if status is Status.conflict else self.keys.record
+            view = conflict_view if status is Status.conflict else record_view
+            pipe = self.redis.pipeline(transaction=False)
+            for pid, epid in wanted:
+                pipe.hgetall(key(pid, epid))
+            for raw in pipe.execute():
+                if raw and len(out) < limit:
+                    out.append(view(raw))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Counts by status, backlog, oldest waiting command, batches in flight."""
+        statuses = list(Status)
+        pipe = self.redis.pipeline(transaction=False)
+        for s in statuses:
+            pipe.zcard(self.keys.index(s.value))
+        pipe.zrange(self.keys.lanes, 0, 0, withscores=True)
+        pipe.zcard(self.keys.leases)
+        pipe.time()
+        *counts, oldest, inflight, (sec, usec) = pipe.execute()
+        now_ms = sec * 1000 + usec // 1000
+        by_status = {s.value: n for s, n in zip(statuses, counts)}
+        return {
+            "counts": by_status,
+            "backlog": by_status["pending"] + by_status["sending"],
+            "waiting": by_status["pending"],
+            "oldest_waiting_age_s": round((now_ms - oldest[0][1]) / 1000, 3) if oldest else 0.0,
+            "batches_in_flight": inflight,
+        }
+
+    def timings(self, members: list[tuple[int, str]]) -> list[tuple[int, int, int]]:
+        """(enqueued, received, completed) ms of each purchase, for latency figures."""
+        pipe = self.redis.pipeline(transaction=False)
+        for pid, epid in members:
+            pipe.hmget(self.keys.record(pid, epid), "enq", "rcv", "cpl")
+        return [tuple(int(x or 0) for x in row) for row in pipe.execute()]
+
+    def trim(self, retention_ms: int) -> int:
+        """Drop index entries older than the retention (their records expired)."""
+        (sec, _usec) = self.redis.time()
+        cutoff = sec * 1000 - retention_ms
+        pipe = self.redis.pipeline(transaction=False)
+        for s in Status:
+            pipe.zremrangebyscore(self.keys.index(s.value), "-inf", cutoff)
+        return sum(pipe.execute())

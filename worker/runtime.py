@@ -1,0 +1,81 @@
+"""Per-process resources built from the settings: Redis client, ledger,
+results, backend, sender. Built lazily after fork, so every Celery pool
+process gets its own sockets and its own pooled HTTP client."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import Callable
+
+import httpx
+
+from worker.backends import XsollaInventory
+from worker.keys import Keys
+from worker.ledger import Ledger
+from worker.redis_conn import connect
+from worker.results import Results
+from worker.sender import Sender
+from worker.settings import Settings
+
+
+class Runtime:
+    """Everything a task needs, for one process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        dispatch: Callable[[list[str]], None],
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.settings = settings
+        self.pid = os.getpid()
+        self.keys = Keys(settings.key_prefix)
+        self.dispatch = dispatch
+        self._transport = transport
+
+    @cached_property
+    def redis(self):
+        return connect(self.settings.redis_url)
+
+    @cached_property
+    def backend(self) -> XsollaInventory:
+        return XsollaInventory.from_settings(self.settings, self._transport)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        limit = min(self.settings.batch_size, self.backend.max_batch)
+        return Ledger(
+            self.redis,
+            self.keys,
+            ttl_ms=self.settings.result_ttl_ms,
+            batch_limits={"grant": limit},
+            default_batch_limit=limit,
+        )
+
+    @cached_property
+    def results(self) -> Results:
+        return Results(self.redis, self.keys)
+
+    @cached_property
+    def sender(self) -> Sender:
+        return Sender(self.ledger, self.backend, self.settings, self.dispatch)
+
+    def take(self, max_batches: int) -> list[str]:
+        """Take ready batches and dispatch them; returns their ids."""
+        s = self.settings
+        ids = self.ledger.take(
+            max_batches=max_batches,
+            max_inflight=s.max_inflight_batches,
+            flush_ms=s.flush_interval_ms,
+            lease_ms=int(s.dispatch_lease_s * 1000),
+        )
+        if ids:
+            self.dispatch(ids)
+        return ids
+
+    def close(self) -> None:
+        if "backend" in self.__dict__:
+            self.backend.close()
+        if "redis" in self.__dict__:
+            self.redis.close()

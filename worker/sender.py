@@ -1,0 +1,135 @@
+"""One attempt at one batch: hold it, call the backend, record what happened.
+
+The decision table, which is the whole point of this module:
+
+    answer                         -> batch / commands
+    200                            -> each command granted (or in_doubt if unreported)
+    Retryable (connect, 429, 5xx)  -> back off; after max attempts: failed
+    InvalidRequest, >1 command     -> split in two; each half tried on its own
+    InvalidRequest, 1 command      -> rejected
+    AuthFailed                     -> failed (nothing applied; replay after fixing)
+    OutcomeUnknown                 -> idempotent backend: back off and resend
+                                      otherwise: in_doubt, never resent
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import Counter
+from typing import Any, Callable
+
+import structlog
+
+from worker import errors
+from worker.backends.base import Backend
+from worker.ledger import BatchWork, Ledger, Outcome
+from worker.settings import Settings
+
+log = structlog.get_logger("grants.sender")
+
+# Seconds added to the longest possible HTTP call to make the 'sending' lease:
+# covers the Redis round trips around the call and scheduling hiccups.
+SEND_LEASE_MARGIN_S = 5.0
+
+
+def backoff_s(attempt: int, *, base: float, cap: float, retry_after: float | None, rng: random.Random) -> float:
+    """Exponential backoff with equal jitter; never shorter than Retry-After.
+
+    Equal jitter (half fixed, half random) keeps retries of many workers apart
+    while guaranteeing the wait grows, so a long outage is ridden out instead
+    of burning the attempts in the first seconds.
+    """
+    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    delay = ceiling / 2 + rng.uniform(0, ceiling / 2)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+class Sender:
+    """Sends batches for one backend."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        backend: Backend,
+        settings: Settings,
+        dispatch: Callable[[list[str]], None],
+        rng: random.Random | None = None,
+    ):
+        self.ledger = ledger
+        self.backend = backend
+        self.settings = settings
+        self.dispatch = dispatch
+        self.rng = rng or random.Random()
+        self.lease_ms = int((settings.http_call_budget_s + SEND_LEASE_MARGIN_S) * 1000)
+
+    def send(self, batch_id: str) -> dict[str, Any]:
+        """Attempt the batch once; returns a summary for the task result."""
+        token = uuid.uuid4().hex
+        work = self.ledger.begin(batch_id, token, lease_ms=self.lease_ms, idempotent=self.backend.idempotent)
+        if work is None:
+            # Finished, or held by a live attempt: a duplicate dispatch.
+            return {"batch_id": batch_id, "skipped": True}
+        blog = log.bind(batch_id=batch_id, project_id=work.project_id, attempt=work.attempt, size=len(work.purchase_ids))
+        blog.info("batch sending", backend=self.backend.name)
+        operations = [c["operation"] for c in work.commands]
+        try:
+            results = self.backend.send(work.kind, work.project_id, operations)
+        except errors.Retryable as exc:
+            return self._retry_later(work, exc, blog)
+        except errors.InvalidRequest as exc:
+            return self._split_or_reject(work, exc, blog)
+        except errors.AuthFailed as exc:
+            blog.error("batch refused: credentials", error=str(exc))
+            return self._finish(work, [Outcome(p, "failed", error=str(exc)) for p in work.purchase_ids], blog)
+        except errors.OutcomeUnknown as exc:
+            if self.backend.idempotent:
+                return self._retry_later(work, exc, blog)
+            return self._finish(work, [Outcome(p, "in_doubt", error=str(exc)) for p in work.purchase_ids], blog)
+        outcomes = [
+            Outcome(p, r.status, result=r.response, error=r.error) for p, r in zip(work.purchase_ids, results)
+        ]
+        return self._finish(work, outcomes, blog)
+
+    def _finish(self, work: BatchWork, outcomes: list[Outcome], blog) -> dict[str, Any]:
+        owned, written = self.ledger.complete(work, outcomes)
+        counts = Counter(o.status for o in outcomes)
+        if not owned:
+            blog.warning("batch lease lost before its answer", written=written, **counts)
+        else:
+            blog.info("batch completed", **counts)
+        for o in outcomes:
+            if o.status != "granted":
+                blog.warning("command " + o.status, external_purchase_id=o.purchase_id, error=o.error)
+            else:
+                blog.debug("command granted", external_purchase_id=o.purchase_id)
+        return {"batch_id": work.batch_id, "owned": owned, **counts}
+
+    def _retry_later(self, work: BatchWork, exc: errors.BackendError, blog) -> dict[str, Any]:
+        delay = backoff_s(
+            work.attempt,
+            base=self.settings.retry_base_s,
+            cap=self.settings.retry_max_backoff_s,
+            retry_after=getattr(exc, "retry_after", None),
+            rng=self.rng,
+        )
+        state = self.ledger.release(
+            work, delay_ms=int(delay * 1000), error=str(exc), max_attempts=self.settings.retry_max_attempts
+        )
+        if state == "failed":
+            blog.error("batch failed: retries exhausted", error=str(exc))
+            for p in work.purchase_ids:
+                blog.warning("command failed", external_purchase_id=p, error=str(exc))
+        else:
+            blog.warning("batch will retry", in_s=round(delay, 3), error=str(exc), state=state)
+        return {"batch_id": work.batch_id, "state": state, "retry_in_s": round(delay, 3)}
+
+    def _split_or_reject(self, work: BatchWork, exc: errors.InvalidRequest, blog) -> dict[str, Any]:
+        children = self.ledger.split(work, lease_ms=int(self.settings.dispatch_lease_s * 1000))
+        if children is None:
+            return self._finish(work, [Outcome(p, "rejected", error=str(exc)) for p in work.purchase_ids], blog)
+        blog.warning("batch refused as a whole: split", into=children, error=str(exc))
+        self.dispatch(children)
+        return {"batch_id": work.batch_id, "split_into": children}

@@ -1,0 +1,115 @@
+"""Typed configuration, parsed once at process start from ``GRANTS_*`` variables.
+
+Nothing else in the code base reads the environment: entry points build a
+:class:`Settings` and pass it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Xsolla processes at most 50 operations per call and silently ignores the rest.
+XSOLLA_MAX_BATCH = 50
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. See README "Configuration"."""
+
+    model_config = SettingsConfigDict(env_prefix="GRANTS_", extra="ignore")
+
+    # --- Redis: ledger, buffers, results store; and the Celery broker.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = None  # defaults to redis_url
+    key_prefix: str = "grants"
+
+    # --- Xsolla inventory API.
+    xsolla_base_url: str = "https://store.xsolla.com/api"
+    xsolla_merchant_id: str = ""
+    xsolla_api_key: SecretStr = SecretStr("")
+    # A file holding the key (Docker/Kubernetes secrets); wins over the variable.
+    xsolla_api_key_file: Path | None = None
+    # Resend a batch whose answer was lost? Only safe if the backend ignores a
+    # repeated external_purchase_id, which Xsolla does not document.
+    xsolla_idempotent: bool = False
+
+    # --- Batching.
+    flush_interval_ms: int = Field(200, ge=1, le=60_000)
+    batch_size: int = Field(XSOLLA_MAX_BATCH, ge=1, le=XSOLLA_MAX_BATCH)
+    # Batches taken but not finished, across all workers. Bounds broker depth
+    # and Redis leases; raise it with the number of worker processes.
+    max_inflight_batches: int = Field(64, ge=1)
+
+    # --- HTTP.
+    http_connect_timeout_s: float = Field(3.0, gt=0)
+    http_read_timeout_s: float = Field(10.0, gt=0)
+    http_write_timeout_s: float = Field(5.0, gt=0)
+    http_max_connections: int = Field(20, ge=1)
+
+    # --- Retries of calls that certainly did not apply (connect, 429, 5xx).
+    retry_max_attempts: int = Field(10, ge=1)
+    retry_base_s: float = Field(0.5, gt=0)
+    retry_max_backoff_s: float = Field(30.0, gt=0)
+
+    # --- Recovery.
+    sweep_interval_ms: int = Field(100, ge=10)
+    # How long a taken batch may sit in the broker before the sweeper sends it
+    # again (a lost dispatch); duplicates of a dispatch are harmless.
+    dispatch_lease_s: float = Field(10.0, gt=0)
+    # Broker redelivery of unacked messages of a dead worker. Must exceed the
+    # longest task (one HTTP call: connect + write + read timeouts).
+    visibility_timeout_s: int = Field(60, ge=5)
+
+    # --- Worker processes per `celery worker` (None: one per CPU core).
+    worker_concurrency: int | None = Field(None, ge=1)
+
+    # --- Results.
+    result_retention_days: float = Field(30.0, gt=0)
+
+    # --- Producers.
+    publish_chunk_size: int = Field(500, ge=1, le=10_000)
+
+    # --- Logs.
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _key_from_file(self) -> "Settings":
+        if self.xsolla_api_key_file is not None:
+            key = self.xsolla_api_key_file.read_text().strip()
+            object.__setattr__(self, "xsolla_api_key", SecretStr(key))
+        return self
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def result_ttl_ms(self) -> int:
+        return int(self.result_retention_days * 86_400_000)
+
+    @property
+    def http_call_budget_s(self) -> float:
+        """Longest one backend call can take before httpx gives up."""
+        return self.http_connect_timeout_s + self.http_write_timeout_s + self.http_read_timeout_s
+
+    def secrets(self) -> list[str]:
+        """Values that must never be printed (for the log redactor)."""
+        found = [self.xsolla_api_key.get_secret_value()]
+        for url in (self.redis_url, self.broker_url or ""):
+            password = _url_password(url)
+            if password:
+                found.append(password)
+        return [s for s in found if s]
+
+
+def _url_password(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None

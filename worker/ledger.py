@@ -96,11 +96,15 @@ class Ledger:
     def ingest(
         self, commands: list[tuple[GrantCommand, int | None]], source: str
     ) -> list[Ingested]:
-        """Claim each command's purchase id and buffer the new ones."""
+        """Claim each command's purchase id and buffer the new ones.
+
+        ``source`` names the broker message; with each command's position it
+        tells a redelivered message from a real repeat of a purchase.
+        """
         if not commands:
             return []
-        args: list = [self.ttl_ms, source]
-        for command, enqueued_at in commands:
+        args: list = [self.ttl_ms]
+        for position, (command, enqueued_at) in enumerate(commands):
             message = command.to_message(enqueued_at or 0)
             args += [
                 K.lane(command.kind, command.project_id),
@@ -109,6 +113,7 @@ class Ledger:
                 command.payload_hash(),
                 json.dumps(message, separators=(",", ":")),
                 enqueued_at or 0,
+                f"{source}:{position}",
             ]
         results = self._run("ingest", *args)
         return [Ingested(c, r) for (c, _), r in zip(commands, results)]

@@ -1,13 +1,14 @@
 -- Claim + buffer, for a chunk of commands, atomically.
--- ARGV: prefix, ttl_ms, source (task id), then per command:
---       lane, project_id, external_purchase_id, payload_hash, command_json, enqueued_at
+-- ARGV: prefix, ttl_ms, then per command:
+--       lane, project_id, external_purchase_id, payload_hash, command_json, enqueued_at,
+--       source (broker message id + position: the same message delivered again
+--       is not a repeat of the purchase, but a second copy inside it is)
 -- Returns one code per command: new | dup | redelivered | conflict
 local ttl = tonumber(ARGV[2])
-local src = ARGV[3]
 local now = now_ms()
 local out = {}
-for i = 4, #ARGV, 6 do
-  local lane, pid, epid, h, cmd, enq = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
+for i = 3, #ARGV, 7 do
+  local lane, pid, epid, h, cmd, enq, src = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
   local rk = rec_key(pid, epid)
   local cur = redis.call('HMGET', rk, 'h', 'src')
   if not cur[1] then

@@ -1,0 +1,18 @@
+"""``python -m sandbox --port N``: run the fake Xsolla inventory API."""
+
+import argparse
+
+from sandbox.server import add_arguments, run
+
+
+def main() -> None:
+    """Parse the command line and serve until interrupted."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sandbox", description="Local fake of Xsolla's inventory API."
+    )
+    add_arguments(parser)
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

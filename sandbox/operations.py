@@ -1,0 +1,64 @@
+"""Request bodies the fake accepts, and Xsolla-shaped messages for bad ones.
+
+Purchases reuse ``schemas.xsolla.PurchaseOperation`` so the sandbox refuses
+exactly what the producers refuse. Rewards and revokes have no purchase block;
+their model is defined here from the same parts (User, Item, limits).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from schemas.xsolla import (
+    MAX_COMMENT_LENGTH,
+    MAX_CUSTOM_PARAMETERS,
+    MAX_ITEMS_PER_OPERATION,
+    Item,
+    Platform,
+    PurchaseOperation,
+    User,
+)
+
+# Xsolla: "Only 50 operations can be processed at once. Operations that exceed
+# this limit will be ignored."
+MAX_OPERATIONS_PER_CALL = 50
+
+
+class ItemsOperation(BaseModel):
+    """One reward or revoke operation: a user and the items to add or remove."""
+
+    # Same strictness as PurchaseOperation: a misspelt field is an error.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user: User
+    items: Annotated[list[Item], Field(min_length=1, max_length=MAX_ITEMS_PER_OPERATION)]
+    comment: Annotated[
+        str | None, Field(min_length=1, max_length=MAX_COMMENT_LENGTH)
+    ] = None
+    platform: Platform | None = None
+    custom_parameters: Annotated[
+        dict[str, Any] | None, Field(min_length=1, max_length=MAX_CUSTOM_PARAMETERS)
+    ] = None
+
+
+# Built once: a TypeAdapter compiles its validator, which is the costly part.
+PURCHASES = TypeAdapter(list[PurchaseOperation])
+ITEMS_OPERATIONS = TypeAdapter(list[ItemsOperation])
+
+
+def describe_error(exc: ValidationError) -> str:
+    """``"<field path>: <reason>"`` for the first problem, e.g.
+    ``"0.purchase.currency: must be an ISO 4217 currency code such as \"USD\""``.
+
+    The path is dot-separated with list indexes as numbers; ``body`` stands
+    for the whole request body (not JSON, or not an array).
+    """
+    err = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+    path = ".".join(str(part) for part in err["loc"]) or "body"
+    reason = err["msg"]
+    # Our own validators raise ValueError; pydantic prefixes their text.
+    if reason.startswith("Value error, "):
+        reason = reason[len("Value error, ") :]
+    return f"{path}: {reason}"

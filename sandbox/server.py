@@ -1,0 +1,137 @@
+"""Run the sandbox as a real HTTP server (uvicorn) and its command line.
+
+``serve`` is the programmatic entry point; ``add_arguments`` and ``run`` let a
+CLI (``grants sandbox ...`` or ``python -m sandbox ...``) expose it. Credentials
+come from flags or, failing those, from the environment, read only in ``run``.
+The API key is never printed or logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from sandbox.app import create_app
+from sandbox.faults import Faults
+from sandbox.store import Store
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8900
+# *.sqlite3 is git-ignored, so a default run leaves the work tree clean.
+DEFAULT_DB = "sandbox.sqlite3"
+ENV_MERCHANT_ID = "GRANTS_XSOLLA_MERCHANT_ID"
+ENV_API_KEY = "GRANTS_XSOLLA_API_KEY"
+
+
+def serve(
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    db_path: str = DEFAULT_DB,
+    merchant_id: str,
+    api_key: str,
+    idempotent: bool = False,
+    faults: Faults | None = None,
+) -> None:
+    """Serve the fake Xsolla API on host:port until interrupted (SIGINT/SIGTERM).
+
+    ``port=0`` picks a free port; the start-up line printed to stdout,
+    ``sandbox listening on http://HOST:PORT (db=..., idempotent=...)``, names
+    the real one.
+    """
+    import uvicorn
+
+    store = Store(db_path)
+    app = create_app(store, faults or Faults(), merchant_id, api_key, idempotent)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        # uvloop + httptools are what make ~1 ms per call possible; fall back
+        # quietly so the sandbox still runs where they are not installed.
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+        # A hung (scripted) or dropped-without-transport request must not
+        # keep Ctrl-C from stopping the server.
+        timeout_graceful_shutdown=1,
+    )
+    # Bind first so the printed line can name the port actually bound.
+    sock = config.bind_socket()
+    bound_port = sock.getsockname()[1]
+    shown_host = f"[{host}]" if ":" in host else host
+    print(
+        f"sandbox listening on http://{shown_host}:{bound_port} "
+        f"(db={db_path}, idempotent={str(idempotent).lower()})",
+        flush=True,
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        store.close()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the sandbox's options to ``parser`` (for ``grants sandbox``)."""
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port to bind, 0 for any free one (default {DEFAULT_PORT})")
+    parser.add_argument("--db", default=DEFAULT_DB, help=f"SQLite file (default {DEFAULT_DB})")
+    parser.add_argument("--merchant-id", default=None,
+                        help=f"Basic-auth user expected from clients (default ${ENV_MERCHANT_ID})")
+    parser.add_argument("--api-key-file", default=None,
+                        help=f"file holding the expected API key (default ${ENV_API_KEY})")
+    parser.add_argument("--idempotent", action="store_true",
+                        help="apply each (project, external_purchase_id) at most once")
+    faults = parser.add_argument_group("faults")
+    faults.add_argument("--latency-ms", type=float, default=0.0, help="delay added to every API call")
+    faults.add_argument("--rate-5xx", type=float, default=0.0, help="share of calls answered 503 before applying")
+    faults.add_argument("--rate-429", type=float, default=0.0, help="share of calls answered 429 before applying")
+    faults.add_argument("--retry-after", type=int, default=0, help="Retry-After seconds sent with 429")
+    faults.add_argument("--rate-drop", type=float, default=0.0,
+                        help="share of calls applied, then dropped without a response")
+    faults.add_argument("--seed", type=int, default=0, help="seed of the random fault draws")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Entry point behind the CLI: resolve credentials, build faults, serve."""
+    merchant_id = args.merchant_id or os.environ.get(ENV_MERCHANT_ID)
+    if args.api_key_file:
+        try:
+            api_key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SystemExit(f"sandbox: cannot read --api-key-file: {exc.strerror}") from None
+    else:
+        api_key = os.environ.get(ENV_API_KEY, "")
+    if not merchant_id:
+        raise SystemExit(f"sandbox: give --merchant-id or set {ENV_MERCHANT_ID}")
+    if not api_key:
+        raise SystemExit(f"sandbox: give --api-key-file or set {ENV_API_KEY}")
+    try:
+        faults = Faults(
+            latency_ms=args.latency_ms,
+            rate_5xx=args.rate_5xx,
+            rate_429=args.rate_429,
+            retry_after_s=args.retry_after,
+            rate_drop=args.rate_drop,
+            seed=args.seed,
+        )
+    except ValidationError as exc:
+        # Only the field and reason: nothing here can contain the key.
+        first = exc.errors(include_url=False, include_input=False)[0]
+        raise SystemExit(f"sandbox: bad fault option {first['loc'][0]}: {first['msg']}") from None
+    serve(
+        host=args.host,
+        port=args.port,
+        db_path=args.db,
+        merchant_id=merchant_id,
+        api_key=api_key,
+        idempotent=args.idempotent,
+        faults=faults,
+    )

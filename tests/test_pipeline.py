@@ -1,0 +1,193 @@
+"""The grant pipeline end to end: real redis-server, real `celery -A worker
+worker` processes, real HTTP to the sandbox. Each test uses its own project id;
+what it asserts is read back from the sandbox's audit and the results store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from producers.localstack import REPO_ROOT
+from tests.conftest import settings_for
+from tests.helpers import command, operation, wait_final
+
+pytestmark = pytest.mark.integration
+
+
+def test_single_command_is_flushed_by_the_interval(stack, publisher, results, project_id):
+    publisher.publish(command(project_id, "solo-1"))
+    records = wait_final(results, project_id, ["solo-1"], timeout=10)
+    record = records["solo-1"]
+    assert record["status"] == "granted"
+    assert record["attempts"] == 1
+    assert record["response"]["items"][0]["balance"] == 1
+    # Flushed by the 200 ms interval, not by a full batch, and not much later.
+    assert stack.audit_counts(project_id) == {"solo-1": 1}
+
+
+def test_120_commands_take_at_least_3_calls_of_at_most_50(stack, publisher, results, project_id):
+    stack.sandbox_put("/sandbox/reset", {})  # per-call counters only
+    ids = [f"bulk-{i}" for i in range(120)]
+    publisher.publish_many(command(project_id, i, user=f"u{n % 7}") for n, i in enumerate(ids))
+    records = wait_final(results, project_id, ids)
+    assert {r["status"] for r in records.values()} == {"granted"}
+    stats = stack.sandbox_get("/sandbox/stats")
+    assert stats["calls"] >= 3
+    assert stats["max_operations_per_call"] <= 50
+    assert stats["ignored_operations"] == 0
+    batches = {r["batch_id"] for r in records.values()}
+    assert len(batches) >= 3
+    assert stack.audit_counts(project_id) == {i: 1 for i in ids}
+
+
+def test_duplicates_from_two_concurrent_producers_are_granted_once(stack, results, project_id, tmp_path):
+    ids = [f"dup-{i}" for i in range(300)]
+    feed = tmp_path / "feed.jsonl"
+    # Each purchase three times inside the feed, and the feed published twice at once.
+    feed.write_text("".join(json.dumps(operation(i)) + "\n" for i in ids * 3))
+    env = stack.env()
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "producers.cli", "publish", "--project-id", str(project_id), str(feed)],
+                         env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert "published 900 commands" in out
+    records = wait_final(results, project_id, ids)
+    assert {r["status"] for r in records.values()} == {"granted"}
+    assert stack.audit_counts(project_id) == {i: 1 for i in ids}
+    # 6 sightings of each purchase: one original, five duplicates on its record.
+    assert {r["duplicates"] for r in records.values()} == {5}
+
+
+def test_conflicting_repeat_is_rejected_and_the_original_granted(stack, publisher, results, project_id):
+    publisher.publish(command(project_id, "c-1", quantity=1))
+    wait_final(results, project_id, ["c-1"])
+    publisher.publish(command(project_id, "c-1", quantity=500))
+    deadline = time.monotonic() + 10
+    record = results.get(project_id, "c-1")
+    while "conflicts" not in record and time.monotonic() < deadline:
+        time.sleep(0.05)
+        record = results.get(project_id, "c-1")
+    assert record["status"] == "granted"
+    assert record["command"]["operation"]["items"][0]["quantity"] == 1
+    assert record["conflicts"]["count"] == 1
+    assert "different payload" in record["conflicts"]["error"]
+    listed = [r for r in results.list(__import__("schemas").Status.conflict, project_id=project_id)]
+    assert [r["external_purchase_id"] for r in listed] == ["c-1"]
+    balances = stack.sandbox_get("/sandbox/balances", project_id=project_id)["balances"]
+    assert [b["quantity"] for b in balances] == [1]
+
+
+def test_429_with_retry_after_then_success(stack, publisher, results, project_id, sandbox_faults):
+    sandbox_faults(script=[{"status": 429, "retry_after": 1}])
+    started = time.monotonic()
+    publisher.publish(command(project_id, "rl-1"))
+    record = wait_final(results, project_id, ["rl-1"], timeout=20)["rl-1"]
+    assert record["status"] == "granted"
+    assert record["attempts"] == 2
+    # Retry-After: 1 was honoured (the jittered backoff alone would be ~0.2 s).
+    assert time.monotonic() - started >= 1.0
+    assert stack.audit_counts(project_id) == {"rl-1": 1}
+
+
+def test_503_then_success(stack, publisher, results, project_id, sandbox_faults):
+    sandbox_faults(script=[{"status": 503}, {"status": 503}])
+    publisher.publish(command(project_id, "u-1"))
+    record = wait_final(results, project_id, ["u-1"], timeout=20)["u-1"]
+    assert record["status"] == "granted"
+    assert record["attempts"] == 3
+    assert stack.audit_counts(project_id) == {"u-1": 1}
+
+
+def test_read_timeout_without_idempotency_is_in_doubt_and_not_resent(stack, publisher, results, project_id, sandbox_faults):
+    # The sandbox applies the grant, then answers after the worker's 1.5 s read timeout.
+    sandbox_faults(script=[{"action": "hang", "seconds": 3}])
+    publisher.publish(command(project_id, "t-1"))
+    record = wait_final(results, project_id, ["t-1"], timeout=20)["t-1"]
+    assert record["status"] == "in_doubt"
+    assert "ReadTimeout" in record["error"]
+    time.sleep(3)  # room for a wrongful resend to show up
+    assert results.get(project_id, "t-1")["attempts"] == 1
+    assert stack.audit_counts(project_id) == {"t-1": 1}
+
+
+def test_batch_with_one_unknown_sku_rejects_only_that_one(stack, publisher, results, project_id):
+    stack.sandbox_put(f"/sandbox/projects/{project_id}/catalog", ["gem.pack"])
+    ids = [f"s-{i}" for i in range(20)]
+    cmds = [command(project_id, i) for i in ids]
+    cmds[7] = command(project_id, "s-7", sku="no.such.sku")
+    publisher.publish_many(cmds)
+    records = wait_final(results, project_id, ids)
+    assert records["s-7"]["status"] == "rejected"
+    assert "no.such.sku" in records["s-7"]["error"]
+    assert {i for i, r in records.items() if r["status"] == "granted"} == set(ids) - {"s-7"}
+    assert stack.audit_counts(project_id) == {i: 1 for i in ids if i != "s-7"}
+
+
+def test_results_cli_prints_records_lists_and_stats(stack, publisher, results, project_id):
+    publisher.publish(command(project_id, "cli-1"))
+    wait_final(results, project_id, ["cli-1"])
+
+    def grants(*argv):
+        out = subprocess.run([sys.executable, "-m", "producers.cli", *argv], env=stack.env(), cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    record = grants("results", "get", "cli-1", "--project-id", str(project_id))
+    assert record["status"] == "granted" and record["external_purchase_id"] == "cli-1"
+    listed = grants("results", "list", "--status", "granted", "--project-id", str(project_id), "--json")
+    assert [(r["project_id"], r["external_purchase_id"], r["status"]) for r in listed] == [(project_id, "cli-1", "granted")]
+    stats = grants("results", "stats", "--json")
+    assert stats["counts"]["granted"] >= 1
+    assert {"backlog", "oldest_waiting_age_s"} <= stats.keys()
+    # Each final outcome is on the stream the purchase pipeline follows.
+    client = results.redis
+    entries = client.xrevrange("grants:outcomes", count=2000)
+    assert any(e[1]["external_purchase_id"] == "cli-1" and e[1]["status"] == "granted" for e in entries)
+
+
+def test_publish_cli_reports_invalid_lines_and_publishes_the_rest(stack, results, project_id, tmp_path):
+    good = [operation("l-1"), operation("l-3")]
+    lines = [
+        json.dumps(good[0]),
+        json.dumps(operation("l-2", sku="Bad SKU")),
+        json.dumps(good[1]),
+        "{not json",
+        json.dumps({**operation("l-5"), "platform": "dreamcast"}),
+    ]
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "producers.cli", "publish", "--project-id", str(project_id), str(feed)],
+        env=stack.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 1
+    errors = out.stderr.strip().splitlines()
+    assert any(e.startswith("line 2: items[0].sku:") for e in errors), errors
+    assert any(e.startswith("line 4: (json): invalid JSON") for e in errors), errors
+    assert any(e.startswith("line 5: platform:") for e in errors), errors
+    assert "published 2 commands; 3 invalid lines skipped" in out.stdout
+    records = wait_final(results, project_id, ["l-1", "l-3"])
+    assert {r["status"] for r in records.values()} == {"granted"}
+    assert results.get(project_id, "l-2") is None
+
+
+def test_publish_accepts_the_api_request_body_array(stack, results, project_id, tmp_path):
+    body = [operation("a-1"), operation("a-2", user="user-2")]
+    feed = tmp_path / "body.json"
+    feed.write_text(json.dumps(body, indent=2))
+    out = subprocess.run(
+        [sys.executable, "-m", "producers.cli", "publish", "--project-id", str(project_id), "-"],
+        input=feed.read_text(), env=stack.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    records = wait_final(results, project_id, ["a-1", "a-2"])
+    assert {r["status"] for r in records.values()} == {"granted"}

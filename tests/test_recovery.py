@@ -1,0 +1,70 @@
+"""Crash and idempotency paths that need a stack of their own."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from producers.publisher import Publisher
+from schemas.records import Status
+from tests.conftest import make_stack, settings_for
+from tests.helpers import command, wait_final
+from worker.keys import Keys
+from worker.redis_conn import connect
+from worker.results import Results
+
+pytestmark = pytest.mark.integration
+
+
+def test_read_timeout_with_idempotent_backend_is_resent_and_granted_once(tmp_path, project_id):
+    stack = make_stack(tmp_path, idempotent=True, env={"GRANTS_XSOLLA_IDEMPOTENT": "true"})
+    try:
+        stack.sandbox_put("/sandbox/faults", {"script": [{"action": "hang", "seconds": 3}]})
+        Publisher(settings_for(stack)).publish(command(project_id, "i-1"))
+        results = Results(connect(stack.redis.url), Keys())
+        record = wait_final(results, project_id, ["i-1"], timeout=30)["i-1"]
+        assert record["status"] == "granted"
+        assert record["attempts"] == 2  # the lost answer, then the resend
+        assert stack.audit_counts(project_id) == {"i-1": 1}
+    finally:
+        stack.stop()
+
+
+@pytest.mark.parametrize("idempotent", [True, False], ids=["idempotent", "non-idempotent"])
+def test_worker_sigkilled_mid_run_loses_nothing_and_doubles_nothing(tmp_path, project_id, idempotent):
+    env = {"GRANTS_XSOLLA_IDEMPOTENT": "true" if idempotent else "false"}
+    stack = make_stack(tmp_path, idempotent=idempotent, env=env)
+    try:
+        # Slow calls, so the kill lands while batches are on the wire.
+        stack.sandbox_put("/sandbox/faults", {"latency_ms": 150})
+        ids = [f"k-{i}" for i in range(2000)]
+        Publisher(settings_for(stack)).publish_many(command(project_id, i, user=f"u{n % 13}") for n, i in enumerate(ids))
+        results = Results(connect(stack.redis.url), Keys())
+        deadline = time.monotonic() + 30
+        while results.stats()["counts"]["granted"] < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stack.workers[0].kill()  # main process and pool children, SIGKILL
+        counts_at_kill = results.stats()["counts"]
+        assert 0 < counts_at_kill["granted"] < len(ids), "the kill must land mid-run"
+        stack.start_worker(concurrency=2)
+        records = wait_final(results, project_id, ids, timeout=90)
+
+        counts = stack.audit_counts(project_id)
+        statuses = {i: r["status"] for i, r in records.items()}
+        assert max(counts.values()) == 1, "a purchase was granted twice"
+        if idempotent:
+            # Every purchase granted exactly once per the sandbox's audit.
+            assert counts == {i: 1 for i in ids}
+            assert set(statuses.values()) == {"granted"}
+        else:
+            # Granted ones exactly once; the batches cut mid-call are in_doubt,
+            # never resent, and nothing else is missing.
+            granted = {i for i, s in statuses.items() if s == "granted"}
+            doubted = {i for i, s in statuses.items() if s == Status.in_doubt.value}
+            assert granted | doubted == set(ids)
+            assert all(counts.get(i) == 1 for i in granted)
+            assert len(doubted) <= 2 * 50 * 2  # at most the batches on the wire at the kill
+            assert all(counts.get(i, 0) <= 1 for i in doubted)
+    finally:
+        stack.stop()

@@ -29,10 +29,12 @@ class GrantsCelery(Celery):
         return rt
 
     def dispatch_batches(self, batch_ids: list[str]) -> None:
-        """Queue one ``send_batch`` task per batch, on one broker connection."""
+        """Queue ``send_batches`` tasks, a few batches each, on one connection."""
+        step = tasks.BATCHES_PER_TASK
         with self.producer_or_acquire() as producer:
-            for batch_id in batch_ids:
-                self.send_task(tasks.SEND_BATCH, args=[batch_id], queue=tasks.SEND_QUEUE, producer=producer)
+            for i in range(0, len(batch_ids), step):
+                self.send_task(tasks.SEND_BATCHES, args=[batch_ids[i : i + step]], queue=tasks.SEND_QUEUE,
+                               producer=producer)
 
 
 def create_app(settings: Settings) -> GrantsCelery:
@@ -67,7 +69,7 @@ def create_app(settings: Settings) -> GrantsCelery:
         worker_redirect_stdouts=False,
     )
     app.task(name=tasks.INGEST, bind=True, queue=tasks.INGEST_QUEUE)(tasks.ingest)
-    app.task(name=tasks.SEND_BATCH, bind=True, queue=tasks.SEND_QUEUE)(tasks.send_batch)
+    app.task(name=tasks.SEND_BATCHES, bind=True, queue=tasks.SEND_QUEUE)(tasks.send_batches)
     app.steps["worker"].add(SweeperStep)
 
     @signals.setup_logging.connect(weak=False)

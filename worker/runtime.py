@@ -61,8 +61,8 @@ class Runtime:
     def sender(self) -> Sender:
         return Sender(self.ledger, self.backend, self.settings, self.dispatch)
 
-    def take(self, max_batches: int) -> list[str]:
-        """Take ready batches and dispatch them; returns their ids."""
+    def take(self, max_batches: int, dispatch: bool = True) -> list[str]:
+        """Take ready batches (and dispatch them, unless the caller sends them itself)."""
         s = self.settings
         ids = self.ledger.take(
             max_batches=max_batches,
@@ -70,7 +70,7 @@ class Runtime:
             flush_ms=s.flush_interval_ms,
             lease_ms=int(s.dispatch_lease_s * 1000),
         )
-        if ids:
+        if ids and dispatch:
             self.dispatch(ids)
         return ids
 

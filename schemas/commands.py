@@ -8,6 +8,7 @@ A grant command is exactly one backend operation plus where it goes
 from __future__ import annotations
 
 import hashlib
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -41,16 +42,17 @@ class GrantCommand(BaseModel):
         """The operation as the backend expects it (unset optional fields left out)."""
         return self.operation.model_dump(mode="json", exclude_none=True)
 
+    @cached_property
     def canonical(self) -> bytes:
-        """Byte-stable JSON of everything that defines this command."""
+        """Byte-stable JSON of everything that defines this command (computed once)."""
         return orjson.dumps(
             {"kind": self.kind, "project_id": self.project_id, "operation": self.body()},
             option=orjson.OPT_SORT_KEYS,
         )
 
     def payload_hash(self) -> str:
-        """Short digest of :meth:`canonical`; equal hashes mean the same command."""
-        return hashlib.blake2b(self.canonical(), digest_size=16).hexdigest()
+        """Short digest of :attr:`canonical`; equal hashes mean the same command."""
+        return hashlib.blake2b(self.canonical, digest_size=16).hexdigest()
 
     def to_message(self, enqueued_at_ms: int) -> dict[str, Any]:
         """The broker representation (JSON-safe)."""

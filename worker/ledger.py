@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 
+import orjson
 import redis
 
 from schemas.commands import GrantCommand
@@ -52,7 +53,7 @@ class BatchWork:
     kind: str
     attempt: int
     purchase_ids: list[str]
-    commands: list[dict]  # the stored command messages, in batch order
+    commands: list[dict]  # the stored commands ({kind, project_id, operation}), in batch order
 
 
 @dataclass(frozen=True)
@@ -105,13 +106,13 @@ class Ledger:
             return []
         args: list = [self.ttl_ms]
         for position, (command, enqueued_at) in enumerate(commands):
-            message = command.to_message(enqueued_at or 0)
             args += [
                 K.lane(command.kind, command.project_id),
                 command.project_id,
                 command.external_purchase_id,
                 command.payload_hash(),
-                json.dumps(message, separators=(",", ":")),
+                # The stored body is the canonical JSON the hash was taken of.
+                command.canonical,
                 enqueued_at or 0,
                 f"{source}:{position}",
             ]
@@ -140,10 +141,10 @@ class Ledger:
         reply = self._run("begin", batch_id, token, lease_ms, int(idempotent))
         if reply[0] != "ok":
             return None
-        _, project_id, attempt, kind, *pairs = reply
-        ids = pairs[0::2]
-        commands = [json.loads(c) if c else None for c in pairs[1::2]]
-        return BatchWork(batch_id, token, int(project_id), kind, int(attempt), ids, commands)
+        _, project_id, attempt, kind, members, commands = reply
+        return BatchWork(
+            batch_id, token, int(project_id), kind, int(attempt), orjson.loads(members), orjson.loads(commands)
+        )
 
     def complete(self, work: BatchWork, outcomes: list[Outcome]) -> tuple[bool, int]:
         """Write outcomes and release the batch. Returns (still owned, written)."""
@@ -152,7 +153,7 @@ class Ledger:
             args += [
                 o.purchase_id,
                 o.status,
-                "" if o.result is None else json.dumps(o.result, separators=(",", ":")),
+                b"" if o.result is None else orjson.dumps(o.result),
                 o.error,
             ]
         state, written = self._run("complete", *args)

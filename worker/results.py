@@ -60,6 +60,14 @@ def conflict_view(raw: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _received_within(view: dict[str, Any], since_ms: int | None, until_ms: int | None) -> bool:
+    received = view.get("received_at")
+    if received is None:
+        return True
+    ms = int(datetime.fromisoformat(received).timestamp() * 1000)
+    return (since_ms is None or ms >= since_ms) and (until_ms is None or ms <= until_ms)
+
+
 class Results:
     """Queries over the results store."""
 
@@ -78,6 +86,9 @@ class Results:
         view = record_view(raw) if raw else {
             "project_id": project_id, "external_purchase_id": purchase_id, "status": None,
         }
+        if raw and raw.get("st") == Status.sending.value and raw.get("bat"):
+            # Waiting out a backoff: the batch holds the last error.
+            view["error"] = self.redis.hget(self.keys.batch(raw["bat"]), "err") or view["error"]
         if conflict:
             view["conflicts"] = conflict_view(conflict)
         return view
@@ -92,6 +103,13 @@ class Results:
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """Records in ``status``, oldest first, entered within [since, until]."""
+        if status in (Status.pending, Status.sending):
+            wanted = [w for w in self._in_flight(status) if project_id is None or w[0] == project_id]
+            pipe = self.redis.pipeline(transaction=False)
+            for pid, epid in wanted:
+                pipe.hgetall(self.keys.record(pid, epid))
+            views = [record_view(raw) for raw in pipe.execute() if raw]
+            return [v for v in views if _received_within(v, since_ms, until_ms)][:limit]
         lo = since_ms if since_ms is not None else "-inf"
         hi = until_ms if until_ms is not None else "+inf"
         out: list[dict[str, Any]] = []
@@ -115,24 +133,56 @@ class Results:
         return out
 
     def stats(self) -> dict[str, Any]:
-        """Counts by status, backlog, oldest waiting command, batches in flight."""
-        statuses = list(Status)
+        """Counts by status, backlog, oldest waiting command, batches in flight.
+
+        Outcomes are counted off their indexes; 'pending' and 'sending' are
+        read off the buffers and the batches in flight (bounded by
+        GRANTS_MAX_INFLIGHT_BATCHES), which is where those commands are.
+        """
+        indexed = [s for s in Status if s not in (Status.pending, Status.sending)]
         pipe = self.redis.pipeline(transaction=False)
-        for s in statuses:
+        for s in indexed:
             pipe.zcard(self.keys.index(s.value))
-        pipe.zrange(self.keys.lanes, 0, 0, withscores=True)
-        pipe.zcard(self.keys.leases)
+        pipe.zrange(self.keys.lanes, 0, -1, withscores=True)
+        pipe.zrange(self.keys.leases, 0, -1)
         pipe.time()
-        *counts, oldest, inflight, (sec, usec) = pipe.execute()
+        *counts, lanes, leases, (sec, usec) = pipe.execute()
         now_ms = sec * 1000 + usec // 1000
-        by_status = {s.value: n for s, n in zip(statuses, counts)}
+        pipe = self.redis.pipeline(transaction=False)
+        for lane, _ in lanes:
+            pipe.llen(self.keys.buffer(lane))
+        for batch_id in leases:
+            pipe.hmget(self.keys.batch(batch_id), "n", "begun")
+        replies = pipe.execute()
+        buffered = sum(replies[: len(lanes)])
+        batches = [(int(n or 0), begun == "1") for n, begun in replies[len(lanes):]]
+        by_status = {s.value: n for s, n in zip(indexed, counts)}
+        by_status[Status.pending.value] = buffered + sum(n for n, begun in batches if not begun)
+        by_status[Status.sending.value] = sum(n for n, begun in batches if begun)
+        oldest = min((score for _, score in lanes), default=None)
         return {
-            "counts": by_status,
+            "counts": {s.value: by_status[s.value] for s in Status},
             "backlog": by_status["pending"] + by_status["sending"],
             "waiting": by_status["pending"],
-            "oldest_waiting_age_s": round((now_ms - oldest[0][1]) / 1000, 3) if oldest else 0.0,
-            "batches_in_flight": inflight,
+            "oldest_waiting_age_s": round((now_ms - oldest) / 1000, 3) if oldest is not None else 0.0,
+            "batches_in_flight": len(leases),
         }
+
+    def _in_flight(self, status: Status) -> list[tuple[int, str]]:
+        """(project, purchase) of commands waiting (pending) or in begun batches (sending)."""
+        found: list[tuple[int, str]] = []
+        leases = self.redis.zrange(self.keys.leases, 0, -1)
+        pipe = self.redis.pipeline(transaction=False)
+        for batch_id in leases:
+            pipe.hmget(self.keys.batch(batch_id), "pid", "members", "begun")
+        for pid, members, begun in pipe.execute():
+            if members and (begun == "1") == (status is Status.sending):
+                found += [(int(pid), m) for m in json.loads(members)]
+        if status is Status.pending:
+            for lane in self.redis.zrange(self.keys.lanes, 0, -1):
+                pid = int(lane.partition(":")[2])
+                found += [(pid, m) for m in self.redis.lrange(self.keys.buffer(lane), 0, -1)]
+        return found
 
     def timings(self, members: list[tuple[int, str]]) -> list[tuple[int, int, int]]:
         """(enqueued, received, completed) ms of each purchase, for latency figures."""

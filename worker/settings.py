@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     result_retention_days: float = Field(30.0, gt=0)
 
     # --- Producers.
-    publish_chunk_size: int = Field(500, ge=1, le=10_000)
+    publish_chunk_size: int = Field(1000, ge=1, le=10_000)
 
     # --- Logs.
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import orjson
 import structlog
 from pydantic import ValidationError
 
@@ -28,8 +29,10 @@ SEND_BATCHES = "grants.send_batches"
 INGEST_QUEUE = "grants.ingest"
 SEND_QUEUE = "grants.send"
 
-# Batches an ingest may take at once: a full chunk of 500 commands is 10.
-INGEST_TAKE = 20
+# Batches an ingest takes and hands to a new send task. The rest of its chunk
+# stays buffered for the send tasks already draining (and the sweeper): one
+# new sender per chunk keeps every pool process busy without a task per batch.
+INGEST_TAKE = 5
 # Batches handed to one send task. Small, so a chunk's batches spread over
 # the pool processes (and machines) instead of queueing behind one.
 BATCHES_PER_TASK = 5
@@ -39,12 +42,19 @@ BATCHES_PER_TASK = 5
 DRAIN_BUDGET_S = 2.0
 
 
-def ingest(task, commands: list[Any]) -> dict[str, int]:
+def _messages(chunk: Any) -> list[Any]:
+    """The command messages of a chunk: a JSON string (what producers send) or a list."""
+    if isinstance(chunk, (str, bytes)):
+        chunk = orjson.loads(chunk)
+    return chunk if isinstance(chunk, list) else [chunk]
+
+
+def ingest(task, chunk: str | list[Any]) -> dict[str, int]:
     """Validate, de-duplicate and buffer a chunk of command messages."""
     rt: Runtime = task.app.grants_runtime()
     parsed = []
     dead = 0
-    for position, message in enumerate(commands if isinstance(commands, list) else [commands]):
+    for position, message in enumerate(_messages(chunk)):
         try:
             parsed.append(parse_command(message))
         except (ValidationError, ValueError, TypeError) as exc:

@@ -16,11 +16,10 @@ for i = 7, #ARGV, 4 do
   local epid, st, res, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local rk = rec_key(pid, epid)
   local cur = redis.call('HMGET', rk, 'st', 'bat')
-  if cur[2] == id then
-    if (owned and cur[1] == 'sending') or (not owned and cur[1] == 'in_doubt' and st ~= 'in_doubt') then
-      finalize(rk, pid, epid, cur[1], st, res, err, now, ttl, maxlen)
-      written = written + 1
-    end
+  if cur[2] == id and ((owned and cur[1] == 'sending') or
+                       (not owned and cur[1] == 'in_doubt' and st ~= 'in_doubt')) then
+    finalize(rk, pid, epid, cur[1], st, res, err, now, ttl, maxlen)
+    written = written + 1
   end
 end
 if owned then

@@ -4,6 +4,8 @@
 --       source (broker message id + position: the same message delivered again
 --       is not a repeat of the purchase, but a second copy inside it is)
 -- Returns one code per command: new | dup | redelivered | conflict
+-- The record gets its retention TTL with its outcome: a command that never
+-- finishes stays visible instead of expiring unseen.
 local ttl = tonumber(ARGV[2])
 local now = now_ms()
 local out = {}
@@ -13,12 +15,9 @@ for i = 3, #ARGV, 7 do
   local cur = redis.call('HMGET', rk, 'h', 'src')
   if not cur[1] then
     -- First sight: the record is the dedupe claim, kept as long as the outcome.
-    redis.call('HSET', rk, 'pid', pid, 'epid', epid, 'h', h, 'cmd', cmd, 'lane', lane,
-      'rcv', now, 'enq', enq, 'att', 0, 'dup', 0, 'src', src)
-    set_status(rk, pid, epid, nil, 'pending', now)
-    redis.call('PEXPIRE', rk, ttl)
-    local buf = P .. ':buf:' .. lane
-    if redis.call('RPUSH', buf, epid) == 1 then
+    redis.call('HSET', rk, 'st', 'pending', 'pid', pid, 'epid', epid, 'h', h, 'cmd', cmd,
+      'lane', lane, 'rcv', now, 'enq', enq, 'att', 0, 'dup', 0, 'src', src)
+    if redis.call('RPUSH', P .. ':buf:' .. lane, epid) == 1 then
       redis.call('ZADD', LANES, now, lane)
     end
     out[#out + 1] = 'new'

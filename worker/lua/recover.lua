@@ -12,7 +12,7 @@ local out = {0}
 local doubted = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, max)) do
   local bk = batch_key(id)
-  local b = redis.call('HMGET', bk, 'st', 'pid', 'members', 'idem')
+  local b = redis.call('HMGET', bk, 'st', 'pid', 'members', 'idem', 'n')
   if not b[1] then
     redis.call('ZREM', LEASES, id)
   elseif b[1] == 'leased' or b[4] == '1' then
@@ -20,16 +20,10 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0,
     redis.call('ZADD', LEASES, now + lease_ms, id)
     out[#out + 1] = id
   else
-    local pid = b[2]
-    for _, epid in ipairs(cjson.decode(b[3])) do
-      local rk = rec_key(pid, epid)
-      if redis.call('HGET', rk, 'st') == 'sending' then
-        finalize(rk, pid, epid, 'sending', 'in_doubt', '',
-          'lease ' .. id .. ' expired during the backend call: the worker died or stalled; the grant may or may not be applied',
-          now, ttl, maxlen)
-        doubted = doubted + 1
-      end
-    end
+    finalize_members(b[2], cjson.decode(b[3]), 'in_doubt',
+      'lease ' .. id .. ' expired during the backend call: the worker died or stalled; the grant may or may not be applied',
+      now, ttl, maxlen)
+    doubted = doubted + tonumber(b[5])
     redis.call('DEL', bk)
     redis.call('ZREM', LEASES, id)
   end

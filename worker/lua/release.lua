@@ -9,23 +9,14 @@ local max_attempts, ttl, maxlen = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber
 local bk = batch_key(id)
 local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'att')
 if not (b[1] == 'sending' and b[2] == token) then return {'fenced'} end
-local pid = b[3]
-local members = cjson.decode(b[4])
 local now = now_ms()
 if tonumber(b[5]) >= max_attempts then
-  for _, epid in ipairs(members) do
-    local rk = rec_key(pid, epid)
-    if redis.call('HGET', rk, 'st') == 'sending' then
-      finalize(rk, pid, epid, 'sending', 'failed', '', err, now, ttl, maxlen)
-    end
-  end
+  finalize_members(b[3], cjson.decode(b[4]), 'failed', err, now, ttl, maxlen)
   redis.call('DEL', bk)
   redis.call('ZREM', LEASES, id)
   return {'failed'}
 end
+-- The last error lives on the batch; `grants results get` shows it.
 redis.call('HSET', bk, 'st', 'leased', 'tok', '', 'err', err)
 redis.call('ZADD', LEASES, now + delay_ms, id)
-for _, epid in ipairs(members) do
-  redis.call('HSET', rec_key(pid, epid), 'err', err)
-end
 return {'retry'}

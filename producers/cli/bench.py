@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--purchases", type=int, default=50_000, help="distinct purchases (default 50,000)")
     p.add_argument("--duplicates", type=float, default=5.0, help="extra repeats, %% of purchases (default 5)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (`celery worker`), default 1")
-    p.add_argument("--concurrency", type=int, default=3, help="pool processes per worker (default 3)")
+    p.add_argument("--concurrency", type=int, default=4, help="pool processes per worker (default 4)")
     p.add_argument("--latency-ms", type=int, default=0, help="sandbox latency per call (default 0)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print the report as JSON")

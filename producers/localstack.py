@@ -267,9 +267,12 @@ class Stack:
         self.flower_port = port or free_port()
         argv = [sys.executable, "-m", "celery", "-A", "worker", "flower",
                 f"--port={self.flower_port}", "--address=127.0.0.1"]
-        self.flower = Service("flower", argv, self.env(), self.workdir / "flower.log").start()
-        wait_until(lambda: self.flower.alive() and httpx.get(f"http://127.0.0.1:{self.flower_port}/healthcheck", timeout=1).status_code == 200,
-                   60, "flower")
+        # Flower's HTTP API (tests, scripts) without auth: this Flower listens
+        # on 127.0.0.1 only. deploy/ runs it behind basic auth.
+        env = self.env(FLOWER_UNAUTHENTICATED_API="true")
+        self.flower = Service("flower", argv, env, self.workdir / "flower.log").start()
+        # Up once its event receiver is connected: events sent before are lost to it.
+        wait_until(lambda: self.flower.alive() and "Connected to" in self.flower.log_text(), 60, "flower")
         return self.flower
 
     def stop(self) -> None:

@@ -15,7 +15,7 @@ import orjson
 import structlog
 
 from schemas.commands import GrantCommand
-from worker.app import GrantsCelery, create_app
+from worker.celery_app import GrantsCelery, create_app
 from worker.settings import Settings
 from worker.tasks import INGEST, INGEST_QUEUE
 

@@ -25,6 +25,7 @@ DEFAULT_PORT = 8900
 DEFAULT_DB = "sandbox.sqlite3"
 ENV_MERCHANT_ID = "GRANTS_XSOLLA_MERCHANT_ID"
 ENV_API_KEY = "GRANTS_XSOLLA_API_KEY"
+ENV_API_KEY_FILE = "GRANTS_XSOLLA_API_KEY_FILE"
 
 
 def serve(
@@ -102,11 +103,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """Entry point behind the CLI: resolve credentials, build faults, serve."""
     merchant_id = args.merchant_id or os.environ.get(ENV_MERCHANT_ID)
-    if args.api_key_file:
+    api_key_file = args.api_key_file or os.environ.get(ENV_API_KEY_FILE)
+    if api_key_file:
         try:
-            api_key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
+            api_key = Path(api_key_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise SystemExit(f"sandbox: cannot read --api-key-file: {exc.strerror}") from None
+            raise SystemExit(f"sandbox: cannot read the API key file {api_key_file}: {exc.strerror}") from None
     else:
         api_key = os.environ.get(ENV_API_KEY, "")
     if not merchant_id:

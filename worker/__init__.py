@@ -11,7 +11,7 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name in ("app", "celery"):
-        from worker.app import create_app
+        from worker.celery_app import create_app
         from worker.settings import Settings
 
         globals()["app"] = globals()["celery"] = built = create_app(Settings())

@@ -104,19 +104,19 @@ class Ledger:
         """
         if not commands:
             return []
-        args: list = [self.ttl_ms]
+        rows = []
         for position, (command, enqueued_at) in enumerate(commands):
-            args += [
+            rows.append((
                 K.lane(command.kind, command.project_id),
-                command.project_id,
+                str(command.project_id),
                 command.external_purchase_id,
                 command.payload_hash(),
                 # The stored body is the canonical JSON the hash was taken of.
-                command.canonical,
-                enqueued_at or 0,
+                command.canonical.decode(),
+                str(enqueued_at or 0),
                 f"{source}:{position}",
-            ]
-        results = self._run("ingest", *args)
+            ))
+        results = self._run("ingest", self.ttl_ms, orjson.dumps(rows))
         return [Ingested(c, r) for (c, _), r in zip(commands, results)]
 
     def take(

@@ -11,6 +11,7 @@ import sys
 
 from producers.cli import bench, demo, publish, results, sandbox
 from worker import logs
+from worker.gc_tuning import tune_gc
 from worker.settings import Settings
 
 _COMMANDS = (publish, results, sandbox, bench, demo)
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grants: bad configuration: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings)
+    tune_gc()
     try:
         return int(args.run(args, settings) or 0)
     except KeyboardInterrupt:

@@ -41,7 +41,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--feed", type=Path, help="JSON-lines feed (default: the bundled sample)")
     p.add_argument("--project-id", type=int, default=DEMO_PROJECT)
-    p.add_argument("--flower-port", type=int, default=5555, help="Flower's port (default 5555, or a free one)")
+    p.add_argument("--flower-port", type=int, default=5555,
+                   help="Flower's port (default 5555; a free one if taken, or with 0)")
     p.add_argument("--keep", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the stack up for Flower until Ctrl-C (default: when run on a terminal)")
     p.add_argument("--workdir", type=Path, default=REPO_ROOT / "var" / "demo", help="logs and data (default var/demo)")
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace, settings) -> int:
         stack.settings_env.update(overrides)
         stack.start_worker(concurrency=2)
         _say(f"   worker:  celery -A worker worker (log: {stack.workers[0].log_path})")
-        flower_port = args.flower_port if _port_free(args.flower_port) else free_port()
+        flower_port = args.flower_port if args.flower_port and _port_free(args.flower_port) else free_port()
         stack.start_flower(flower_port)
         _say(f"   flower:  http://127.0.0.1:{flower_port}")
 
@@ -110,8 +111,9 @@ def run(args: argparse.Namespace, settings) -> int:
 
         keep = sys.stdout.isatty() if args.keep is None else args.keep
         _say(f"\nFlower (tasks, workers, queues): http://127.0.0.1:{flower_port}")
-        _say(f"Look a purchase up:  GRANTS_REDIS_URL={redis_url} grants results get {unique[0]} --project-id {args.project_id}")
         if keep:
+            _say(f"Look a purchase up: GRANTS_REDIS_URL={_mask(redis_url)} .venv/bin/grants results get "
+                 f"{unique[0]} --project-id {args.project_id}")
             _say("The stack stays up for you to explore. Press Ctrl-C to stop it.")
             while True:
                 time.sleep(3600)

@@ -4,20 +4,16 @@ deployment; start more of them (anywhere) for more capacity."""
 
 from __future__ import annotations
 
-import gc
 import os
 
 from celery import Celery, signals
 from kombu import Queue
 
 from worker import logs, tasks
+from worker.gc_tuning import tune_gc
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.sweeper import SweeperStep
-
-
-# Allocations between gen-0 collections (CPython's default is 700).
-GC_GEN0_THRESHOLD = 20_000
 
 
 def default_concurrency() -> int:
@@ -95,12 +91,7 @@ def create_app(settings: Settings) -> GrantsCelery:
     @signals.worker_ready.connect(weak=False)
     @signals.worker_process_init.connect(weak=False)
     def _quiet_gc(**_kw):
-        # Celery's heap is large and lives forever, and kombu churns through
-        # short-lived client objects: the cyclic GC kept rescanning the former
-        # for the latter (22% of the main process's CPU under load). Freeze
-        # what exists after start-up and collect less often.
-        gc.freeze()
-        gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+        tune_gc()
 
     @signals.setup_logging.connect(weak=False)
     def _logging(**_kw):  # replaces Celery's own logging set-up

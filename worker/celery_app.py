@@ -11,6 +11,7 @@ from kombu import Queue
 
 from worker import logs, tasks
 from worker.gc_tuning import tune_gc
+from worker.redis_conn import broker_ssl_options
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.sweeper import SweeperStep
@@ -68,6 +69,7 @@ def create_app(settings: Settings) -> GrantsCelery:
             # each message, so old and new messages mix safely.
             "body_encoding": None,
         },
+        broker_use_ssl=broker_ssl_options(settings.effective_broker_url),
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         # A running task whose broker connection dropped finishes its HTTP call

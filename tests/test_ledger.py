@@ -152,3 +152,43 @@ def test_list_and_stats_by_status(ledger, results):
     stats = results.stats()
     assert stats["counts"]["pending"] == 3 and stats["waiting"] == 3
     assert stats["oldest_waiting_age_s"] >= 0
+
+
+def _fail(ledger, ids, project=1):
+    ingest(ledger, ids, project=project)
+    (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
+    work = ledger.begin(bid, "tok", lease_ms=5000, idempotent=False)
+    ledger.complete(work, [Outcome(i, "failed", error="503") for i in ids[:-1]] +
+                    [Outcome(ids[-1], "in_doubt", error="ReadTimeout")])
+
+
+def test_replay_rebuffers_failed_with_history_and_guards_the_rest(ledger, results):
+    _fail(ledger, ["f1", "f2", "d1"])
+    ingest(ledger, ["g1"])
+    (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
+    ledger.complete(ledger.begin(bid, "t", lease_ms=5000, idempotent=False), [Outcome("g1", "granted")])
+    targets = [(1, i, "grant:1") for i in ("f1", "d1", "g1", "nope")]
+    assert ledger.replay(targets, actor="ops@host", allow_in_doubt=False) == ["replayed", "needs_force", "granted", "missing"]
+    rec = results.get(1, "f1")
+    assert rec["status"] == "pending"
+    assert rec["history"][0]["by"] == "ops@host" and rec["history"][0]["from_status"] == "failed"
+    assert rec["history"][0]["last_error"] == "503" and rec["history"][0]["attempts_before"] == 1
+    # Twice in a row (two operators at once): the second finds it pending.
+    assert ledger.replay(targets[:1], actor="other", allow_in_doubt=False) == ["busy"]
+    assert ledger.replay([(1, "d1", "grant:1")], actor="ops", allow_in_doubt=True) == ["replayed"]
+    # Both are back in the buffer: the next take sends them like new commands.
+    (again,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
+    work = ledger.begin(again, "t2", lease_ms=5000, idempotent=False)
+    assert sorted(work.purchase_ids) == ["d1", "f1"]
+    ledger.complete(work, [Outcome("d1", "granted"), Outcome("f1", "granted")])
+    assert results.get(1, "f1")["status"] == "granted" and results.get(1, "f1")["attempts"] == 2
+
+
+def test_dead_letters_keep_the_raw_payload_bounded(ledger, results):
+    from worker.keys import DEAD_LETTER_MAX_BYTES
+
+    letter = ledger.dead_letter("x" * (DEAD_LETTER_MAX_BYTES + 10), "not JSON", source="task:0")
+    (dead,) = results.list(Status.dead)
+    assert dead["id"] == letter and dead["reason"] == "not JSON"
+    assert dead["raw_truncated"] and len(dead["raw"]) == DEAD_LETTER_MAX_BYTES
+    assert dead["raw_size"] == DEAD_LETTER_MAX_BYTES + 10

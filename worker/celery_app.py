@@ -83,11 +83,14 @@ def create_app(settings: Settings) -> GrantsCelery:
         task_send_sent_event=True,
         task_queues=(Queue(tasks.INGEST_QUEUE), Queue(tasks.SEND_QUEUE)),
         task_default_queue=tasks.INGEST_QUEUE,
+        # Records undecodable / unknown-task messages as dead letters.
+        worker_consumer="worker.consumer:GrantsConsumer",
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
     app.task(name=tasks.INGEST, bind=True, queue=tasks.INGEST_QUEUE)(tasks.ingest)
     app.task(name=tasks.SEND_BATCHES, bind=True, queue=tasks.SEND_QUEUE)(tasks.send_batches)
+    app.task(name=tasks.REPLAY, bind=True, queue=tasks.INGEST_QUEUE)(tasks.replay)
     app.steps["worker"].add(SweeperStep)
 
     @signals.worker_ready.connect(weak=False)

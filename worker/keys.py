@@ -15,6 +15,8 @@ One place, so that a reader can see the whole data model at once:
 - ``{p}:seq:batch``  counter for batch ids.
 - ``{p}:outcomes``  stream of final outcomes for the purchase pipeline.
 - ``{p}:lock:sweeper``  the recovery timer's lock.
+- ``{p}:dead:{id}``  hash: a broker message that was not a valid command,
+  with its raw payload and the reason (indexed in ``{p}:idx:dead``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ SWEEPER_LOCK_TICKS = 5
 # Index entries older than the retention are trimmed by the sweeper this often:
 # trimming is O(log n) per removal and there is no hurry.
 INDEX_TRIM_INTERVAL_S = 60.0
+
+# A dead letter keeps at most this much of the raw message: enough to see
+# what the sender meant, bounded so a megabyte of garbage stays out of Redis.
+DEAD_LETTER_MAX_BYTES = 64 * 1024
 
 # Lanes the take script looks at per call (oldest first). Keeps one script call
 # short (it blocks Redis) however many projects are waiting.
@@ -73,6 +79,9 @@ class Keys:
     @property
     def outcomes(self) -> str:
         return f"{self.prefix}:outcomes"
+
+    def dead_letter(self, letter_id: str) -> str:
+        return f"{self.prefix}:dead:{letter_id}"
 
     @property
     def sweeper_lock(self) -> str:

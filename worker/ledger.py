@@ -17,6 +17,8 @@ second run a no-op.
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
@@ -28,7 +30,7 @@ from schemas.commands import GrantCommand
 from worker import keys as K
 from worker.keys import Keys
 
-_SCRIPTS = ("ingest", "take", "begin", "complete", "release", "split", "recover")
+_SCRIPTS = ("ingest", "take", "begin", "complete", "release", "split", "recover", "replay")
 
 
 def _load_lua(name: str) -> str:
@@ -183,3 +185,52 @@ class Ledger:
             "recover", K.RECOVER_PER_TICK, dispatch_lease_ms, self.ttl_ms, K.OUTCOME_STREAM_MAXLEN
         )
         return int(doubted), ids
+
+    # --- ops ----------------------------------------------------------------
+
+    def replay(
+        self, targets: list[tuple[int, str, str]], *, actor: str, allow_in_doubt: bool
+    ) -> list[str]:
+        """Re-buffer failed (and, if allowed, in_doubt) commands; one code per target.
+
+        ``targets`` are (project_id, external_purchase_id, lane). Codes:
+        replayed, missing, granted, rejected, needs_force, busy.
+        """
+        if not targets:
+            return []
+        args: list = [actor, int(allow_in_doubt), self.ttl_ms]
+        for project_id, purchase_id, lane in targets:
+            args += [project_id, purchase_id, lane]
+        return self._run("replay", *args)
+
+    def dead_letter(self, raw: str | bytes, reason: str, *, source: str, purchase_id: str = "") -> str:
+        """Record a broker message that is not a valid command; returns its id.
+
+        Kept with its raw payload (cut to DEAD_LETTER_MAX_BYTES) and the
+        reason, indexed under status 'dead', and announced on the outcome
+        stream, in one MULTI.
+        """
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", errors="replace")
+        cut = len(raw) > K.DEAD_LETTER_MAX_BYTES
+        letter_id = uuid.uuid4().hex[:16]
+        now_ms = time.time_ns() // 1_000_000
+        key = self.keys.dead_letter(letter_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, mapping={
+            "id": letter_id,
+            "raw": raw[: K.DEAD_LETTER_MAX_BYTES],
+            "truncated": int(cut),
+            "size": len(raw),
+            "reason": reason[:2000],
+            "src": source,
+            "epid": purchase_id,
+            "at": now_ms,
+        })
+        pipe.pexpire(key, self.ttl_ms)
+        pipe.zadd(self.keys.index("dead"), {letter_id: now_ms})
+        pipe.xadd(self.keys.outcomes, {"project_id": "", "external_purchase_id": purchase_id, "status": "dead",
+                                       "at": now_ms, "dead_letter": letter_id},
+                  maxlen=K.OUTCOME_STREAM_MAXLEN, approximate=True)
+        pipe.execute()
+        return letter_id

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 import redis
 
@@ -44,6 +44,9 @@ def record_view(raw: dict[str, str]) -> dict[str, Any]:
     view["error"] = raw.get("err") or None
     cmd = json.loads(raw["cmd"]) if raw.get("cmd") else {}
     view["command"] = {"kind": cmd.get("kind"), "operation": cmd.get("operation")}
+    view["history"] = [
+        {**h, "at": iso_ms(h.get("at"))} for h in (json.loads(raw["hist"]) if raw.get("hist") else [])
+    ]
     return view
 
 
@@ -66,6 +69,21 @@ def _received_within(view: dict[str, Any], since_ms: int | None, until_ms: int |
         return True
     ms = int(datetime.fromisoformat(received).timestamp() * 1000)
     return (since_ms is None or ms >= since_ms) and (until_ms is None or ms <= until_ms)
+
+
+def dead_view(raw: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": raw["id"],
+        "project_id": None,
+        "external_purchase_id": raw.get("epid") or None,
+        "status": Status.dead.value,
+        "reason": raw.get("reason"),
+        "received_at": iso_ms(raw.get("at")),
+        "source": raw.get("src"),
+        "raw": raw.get("raw"),
+        "raw_size": int(raw.get("size") or 0),
+        "raw_truncated": raw.get("truncated") == "1",
+    }
 
 
 class Results:
@@ -119,18 +137,51 @@ class Results:
             if not members:
                 break
             offset += len(members)
-            wanted = [split_member(m) for m in members]
-            if project_id is not None:
-                wanted = [w for w in wanted if w[0] == project_id]
-            key = self.keys.conflict if status is Status.conflict else self.keys.record
-            view = conflict_view if status is Status.conflict else record_view
             pipe = self.redis.pipeline(transaction=False)
-            for pid, epid in wanted:
-                pipe.hgetall(key(pid, epid))
+            if status is Status.dead:
+                view = dead_view
+                for letter_id in members:
+                    pipe.hgetall(self.keys.dead_letter(letter_id))
+            else:
+                wanted = [split_member(m) for m in members]
+                if project_id is not None:
+                    wanted = [w for w in wanted if w[0] == project_id]
+                key = self.keys.conflict if status is Status.conflict else self.keys.record
+                view = conflict_view if status is Status.conflict else record_view
+                for pid, epid in wanted:
+                    pipe.hgetall(key(pid, epid))
             for raw in pipe.execute():
                 if raw and len(out) < limit:
                     out.append(view(raw))
         return out
+
+    def iter(
+        self,
+        status: Status,
+        *,
+        project_id: int | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        page: int = 1000,
+    ) -> Iterator[dict[str, Any]]:
+        """Every record in an outcome status (oldest first), a page at a time."""
+        lo = since_ms if since_ms is not None else "-inf"
+        hi = until_ms if until_ms is not None else "+inf"
+        offset = 0
+        while True:
+            members = self.redis.zrangebyscore(self.keys.index(status.value), lo, hi, start=offset, num=page)
+            if not members:
+                return
+            offset += len(members)
+            wanted = [split_member(m) for m in members]
+            if project_id is not None:
+                wanted = [w for w in wanted if w[0] == project_id]
+            pipe = self.redis.pipeline(transaction=False)
+            for pid, epid in wanted:
+                pipe.hgetall(self.keys.record(pid, epid))
+            for raw in pipe.execute():
+                if raw:
+                    yield record_view(raw)
 
     def stats(self) -> dict[str, Any]:
         """Counts by status, backlog, oldest waiting command, batches in flight.

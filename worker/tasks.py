@@ -25,6 +25,7 @@ from worker.runtime import Runtime
 log = structlog.get_logger("grants.worker")
 
 INGEST = "grants.ingest"
+REPLAY = "grants.replay"
 SEND_BATCHES = "grants.send_batches"
 INGEST_QUEUE = "grants.ingest"
 SEND_QUEUE = "grants.send"
@@ -42,26 +43,67 @@ BATCHES_PER_TASK = 5
 DRAIN_BUDGET_S = 2.0
 
 
-def _messages(chunk: Any) -> list[Any]:
-    """The command messages of a chunk: a JSON string (what producers send) or a list."""
-    if isinstance(chunk, (str, bytes)):
-        chunk = orjson.loads(chunk)
-    return chunk if isinstance(chunk, list) else [chunk]
+def _brief(exc: Exception) -> str:
+    """A validation error in one line per problem: 'field: reason; ...'."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(message)'}: {e['msg']}" for e in exc.errors(include_url=False)
+        )[:2000]
+    return f"{type(exc).__name__}: {exc}"[:2000]
 
 
-def ingest(task, chunk: str | list[Any]) -> dict[str, int]:
-    """Validate, de-duplicate and buffer a chunk of command messages."""
+def _raw(value: Any) -> str:
+    """The message as text for a dead letter, whatever it holds."""
+    try:
+        return orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # integers beyond 64 bits, and the like
+        return repr(value)
+
+
+def _purchase_id_of(message: Any) -> str:
+    """Best effort, for the dead letter's record: the purchase id if there is one."""
+    try:
+        epid = message["operation"]["purchase"]["external_purchase_id"]
+    except (KeyError, TypeError, IndexError):
+        return ""
+    return epid if isinstance(epid, str) else ""
+
+
+def ingest(task, chunk: Any = None, *extra: Any, **unexpected: Any) -> dict[str, int]:
+    """Validate, de-duplicate and buffer a chunk of command messages.
+
+    Nothing in a message can make this raise: a message that is not a chunk,
+    and each element that is not a valid command, become dead letters with
+    their raw payload and the reason; the rest of the chunk goes on.
+    """
     rt: Runtime = task.app.grants_runtime()
+    source = task.request.id or "unknown"
+    if extra or unexpected or not isinstance(chunk, (str, bytes, list)):
+        rt.ledger.dead_letter(_raw({"args": [chunk, *extra], "kwargs": unexpected}), "grants.ingest takes one argument: a JSON string (or list) of commands",
+                              source=source)
+        log.error("message refused: not a chunk of commands", task_id=source)
+        return {"dead": 1}
+    try:
+        messages = orjson.loads(chunk) if isinstance(chunk, (str, bytes)) else chunk
+    except orjson.JSONDecodeError as exc:
+        rt.ledger.dead_letter(chunk, f"the chunk is not JSON: {exc}", source=source)
+        log.error("message refused: chunk is not JSON", task_id=source, reason=str(exc))
+        return {"dead": 1}
+    if not isinstance(messages, list):
+        messages = [messages]
     parsed = []
     dead = 0
-    for position, message in enumerate(_messages(chunk)):
+    for position, message in enumerate(messages):
         try:
             parsed.append(parse_command(message))
         except (ValidationError, ValueError, TypeError) as exc:
             dead += 1
-            log.error("command refused: not a valid command", task_id=task.request.id, position=position,
-                      reason=str(exc).splitlines()[0][:300])
-    results = rt.ledger.ingest(parsed, source=task.request.id)
+            reason = _brief(exc)
+            epid = _purchase_id_of(message)
+            letter = rt.ledger.dead_letter(_raw(message), reason, source=f"{source}:{position}", purchase_id=epid)
+            log.error("command refused: dead letter", task_id=source, position=position, dead_letter=letter,
+                      external_purchase_id=epid or None, reason=reason[:300])
+    results = rt.ledger.ingest(parsed, source=source)
     counts = Counter(r.result for r in results)
     for r in results:
         if r.result in ("dup", "conflict"):
@@ -71,7 +113,7 @@ def ingest(task, chunk: str | list[Any]) -> dict[str, int]:
                 project_id=r.command.project_id,
                 external_purchase_id=r.command.external_purchase_id,
             )
-    log.info("chunk ingested", task_id=task.request.id, dead=dead, **counts)
+    log.info("chunk ingested", task_id=source, dead=dead, **counts)
     rt.take(INGEST_TAKE)
     return {"dead": dead, **counts}
 
@@ -91,3 +133,42 @@ def send_batches(task, batch_ids: list[str]) -> dict[str, Any]:
         if not queue and time.monotonic() < deadline:
             queue = rt.take(1, dispatch=False)
     return {"batches": sent, **outcomes}
+
+
+def replay(
+    task,
+    status: str,
+    project_id: int | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    sku: str | None = None,
+    user: str | None = None,
+    limit: int = 1000,
+    dry_run: bool = False,
+    force: bool = False,
+    actor: str = "celery-task",
+) -> dict[str, Any]:
+    """``grants replay`` as a task (e.g. from Flower's task API); returns a summary."""
+    from datetime import datetime
+
+    from schemas.records import Status
+    from worker import replay as rp
+
+    def ms(text: str | None) -> int | None:
+        return None if text is None else int(datetime.fromisoformat(text).timestamp() * 1000)
+
+    rt: Runtime = task.app.grants_runtime()
+    filters = rp.Filters(Status(status), project_id=project_id, since_ms=ms(since), until_ms=ms(until),
+                         sku=sku, user=user, limit=limit)
+    planned = rp.plan(rp.select(rt.results, filters), force=force, idempotent=rt.backend.idempotent)
+    summary: dict[str, Any] = {
+        "candidates": len(planned),
+        "plan": [f"{'replay' if p.replay else 'skip'} {p.name}: {p.why}" for p in planned[:50]],
+    }
+    if status == Status.in_doubt.value and not (force or rt.backend.idempotent):
+        summary["risk"] = rp.IN_DOUBT_RISK
+    if not dry_run:
+        verdicts = rp.execute(rt.ledger, planned, actor=actor, allow_in_doubt=force or rt.backend.idempotent)
+        summary["verdicts"] = dict(verdicts)
+        log.warning("replay", actor=actor, status=status, **verdicts)
+    return summary

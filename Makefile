@@ -13,6 +13,7 @@ help:
 	@echo "make run    - the whole stack on this machine, a sample feed, a report"
 	@echo "make test   - unit and integration tests (private redis-server, real workers)"
 	@echo "make bench  - grants bench: 50,000 purchases end to end"
+	@echo "make chaos  - the full chaos run, three times (kills, Redis restarts, faults, outage)"
 	@echo "make clean  - remove the virtualenv and caches"
 
 venv: $(STAMP)
@@ -38,6 +39,9 @@ integration: venv
 
 bench: venv
 	$(BIN)/grants bench
+
+chaos: venv
+	$(BIN)/python -m tests.chaos --runs 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -13,8 +13,11 @@ import json
 import random
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
+
+import psutil
 
 from producers.localstack import Stack
 from producers.progress import Progress
@@ -35,6 +38,8 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker processes (`celery worker`), default 1")
     p.add_argument("--concurrency", type=int, default=4, help="pool processes per worker (default 4)")
     p.add_argument("--latency-ms", type=int, default=0, help="sandbox latency per call (default 0)")
+    p.add_argument("--backlog", action="store_true",
+                   help="publish everything first, then start the workers (a drained backlog); reports peak worker memory")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory)")
@@ -59,6 +64,39 @@ def generate(n: int, dup_pct: float, seed: int) -> list[GrantCommand]:
     return ops
 
 
+class PeakMemory:
+    """Samples the resident memory of worker process trees in a thread."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval = interval
+        self.peak_per_process_mb = 0.0
+        self.peak_total_mb = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, pids: list[int]) -> None:
+        def sample():
+            while not self._stop.wait(self.interval):
+                sizes = []
+                for pid in pids:
+                    try:
+                        root = psutil.Process(pid)
+                        sizes += [p.memory_info().rss for p in [root, *root.children(recursive=True)]]
+                    except psutil.Error:
+                        continue
+                if sizes:
+                    self.peak_per_process_mb = max(self.peak_per_process_mb, round(max(sizes) / 2**20, 1))
+                    self.peak_total_mb = max(self.peak_total_mb, round(sum(sizes) / 2**20, 1))
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+
 def percentile(values: list[float], pct: float) -> float:
     if not values:
         return 0.0
@@ -74,8 +112,9 @@ def run(args: argparse.Namespace, settings) -> int:
     with Stack(args.workdir) as stack:
         stack.start_redis()
         stack.start_sandbox("--latency-ms", str(args.latency_ms))
-        for _ in range(args.workers):
-            stack.start_worker(concurrency=args.concurrency)
+        if not args.backlog:
+            for _ in range(args.workers):
+                stack.start_worker(concurrency=args.concurrency)
         redis_url = stack.redis.url
         results = Results(connect(redis_url), Keys(settings.key_prefix))
         publisher = Publisher(settings.model_copy(update={"redis_url": redis_url, "broker_url": None}))
@@ -85,6 +124,12 @@ def run(args: argparse.Namespace, settings) -> int:
         publisher.publish_many(feed, on_progress=pub_progress.update)
         pub_progress.done()
         published_s = time.monotonic() - started
+        memory = PeakMemory()
+        if args.backlog:
+            for _ in range(args.workers):
+                stack.start_worker(concurrency=args.concurrency, wait=False)
+            started = time.monotonic()
+        memory.watch([w.pid for w in stack.workers])
 
         progress = Progress("outcomes", total=args.purchases)
         final = ("granted", "rejected", "failed", "in_doubt")
@@ -100,13 +145,15 @@ def run(args: argparse.Namespace, settings) -> int:
             time.sleep(0.1)
         progress.done()
         wall_s = time.monotonic() - started
+        memory.stop()
 
         ids = [f"bench-{i}" for i in range(args.purchases)]
         timings = results.timings([(BENCH_PROJECT, i) for i in ids])
         latencies = [(cpl - enq) / 1000 for enq, _rcv, cpl in timings if enq and cpl]
         first_enq = min(t[0] for t in timings)
         last_cpl = max(t[2] for t in timings)
-        pipeline_s = (last_cpl - first_enq) / 1000
+        # A backlog is timed from the workers' start: before that it was only queued.
+        pipeline_s = wall_s if args.backlog else (last_cpl - first_enq) / 1000
         sandbox = stack.sandbox_get("/sandbox/stats")
         audit = stack.audit_counts(BENCH_PROJECT)
         doubles = sum(1 for n in audit.values() if n > 1)
@@ -128,6 +175,9 @@ def run(args: argparse.Namespace, settings) -> int:
             "max_batch": sandbox["max_operations_per_call"],
             "outcomes": {s: counts[s] for s in final},
             "duplicates_recorded": len(feed) - args.purchases,
+            "peak_rss_mb_per_process": memory.peak_per_process_mb,
+            "peak_rss_mb_all_workers": memory.peak_total_mb,
+            "backlog": args.backlog,
             "exactly_once": doubles == 0 and missing == 0,
             "doubles": doubles,
             "missing": missing,
@@ -140,6 +190,8 @@ def run(args: argparse.Namespace, settings) -> int:
         say(f"  latency enqueue->outcome: p50 {report['latency_p50_s']} s, p99 {report['latency_p99_s']} s")
         say(f"  backend calls: {report['backend_calls']:,}, mean batch {report['mean_batch']}, max {report['max_batch']}")
         say(f"  outcomes: {report['outcomes']}")
+        say(f"  worker memory: peak {report['peak_rss_mb_per_process']} MB per process, "
+            f"{report['peak_rss_mb_all_workers']} MB all worker processes together")
         say(f"  exactly once per sandbox audit: {'yes' if report['exactly_once'] else 'NO'} "
             f"(doubles {doubles}, missing {missing})")
     return 0 if report["exactly_once"] else 1

@@ -8,6 +8,7 @@ never hides the good ones around it.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from typing import IO, Any, Iterator
@@ -18,7 +19,8 @@ from pydantic import ValidationError
 from schemas.commands import GrantCommand
 
 # Ours: no single operation is anywhere near this; a longer line is refused
-# before parsing, so a runaway line cannot blow up memory.
+# before parsing, and read no further than this, so a runaway line cannot blow
+# up memory. (Counted in characters, as read.)
 MAX_LINE_BYTES = 1 << 20
 
 
@@ -62,23 +64,33 @@ def validate(obj: Any, project_id: int, line: int) -> GrantCommand | list[FeedEr
 
 def read_feed(stream: IO[str], project_id: int) -> Iterator[GrantCommand | list[FeedError]]:
     """Yield a command or a list of errors per feed element, in order."""
+    if isinstance(stream, io.TextIOWrapper):
+        # Undecodable bytes become lone surrogates, which the JSON parsers and
+        # the schema refuse as that line's error, instead of a UnicodeDecodeError
+        # ending the whole feed half-published. (Before the first read.)
+        stream.reconfigure(errors="surrogateescape")
+    lines = iter(lambda: stream.readline(MAX_LINE_BYTES + 1), "")
     first = ""
     head: list[str] = []
-    for raw in stream:
+    for raw in lines:
         head.append(raw)
-        if raw.strip():
-            first = raw.lstrip()[0]
+        if raw.strip() or len(raw) > MAX_LINE_BYTES:
+            first = raw.lstrip()[:1]
             break
     if first == "[":
         yield from _array(("".join(head) + stream.read()), project_id)
         return
     line_no = 0
-    for raw in _chain(head, stream):
+    for raw in _chain(head, lines):
         line_no += 1
-        if not raw.strip():
-            continue
         if len(raw) > MAX_LINE_BYTES:
+            # Only its first MAX_LINE_BYTES + 1 characters were read: skip the
+            # rest in pieces of bounded size.
+            while raw and not raw.endswith("\n"):
+                raw = stream.readline(MAX_LINE_BYTES)
             yield [FeedError(line_no, "(line)", f"longer than {MAX_LINE_BYTES} bytes")]
+            continue
+        if not raw.strip():
             continue
         try:
             obj = orjson.loads(raw)
@@ -88,9 +100,9 @@ def read_feed(stream: IO[str], project_id: int) -> Iterator[GrantCommand | list[
         yield validate(obj, project_id, line_no)
 
 
-def _chain(head: list[str], stream: IO[str]) -> Iterator[str]:
+def _chain(head: list[str], lines: Iterator[str]) -> Iterator[str]:
     yield from head
-    yield from stream
+    yield from lines
 
 
 def _array(text: str, project_id: int) -> Iterator[GrantCommand | list[FeedError]]:
@@ -116,7 +128,16 @@ def _array(text: str, project_id: int) -> Iterator[GrantCommand | list[FeedError
         except json.JSONDecodeError as exc:
             yield [FeedError(line_of(exc.pos), "(json)", f"invalid JSON: {exc.msg}")]
             return
-        yield validate(obj, project_id, line_of(pos))
+        except RecursionError:  # [[[[... thousands deep: the stdlib decoder recurses
+            yield [FeedError(line_of(pos), "(json)", "invalid JSON: nested too deeply")]
+            return
+        except ValueError as exc:  # an integer of more than 4300 digits
+            yield [FeedError(line_of(pos), "(json)", f"invalid JSON: {str(exc).split(';')[0]}")]
+            return
+        if nxt - pos > MAX_LINE_BYTES:  # as a JSON line of that size would be
+            yield [FeedError(line_of(pos), "(operation)", f"longer than {MAX_LINE_BYTES} bytes")]
+        else:
+            yield validate(obj, project_id, line_of(pos))
         pos = skip_ws(nxt)
         if pos < end and text[pos] == ",":
             pos = skip_ws(pos + 1)

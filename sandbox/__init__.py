@@ -1,14 +1,18 @@
-"""A local, fast, real-HTTP fake of Xsolla's inventory API.
+"""A local, fast, real-HTTP fake of Xsolla's inventory API, Xsolla Backpack
+and PlayFab's (legacy economy) Admin API, in one server.
 
 Tests, the benchmark and the demo point the grant workers at it instead of
-Xsolla. It applies purchases, rewards and revokes to SQLite-backed
-inventories, keeps an audit trail of every operation it applied, and can
-inject faults (latency, 429/5xx, dropped connections, hangs, outages) either
-at random or from a deterministic script. ``/sandbox/...`` admin endpoints
-expose the audit, balances, stats and fault config.
+the real backends. It applies Xsolla purchases, rewards and revokes to
+SQLite-backed inventories, creates and deletes Backpack items, grants and
+revokes PlayFab item instances, keeps an audit trail of every change it
+applied, and can inject faults (latency, 429/5xx, dropped connections,
+hangs, outages) into any backend's calls, either at random or from a
+deterministic script. ``/sandbox/...`` admin endpoints expose the audit,
+balances, items, stats and configuration.
 
-Modules: ``store`` (SQLite state), ``operations`` (request bodies),
-``faults`` (fault injection), ``app`` (the ASGI app), ``server`` (uvicorn + CLI).
+Modules: ``store`` (SQLite state), ``operations`` (Xsolla request bodies),
+``backpack`` and ``playfab`` (those APIs), ``faults`` (fault injection),
+``app`` (the ASGI app), ``server`` (uvicorn + CLI).
 """
 
 from sandbox.app import create_app

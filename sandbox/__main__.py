@@ -1,4 +1,4 @@
-"""``python -m sandbox --port N``: run the fake Xsolla inventory API."""
+"""``python -m sandbox --port N``: run the fake Xsolla, Backpack and PlayFab APIs."""
 
 import argparse
 
@@ -8,7 +8,7 @@ from sandbox.server import add_arguments, run
 def main() -> None:
     """Parse the command line and serve until interrupted."""
     parser = argparse.ArgumentParser(
-        prog="python -m sandbox", description="Local fake of Xsolla's inventory API."
+        prog="python -m sandbox", description="Local fake of Xsolla's inventory API, Xsolla Backpack and PlayFab."
     )
     add_arguments(parser)
     run(parser.parse_args())

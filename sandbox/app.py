@@ -1,10 +1,17 @@
-"""The fake Xsolla inventory API and its admin endpoints, as an ASGI app.
+"""The fake backends and their admin endpoints, as one ASGI app.
 
-API (HTTP Basic auth, merchant_id:api_key), bodies are JSON arrays:
+Xsolla inventory API (HTTP Basic auth, merchant_id:api_key), bodies are JSON
+arrays:
 
 - ``POST /v2/project/{project_id}/inventory/purchase``
 - ``POST /v2/project/{project_id}/inventory/reward``
 - ``POST /v2/project/{project_id}/inventory/revoke``
+
+Xsolla Backpack (``sandbox.backpack``) under ``/web/backpack/`` and PlayFab's
+Admin API (``sandbox.playfab``) under ``/playfab/Admin/``. Every API call of
+every backend goes through ``_Sandbox.call``: latency, auth, injected faults,
+apply, then drop/hang; all share one fault config, one store and one set of
+stats.
 
 Admin (no auth) lives under ``/sandbox/``; see ``create_app`` for the list.
 """
@@ -18,6 +25,7 @@ import hmac
 import time
 from http import HTTPStatus
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -28,6 +36,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sandbox.common import json_response
 from sandbox.faults import FaultConfig, Faults
 from sandbox.operations import (
     ITEMS_OPERATIONS,
@@ -35,6 +44,8 @@ from sandbox.operations import (
     PURCHASES,
     describe_error,
 )
+from sandbox.backpack import DEFAULT_BACKPACK_HOST_ID, DEFAULT_BACKPACK_TOKEN, BackpackApi
+from sandbox.playfab import DEFAULT_PLAYFAB_SECRET_KEY, PlayFabApi, PlayFabConfig
 from sandbox.store import NotEnough, Store
 
 # Xsolla's error codes for the cases we imitate (the "[0401]" prefix is part
@@ -46,6 +57,10 @@ _CODE_NOT_FOUND = 4001
 _CODE_INJECTED = 0
 
 _KINDS = ("purchase", "reward", "revoke")
+# Every audit kind, for GET /sandbox/audit/counts.
+_AUDIT_KINDS = (*_KINDS, "backpack.create", "backpack.delete", "playfab.grant", "playfab.revoke")
+# Path prefixes of API calls (timed, and droppable by the outer layer).
+_API_PREFIXES = ("/v2/", "/web/backpack/", "/playfab/")
 _CATALOG_BODY: TypeAdapter[list[str] | None] = TypeAdapter(list[str] | None)
 _DEFAULT_AUDIT_LIMIT = 10000
 _MAX_AUDIT_LIMIT = 100000
@@ -53,10 +68,7 @@ _MAX_AUDIT_LIMIT = 100000
 _CONTROL_KEY = "sandbox.control"
 
 
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    # orjson is several times faster than json for the 50-operation responses.
-    return Response(orjson.dumps(data), status_code=status, headers=headers,
-                    media_type="application/json")
+_json = json_response
 
 
 def _xsolla_error(status: int, code: int, message: str,
@@ -73,6 +85,11 @@ def _phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return f"HTTP {status}"
+
+
+def _xsolla_fault(status: int, retry_after: int | None) -> Response:
+    headers = None if retry_after is None else {"Retry-After": str(retry_after)}
+    return _xsolla_error(status, _CODE_INJECTED, f"{_phrase(status)} (sandbox fault)", headers)
 
 
 def _admin_error(status: int, message: str) -> Response:
@@ -99,6 +116,10 @@ class _Stats:
         self.ignored_operations = 0
         self.responses: Counter[str] = Counter()
         self.api_seconds = 0.0
+        # "xsolla", "backpack", "playfab": calls, and items the call carried
+        # (Backpack items created, PlayFab ItemGrants/Items received).
+        self.calls_by_api: Counter[str] = Counter()
+        self.items_by_api: Counter[str] = Counter()
 
 
 class _Sandbox:
@@ -148,35 +169,54 @@ class _Sandbox:
 
     # ------------------------------------------------------------------- API
 
-    async def api(self, request: Request, kind: str) -> Response:
-        """One inventory call: latency, auth, faults, validation, apply."""
-        self.stats.calls += 1
+    async def call(
+        self,
+        request: Request,
+        api: str,
+        authorize: Callable[[Request], Response | None],
+        fault_response: Callable[[int, int | None], Response],
+        apply: Callable[[], Awaitable[Response]],
+    ) -> Response:
+        """One API call of any backend: latency, auth, faults, apply.
+
+        ``authorize`` returns None or the refusal; ``fault_response(status,
+        retry_after)`` shapes an injected error the backend's way; ``apply``
+        validates and applies the request and returns the answer.
+        """
+        stats = self.stats
+        stats.calls += 1
+        stats.calls_by_api[api] += 1
         faults = self.faults
         if faults.latency_s:
             await asyncio.sleep(faults.latency_s)
-        denied = self.check_auth(request.headers.get("authorization"))
+        denied = authorize(request)
         if denied is not None:
             return self._count(denied)
         injection = faults.next()
         if injection is not None and injection.status is not None:
             # Before anything is applied: the client may safely retry.
-            headers = None
-            if injection.retry_after is not None:
-                headers = {"Retry-After": str(injection.retry_after)}
-            return self._count(_xsolla_error(
-                injection.status, _CODE_INJECTED, f"{_phrase(injection.status)} (sandbox fault)",
-                headers,
-            ))
-        response = self._apply(request.path_params["project_id"], kind, await request.body())
+            return self._count(fault_response(injection.status, injection.retry_after))
+        response = await apply()
         if injection is not None:
             # Applied already: now make the client believe it may not have been.
             if injection.drop:
                 request.scope[_CONTROL_KEY].drop = True
-                self.stats.responses["dropped"] += 1
+                stats.responses["dropped"] += 1
                 return response
             if injection.hang_s:
                 await asyncio.sleep(injection.hang_s)
         return self._count(response)
+
+    async def api(self, request: Request, kind: str) -> Response:
+        """One Xsolla inventory call."""
+
+        def authorize(req: Request) -> Response | None:
+            return self.check_auth(req.headers.get("authorization"))
+
+        async def apply() -> Response:
+            return self._apply(request.path_params["project_id"], kind, await request.body())
+
+        return await self.call(request, "xsolla", authorize, _xsolla_fault, apply)
 
     def _apply(self, project_id: int, kind: str, body: bytes) -> Response:
         adapter = PURCHASES if kind == "purchase" else ITEMS_OPERATIONS
@@ -186,6 +226,7 @@ class _Sandbox:
             return _xsolla_error(422, _CODE_BAD_REQUEST, describe_error(exc))
         stats = self.stats
         received = len(ops)
+        stats.items_by_api["xsolla"] += received
         stats.operations_received += received
         stats.max_operations_per_call = max(stats.max_operations_per_call, received)
         if received > MAX_OPERATIONS_PER_CALL:
@@ -227,6 +268,8 @@ class _Sandbox:
             "responses": dict(s.responses),
             "api_seconds_total": s.api_seconds,
             "idempotent": self.idempotent,
+            "calls_by_api": dict(s.calls_by_api),
+            "items_by_api": dict(s.items_by_api),
         }
 
 
@@ -257,7 +300,7 @@ class _Outermost:
         self.sandbox = sandbox
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v2/"):
+        if scope["type"] != "http" or not scope["path"].startswith(_API_PREFIXES):
             await self.app(scope, receive, send)
             return
         control = _CallControl()
@@ -300,23 +343,40 @@ async def _drop_connection(send: Send) -> None:
 
 
 def create_app(store: Store, faults: Faults, merchant_id: str, api_key: str,
-               idempotent: bool = False) -> ASGIApp:
+               idempotent: bool = False, *,
+               backpack_token: str = DEFAULT_BACKPACK_TOKEN,
+               backpack_host_id: str = DEFAULT_BACKPACK_HOST_ID,
+               playfab_secret_key: str = DEFAULT_PLAYFAB_SECRET_KEY,
+               playfab_config: PlayFabConfig | None = None) -> ASGIApp:
     """Build the sandbox ASGI app over ``store`` and ``faults``.
+
+    ``backpack_token`` and ``backpack_host_id`` are what Backpack calls must
+    send (``Authorization: Bearer <token>``, ``X-HOST-ID``);
+    ``playfab_secret_key`` what PlayFab calls must send in ``X-SecretKey``.
+    The defaults are for local use only.
 
     Admin endpoints (no auth):
 
     - ``GET /sandbox/health`` -> ``{"status": "ok"}``
     - ``GET /sandbox/audit?project_id=&after_id=0&limit=10000`` ->
       ``{"entries": [...], "next_after_id": n}``
+      (rows of Backpack/PlayFab changes also carry ``item_id``; PlayFab rows
+      have ``project_id`` 0)
     - ``GET /sandbox/audit/counts?project_id=&kind=purchase`` -> ``{"counts": {epid: n}}``
+      (``kind`` may be any audit kind, e.g. ``playfab.grant``: then per Annotation)
     - ``GET /sandbox/balances?project_id=&user_id=`` -> ``{"balances": [...]}``
     - ``GET|PUT /sandbox/projects/{project_id}/catalog`` (PUT body: list of SKUs or null)
     - ``GET|PUT /sandbox/faults`` (PUT replaces the whole config)
     - ``GET|PUT /sandbox/config`` ``{"idempotent": bool}``
     - ``GET /sandbox/stats``; ``POST /sandbox/reset`` (or PUT) zeroes the
       counters, returns the zeroed stats; data, faults and config stay
+
+    Backpack's admin endpoints are listed in ``sandbox.backpack``, PlayFab's
+    in ``sandbox.playfab``.
     """
     sb = _Sandbox(store, faults, merchant_id, api_key, idempotent)
+    backpack = BackpackApi(sb, backpack_token, backpack_host_id)
+    playfab = PlayFabApi(sb, playfab_secret_key, playfab_config)
 
     def api_route(kind: str) -> Route:
         async def endpoint(request: Request) -> Response:
@@ -348,8 +408,8 @@ def create_app(store: Store, faults: Faults, merchant_id: str, api_key: str,
         except ValueError:
             return _admin_error(400, "project_id must be an integer")
         kind = request.query_params.get("kind", "purchase")
-        if kind not in _KINDS:
-            return _admin_error(400, f"kind must be one of {', '.join(_KINDS)}")
+        if kind not in _AUDIT_KINDS:
+            return _admin_error(400, f"kind must be one of {', '.join(_AUDIT_KINDS)}")
         return _json({"counts": sb.store.audit_counts(project_id, kind)})
 
     async def balances(request: Request) -> Response:
@@ -413,5 +473,7 @@ def create_app(store: Store, faults: Faults, merchant_id: str, api_key: str,
         Route("/sandbox/stats", stats, methods=["GET"]),
         # PUT as well: some callers only have a PUT-with-JSON helper.
         Route("/sandbox/reset", reset, methods=["POST", "PUT"]),
+        *backpack.routes(),
+        *playfab.routes(),
     ]
     return _Outermost(Starlette(routes=routes), sb)

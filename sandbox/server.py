@@ -3,7 +3,15 @@
 ``serve`` is the programmatic entry point; ``add_arguments`` and ``run`` let a
 CLI (``grants sandbox ...`` or ``python -m sandbox ...``) expose it. Credentials
 come from flags or, failing those, from the environment, read only in ``run``.
-The API key is never printed or logged.
+No credential (Xsolla API key, Backpack token or host id, PlayFab secret key)
+is ever printed or logged.
+
+Backpack and PlayFab credentials have defaults for local use
+(``sandbox.backpack.DEFAULT_BACKPACK_*``, ``sandbox.playfab.DEFAULT_PLAYFAB_SECRET_KEY``);
+override them with ``--backpack-token-file`` / $GRANTS_BACKPACK_TOKEN_FILE /
+$GRANTS_BACKPACK_TOKEN, ``--backpack-host-id`` / $GRANTS_BACKPACK_HOST_ID and
+``--playfab-secret-key-file`` / $GRANTS_PLAYFAB_SECRET_KEY_FILE /
+$GRANTS_PLAYFAB_SECRET_KEY.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from sandbox.app import create_app
+from sandbox.backpack import DEFAULT_BACKPACK_HOST_ID, DEFAULT_BACKPACK_TOKEN
 from sandbox.faults import Faults
+from sandbox.playfab import DEFAULT_PLAYFAB_SECRET_KEY, PlayFabConfig
 from sandbox.store import Store
 
 DEFAULT_HOST = "127.0.0.1"
@@ -26,6 +36,11 @@ DEFAULT_DB = "sandbox.sqlite3"
 ENV_MERCHANT_ID = "GRANTS_XSOLLA_MERCHANT_ID"
 ENV_API_KEY = "GRANTS_XSOLLA_API_KEY"
 ENV_API_KEY_FILE = "GRANTS_XSOLLA_API_KEY_FILE"
+ENV_BACKPACK_TOKEN = "GRANTS_BACKPACK_TOKEN"
+ENV_BACKPACK_TOKEN_FILE = "GRANTS_BACKPACK_TOKEN_FILE"
+ENV_BACKPACK_HOST_ID = "GRANTS_BACKPACK_HOST_ID"
+ENV_PLAYFAB_SECRET_KEY = "GRANTS_PLAYFAB_SECRET_KEY"
+ENV_PLAYFAB_SECRET_KEY_FILE = "GRANTS_PLAYFAB_SECRET_KEY_FILE"
 
 
 def serve(
@@ -37,6 +52,10 @@ def serve(
     api_key: str,
     idempotent: bool = False,
     faults: Faults | None = None,
+    backpack_token: str = DEFAULT_BACKPACK_TOKEN,
+    backpack_host_id: str = DEFAULT_BACKPACK_HOST_ID,
+    playfab_secret_key: str = DEFAULT_PLAYFAB_SECRET_KEY,
+    playfab_config: PlayFabConfig | None = None,
 ) -> None:
     """Serve the fake Xsolla API on host:port until interrupted (SIGINT/SIGTERM).
 
@@ -47,7 +66,9 @@ def serve(
     import uvicorn
 
     store = Store(db_path)
-    app = create_app(store, faults or Faults(), merchant_id, api_key, idempotent)
+    app = create_app(store, faults or Faults(), merchant_id, api_key, idempotent,
+                     backpack_token=backpack_token, backpack_host_id=backpack_host_id,
+                     playfab_secret_key=playfab_secret_key, playfab_config=playfab_config)
     config = uvicorn.Config(
         app,
         host=host,
@@ -90,6 +111,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"file holding the expected API key (default ${ENV_API_KEY})")
     parser.add_argument("--idempotent", action="store_true",
                         help="apply each (project, external_purchase_id) at most once")
+    backends = parser.add_argument_group("Backpack and PlayFab")
+    backends.add_argument("--backpack-token-file", default=None,
+                          help=f"file holding the Bearer token Backpack calls must send "
+                               f"(default ${ENV_BACKPACK_TOKEN_FILE}, ${ENV_BACKPACK_TOKEN}, "
+                               f"else a fixed local-only token)")
+    backends.add_argument("--backpack-host-id", default=None,
+                          help=f"X-HOST-ID Backpack calls must send (default ${ENV_BACKPACK_HOST_ID}, "
+                               f"else a fixed local-only id)")
+    backends.add_argument("--playfab-secret-key-file", default=None,
+                          help=f"file holding the X-SecretKey PlayFab calls must send "
+                               f"(default ${ENV_PLAYFAB_SECRET_KEY_FILE}, ${ENV_PLAYFAB_SECRET_KEY}, "
+                               f"else a fixed local-only key)")
+    backends.add_argument("--playfab-auto-create-players", action="store_true",
+                          help="treat every PlayFabId as an existing player (created on first grant)")
+    backends.add_argument("--playfab-no-shuffle", action="store_true",
+                          help="answer GrantItemsToUsers results in request order")
     faults = parser.add_argument_group("faults")
     faults.add_argument("--latency-ms", type=float, default=0.0, help="delay added to every API call")
     faults.add_argument("--rate-5xx", type=float, default=0.0, help="share of calls answered 503 before applying")
@@ -98,6 +135,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--rate-drop", type=float, default=0.0,
                         help="share of calls applied, then dropped without a response")
     faults.add_argument("--seed", type=int, default=0, help="seed of the random fault draws")
+
+
+def _secret(flag_file: str | None, env_file: str, env_value: str, default: str, what: str) -> str:
+    """A credential from a file (flag, else $env_file), else $env_value, else the default."""
+    path = flag_file or os.environ.get(env_file)
+    if path:
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SystemExit(f"sandbox: cannot read the {what} file {path}: {exc.strerror}") from None
+        if not value:
+            raise SystemExit(f"sandbox: the {what} file {path} is empty")
+        return value
+    return os.environ.get(env_value) or default
 
 
 def run(args: argparse.Namespace) -> None:
@@ -128,6 +179,18 @@ def run(args: argparse.Namespace) -> None:
         # Only the field and reason: nothing here can contain the key.
         first = exc.errors(include_url=False, include_input=False)[0]
         raise SystemExit(f"sandbox: bad fault option {first['loc'][0]}: {first['msg']}") from None
+    backpack_token = _secret(getattr(args, "backpack_token_file", None), ENV_BACKPACK_TOKEN_FILE,
+                             ENV_BACKPACK_TOKEN, DEFAULT_BACKPACK_TOKEN, "Backpack token")
+    backpack_host_id = (getattr(args, "backpack_host_id", None)
+                        or os.environ.get(ENV_BACKPACK_HOST_ID) or DEFAULT_BACKPACK_HOST_ID)
+    playfab_secret_key = _secret(getattr(args, "playfab_secret_key_file", None),
+                                 ENV_PLAYFAB_SECRET_KEY_FILE, ENV_PLAYFAB_SECRET_KEY,
+                                 DEFAULT_PLAYFAB_SECRET_KEY, "PlayFab secret key")
+    playfab_config = PlayFabConfig(
+        auto_create_players=bool(getattr(args, "playfab_auto_create_players", False)),
+        shuffle_results=not getattr(args, "playfab_no_shuffle", False),
+        shuffle_seed=args.seed,
+    )
     serve(
         host=args.host,
         port=args.port,
@@ -136,4 +199,8 @@ def run(args: argparse.Namespace) -> None:
         api_key=api_key,
         idempotent=args.idempotent,
         faults=faults,
+        backpack_token=backpack_token,
+        backpack_host_id=backpack_host_id,
+        playfab_secret_key=playfab_secret_key,
+        playfab_config=playfab_config,
     )

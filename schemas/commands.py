@@ -2,7 +2,9 @@
 
 A grant command is exactly one backend operation plus where it goes
 (``project_id``). Its identity is ``(project_id, external_purchase_id)``; its
-``payload_hash`` tells a harmless repeat (same hash) from a conflict.
+``payload_hash`` tells a harmless repeat (same hash) from a conflict. A revoke
+command (a refund or chargeback) names a purchase by the same identity and
+takes back exactly what that purchase granted, once.
 """
 
 from __future__ import annotations
@@ -12,15 +14,48 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from schemas.xsolla import PurchaseOperation
+from schemas.xsolla import MAX_COMMENT_LENGTH, MAX_ID_LENGTH, PurchaseOperation
 
 # Bumped when the envelope changes shape; workers refuse versions they do not know.
 ENVELOPE_VERSION = 1
 
 
-class GrantCommand(BaseModel):
+class _Canonical:
+    """Canonical JSON and its digest, shared by every command kind."""
+
+    kind: str
+    project_id: int
+
+    def _identity_body(self) -> dict[str, Any]:  # pragma: no cover - each kind defines it
+        raise NotImplementedError
+
+    @cached_property
+    def canonical(self) -> bytes:
+        """Byte-stable JSON of everything that defines this command (computed once)."""
+        return orjson.dumps(
+            {"kind": self.kind, "project_id": self.project_id, **self._identity_body()},
+            option=orjson.OPT_SORT_KEYS,
+        )
+
+    def payload_hash(self) -> str:
+        """Short digest of :attr:`canonical`; equal hashes mean the same command."""
+        return hashlib.blake2b(self.canonical, digest_size=16).hexdigest()
+
+    @model_validator(mode="after")
+    def _encodable(self):
+        # Anything we cannot encode we cannot store, hash or send: integers
+        # beyond 64 bits, lone surrogates. Refuse it here, as invalid input,
+        # so it never takes its chunk down with it.
+        try:
+            self.canonical
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"cannot be encoded as JSON: {exc}") from None
+        return self
+
+
+class GrantCommand(_Canonical, BaseModel):
     """Grant the items of one purchase (one Xsolla purchase operation)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -42,17 +77,8 @@ class GrantCommand(BaseModel):
         """The operation as the backend expects it (unset optional fields left out)."""
         return self.operation.model_dump(mode="json", exclude_none=True)
 
-    @cached_property
-    def canonical(self) -> bytes:
-        """Byte-stable JSON of everything that defines this command (computed once)."""
-        return orjson.dumps(
-            {"kind": self.kind, "project_id": self.project_id, "operation": self.body()},
-            option=orjson.OPT_SORT_KEYS,
-        )
-
-    def payload_hash(self) -> str:
-        """Short digest of :attr:`canonical`; equal hashes mean the same command."""
-        return hashlib.blake2b(self.canonical, digest_size=16).hexdigest()
+    def _identity_body(self) -> dict[str, Any]:
+        return {"operation": self.body()}
 
     def to_message(self, enqueued_at_ms: int) -> dict[str, Any]:
         """The broker representation (JSON-safe)."""
@@ -65,12 +91,31 @@ class GrantCommand(BaseModel):
         }
 
 
-# The union grows with the delete/revoke kinds; ``kind`` discriminates.
-Command = Annotated[GrantCommand, Field(discriminator="kind")]
-_command_adapter: TypeAdapter[GrantCommand] = TypeAdapter(Command)
+class RevokeCommand(_Canonical, BaseModel):
+    """Take back what one purchase granted (a refund or a chargeback)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["revoke"] = "revoke"
+    project_id: Annotated[int, Field(gt=0, lt=2**63)]
+    external_purchase_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+    # Sent to the backend as the revoke's comment ("Refund", "Chargeback 123").
+    comment: Annotated[str | None, Field(min_length=1, max_length=MAX_COMMENT_LENGTH)] = None
+
+    def _identity_body(self) -> dict[str, Any]:
+        return {"external_purchase_id": self.external_purchase_id, "comment": self.comment}
+
+    def to_message(self, enqueued_at_ms: int) -> dict[str, Any]:
+        """The broker representation (JSON-safe)."""
+        return {"v": ENVELOPE_VERSION, **self.model_dump(mode="json", exclude_none=True), "enqueued_at": enqueued_at_ms}
 
 
-def parse_command(message: Any) -> tuple[GrantCommand, int | None]:
+# ``kind`` discriminates; a message without one is a grant (the first kind).
+Command = Annotated[GrantCommand | RevokeCommand, Field(discriminator="kind")]
+_command_adapter: TypeAdapter[GrantCommand | RevokeCommand] = TypeAdapter(Command)
+
+
+def parse_command(message: Any) -> tuple[GrantCommand | RevokeCommand, int | None]:
     """Validate a broker message; returns the command and its enqueue time.
 
     Raises ``pydantic.ValidationError`` or ``ValueError`` for anything that is
@@ -83,5 +128,6 @@ def parse_command(message: Any) -> tuple[GrantCommand, int | None]:
         raise ValueError(f"unknown envelope version {version!r}")
     enqueued_at = message.get("enqueued_at")
     body = {k: v for k, v in message.items() if k not in ("v", "enqueued_at")}
+    body.setdefault("kind", "grant")
     command = _command_adapter.validate_python(body)
     return command, enqueued_at if isinstance(enqueued_at, int) else None

@@ -16,9 +16,30 @@ class Status(str, Enum):
     in_doubt = "in_doubt"  # sent, answer lost: may or may not be applied
     conflict = "conflict"  # a repeat of a purchase id with a different payload
     dead = "dead"  # a broker message that is not a valid command (a dead letter)
+    cancelled = "cancelled"  # a grant revoked before it was sent: never sent
+    # Revokes (refunds) only:
+    waiting = "waiting"  # the grant it undoes is being sent: wait for its outcome
+    revoked = "revoked"  # the backend took the items back
+    noop = "noop"  # nothing to revoke: the grant never applied
 
 
-FINAL_STATUSES = frozenset({Status.granted, Status.rejected, Status.failed, Status.in_doubt})
+FINAL_STATUSES = frozenset({
+    Status.granted, Status.rejected, Status.failed, Status.in_doubt, Status.cancelled,
+    Status.revoked, Status.noop,
+})
+
+# The statuses each kind of command goes through, in display order.
+GRANT_STATUSES = (
+    Status.pending, Status.sending, Status.granted, Status.rejected, Status.failed, Status.in_doubt,
+    Status.cancelled, Status.conflict, Status.dead,
+)
+REVOKE_STATUSES = (
+    Status.pending, Status.waiting, Status.sending, Status.revoked, Status.rejected, Status.failed,
+    Status.in_doubt, Status.noop,
+)
+
+# What "the backend applied it" is called, per kind of command.
+APPLIED = {"grant": Status.granted, "revoke": Status.revoked}
 
 # Outcomes ops may send again with `grants replay`. Never 'granted' (it would
 # double the grant) and never 'rejected' (the backend refused the payload; the

@@ -15,6 +15,7 @@ from enum import Enum
 from functools import lru_cache
 from typing import Annotated, Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
 # Xsolla: "The SKU may only contain lowercase Latin alphanumeric characters,
@@ -22,7 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field
 SKU_PATTERN = re.compile(r"[a-z0-9._-]+")
 # A decimal string such as "2.99": digits, optionally a fraction. Xsolla calls
 # it the purchase amount prior to deductions, so it is never negative.
-AMOUNT_PATTERN = re.compile(r"\d{1,18}(\.\d{1,18})?")
+# ASCII: without it \d also matches "٢.٩٩" and "２".
+AMOUNT_PATTERN = re.compile(r"\d{1,18}(\.\d{1,18})?", re.ASCII)
+# The characters of an ISO 8601 date. datetime.fromisoformat takes *any*
+# character between date and time ("2020-01-01\x0005:00"), so it is not enough.
+ISO8601_CHARS = re.compile(r"[0-9T:+\-.,WZ t]+", re.ASCII)
 
 # Ours: identifiers become part of Redis keys and log lines; 255 keeps them sane.
 MAX_ID_LENGTH = 255
@@ -35,6 +40,9 @@ MAX_QUANTITY = 2**31 - 1
 # Xsolla: custom_parameters has 1 to 200 properties; comment 1 to 255 characters.
 MAX_CUSTOM_PARAMETERS = 200
 MAX_COMMENT_LENGTH = 255
+# Ours: custom_parameters travel as JSON to the queue and on to Xsolla; nesting
+# deeper than this is no parameter, and past ~250 levels the serializers fail.
+MAX_CUSTOM_PARAMETERS_DEPTH = 32
 
 
 class Platform(str, Enum):
@@ -126,6 +134,8 @@ class Purchase(_Strict):
         # Kept as sent: the string is forwarded unchanged and is part of the
         # payload hash, so re-formatting it would turn duplicates into conflicts.
         try:
+            if not ISO8601_CHARS.fullmatch(v):
+                raise ValueError
             datetime.fromisoformat(v)
         except ValueError:
             raise ValueError(
@@ -148,6 +158,34 @@ class PurchaseOperation(_Strict):
         dict[str, Any] | None, Field(min_length=1, max_length=MAX_CUSTOM_PARAMETERS)
     ] = None
 
+    @field_validator("custom_parameters")
+    @classmethod
+    def _plain_json(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Only what JSON carries exactly: NaN, 10**400, a lone surrogate or a
+        # Python object would crash the publisher or change on the way.
+        if v is None:
+            return v
+        try:
+            exact = orjson.loads(orjson.dumps(v)) == v
+        except (TypeError, ValueError):  # orjson's JSONEncodeError, JSONDecodeError
+            exact = False
+        if not exact:
+            raise ValueError(
+                "must be plain JSON: finite numbers, integers within 64 bits, valid Unicode text"
+            )
+        if _depth(v) > MAX_CUSTOM_PARAMETERS_DEPTH:
+            raise ValueError(f"must be nested at most {MAX_CUSTOM_PARAMETERS_DEPTH} levels deep")
+        return v
+
     @property
     def external_purchase_id(self) -> str:
         return self.purchase.external_purchase_id
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value: 0 for a scalar, 1 for a flat object or array."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0

@@ -106,7 +106,7 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return (self.doubles == 0 and self.unaccounted == 0 and self.failed_but_applied == 0
+        return (self.faults.get("outage", 0) > 0 and self.doubles == 0 and self.unaccounted == 0 and self.failed_but_applied == 0
                 and self.granted_not_applied == 0 and not self.stats_mismatch
                 and self.in_doubt <= self.in_doubt_bound)
 
@@ -144,10 +144,13 @@ class Chaos:
     # --- faults ----------------------------------------------------------
 
     def faults(self, **extra) -> None:
+        # Every change reseeds the sandbox's dice: a new seed each time, or the
+        # same short run of draws repeats and some faults never come up.
         p = self.plan
+        self._fault_changes = getattr(self, "_fault_changes", 0) + 1
         self.stack.sandbox_put("/sandbox/faults", {
             "rate_5xx": p.rate_5xx, "rate_429": p.rate_429, "retry_after_s": 1, "rate_drop": p.rate_drop,
-            "latency_ms": p.latency_ms, "seed": p.seed, **extra,
+            "latency_ms": p.latency_ms, "seed": p.seed * 1000 + self._fault_changes, **extra,
         })
 
     def kill_worker(self) -> None:
@@ -198,8 +201,10 @@ class Chaos:
         """Kills, restarts, spikes and the outage, spread over the run."""
         p = self.plan
         events = (["kill"] * p.kills + ["child"] * p.child_kills + ["redis"] * p.redis_restarts
-                  + ["spike"] * 2 + ["outage"])
+                  + ["spike"] * 2)
         self.rng.shuffle(events)
+        # The outage goes second: it must meet calls, not an idle pipeline.
+        events.insert(1, "outage")
         for event in events:
             if self.done.wait(self.rng.uniform(0.5, 2.5)):
                 return
@@ -268,7 +273,7 @@ class Chaos:
         if stats["granted"] != applied_granted:
             r.stats_mismatch = f"stats say {stats['granted']} granted, the audit confirms {applied_granted}"
         sandbox = self.stack.sandbox_get("/sandbox/stats")
-        r.faults = {k: v for k, v in sandbox["faults"].items() if v}
+        r.faults = {"calls": sandbox["calls"], **{k: v for k, v in sandbox["faults"].items() if v}}
         # A command may be in doubt only if its call was cut: a dropped answer,
         # or a worker killed during the call (a pool process holds one call).
         cut_calls = sandbox["faults"].get("drop", 0) + (r.kills + r.child_kills) * 2

@@ -102,7 +102,7 @@ def test_expired_sending_lease_becomes_in_doubt_and_a_late_answer_resolves_it(le
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
     work = ledger.begin(bid, "tok", lease_ms=1, idempotent=False)
     time.sleep(0.01)
-    doubted, redispatch = ledger.recover(dispatch_lease_ms=1000)
+    doubted, redispatch = ledger.recover(dispatch_lease_ms=1000, max_attempts=5)
     assert (doubted, redispatch) == (1, [])
     assert results.get(1, "a")["status"] == "in_doubt"
     # The stalled worker's answer arrives after all: fenced, but it resolves the doubt.
@@ -114,10 +114,10 @@ def test_expired_leased_batch_is_redispatched_and_idempotent_sending_resent(ledg
     ingest(ledger, ["a", "b"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0, "lease_ms": 1})
     time.sleep(0.01)
-    assert ledger.recover(dispatch_lease_ms=1000) == (0, [bid])
+    assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5) == (0, [bid])
     ledger.begin(bid, "tok", lease_ms=1, idempotent=True)
     time.sleep(0.01)
-    assert ledger.recover(dispatch_lease_ms=1000) == (0, [bid])
+    assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5) == (0, [bid])
     assert ledger.begin(bid, "tok2", lease_ms=5000, idempotent=True).attempt == 2
 
 
@@ -136,13 +136,14 @@ def test_split_halves_a_refused_batch(ledger, redis_client):
     ingest(ledger, [f"p{i}" for i in range(5)])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
     work = ledger.begin(bid, "tok", lease_ms=5000, idempotent=False)
-    left, right = ledger.split(work, lease_ms=5000)
+    state, (left, right) = ledger.split(work, lease_ms=5000)
+    assert state == "ok"
     halves = [ledger.begin(b, "t", lease_ms=5000, idempotent=False).purchase_ids for b in (left, right)]
     assert halves == [["p0", "p1", "p2"], ["p3", "p4"]]
     single = ledger.begin(left, "t", lease_ms=5000, idempotent=False)
     ingest(ledger, ["solo"])
     (sb,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    assert ledger.split(ledger.begin(sb, "t", lease_ms=5000, idempotent=False), lease_ms=5000) is None
+    assert ledger.split(ledger.begin(sb, "t", lease_ms=5000, idempotent=False), lease_ms=5000) == ("single", [])
     assert single.attempt == 1
 
 
@@ -167,7 +168,7 @@ def test_replay_rebuffers_failed_with_history_and_guards_the_rest(ledger, result
     ingest(ledger, ["g1"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
     ledger.complete(ledger.begin(bid, "t", lease_ms=5000, idempotent=False), [Outcome("g1", "granted")])
-    targets = [(1, i, "grant:1") for i in ("f1", "d1", "g1", "nope")]
+    targets = [(1, i) for i in ("f1", "d1", "g1", "nope")]
     assert ledger.replay(targets, actor="ops@host", allow_in_doubt=False) == ["replayed", "needs_force", "granted", "missing"]
     rec = results.get(1, "f1")
     assert rec["status"] == "pending"
@@ -175,7 +176,7 @@ def test_replay_rebuffers_failed_with_history_and_guards_the_rest(ledger, result
     assert rec["history"][0]["last_error"] == "503" and rec["history"][0]["attempts_before"] == 1
     # Twice in a row (two operators at once): the second finds it pending.
     assert ledger.replay(targets[:1], actor="other", allow_in_doubt=False) == ["busy"]
-    assert ledger.replay([(1, "d1", "grant:1")], actor="ops", allow_in_doubt=True) == ["replayed"]
+    assert ledger.replay([(1, "d1")], actor="ops", allow_in_doubt=True) == ["replayed"]
     # Both are back in the buffer: the next take sends them like new commands.
     (again,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
     work = ledger.begin(again, "t2", lease_ms=5000, idempotent=False)
@@ -192,3 +193,100 @@ def test_dead_letters_keep_the_raw_payload_bounded(ledger, results):
     assert dead["id"] == letter and dead["reason"] == "not JSON"
     assert dead["raw_truncated"] and len(dead["raw"]) == DEAD_LETTER_MAX_BYTES
     assert dead["raw_size"] == DEAD_LETTER_MAX_BYTES + 10
+
+
+def revoke(ledger, ids, source="r", project=1):
+    from schemas.commands import RevokeCommand
+
+    return [r.result for r in ledger.ingest(
+        [(RevokeCommand(project_id=project, external_purchase_id=i, comment="Refund"), 1) for i in ids], source)]
+
+
+def _send(ledger, results_by_id, kind_check=None):
+    (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
+    work = ledger.begin(bid, f"t-{bid}", lease_ms=5000, idempotent=False)
+    if kind_check:
+        assert work.kind == kind_check
+    ledger.complete(work, [Outcome(p, results_by_id[p], {"ok": p}) for p in work.purchase_ids])
+    return work
+
+
+def test_revoke_of_a_waiting_grant_cancels_it_and_it_is_never_sent(ledger, results):
+    ingest(ledger, ["a", "b"])
+    assert revoke(ledger, ["a"]) == ["cancelled"]
+    work = _send(ledger, {"b": "granted"})
+    assert work.purchase_ids == ["b"]  # 'a' left its buffer without being sent
+    rec = results.get(1, "a")
+    assert rec["status"] == "cancelled" and rec["revoke"]["status"] == "noop"
+    assert ingest(ledger, ["a"], source="late") == ["revoked"]  # a repeat stays cancelled
+
+
+def test_revoke_before_the_grant_arrives_leaves_a_tombstone(ledger, results):
+    assert revoke(ledger, ["x"]) == ["noop"]
+    assert ingest(ledger, ["x"]) == ["revoked"]
+    assert ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0}) == []
+    assert results.get(1, "x")["status"] == "cancelled"
+
+
+def test_revoke_of_a_grant_being_sent_waits_for_its_outcome(ledger, results, redis_client):
+    ingest(ledger, ["s", "t"])
+    (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
+    work = ledger.begin(bid, "tok", lease_ms=5000, idempotent=False)
+    assert revoke(ledger, ["s", "t"]) == ["waiting", "waiting"]
+    assert results.stats()["revokes"]["waiting"] == 2
+    ledger.complete(work, [Outcome("s", "granted", {"instance": "i-s"}), Outcome("t", "rejected", error="bad")])
+    assert results.get(1, "t")["revoke"]["status"] == "noop"
+    rv = _send(ledger, {"s": "revoked"}, kind_check="revoke")
+    # The revoke carried the grant it undoes, and the grant's answer.
+    (body,) = rv.commands
+    assert body["kind"] == "revoke" and body["grant"]["operation"]["purchase"]["external_purchase_id"] == "s"
+    assert body["grant_result"] == {"instance": "i-s"} and body["request"]["comment"] == "Refund"
+    rec = results.get(1, "s")
+    assert rec["status"] == "granted" and rec["revoke"]["status"] == "revoked"
+    assert results.stats()["revokes"]["revoked"] == 1 and results.stats()["revokes"]["waiting"] == 0
+
+
+def test_revoke_of_granted_is_sent_once_and_of_failed_or_doubtful_is_not(ledger, results):
+    ingest(ledger, ["g", "f", "d"])
+    _send(ledger, {"g": "granted", "f": "failed", "d": "in_doubt"})
+    assert revoke(ledger, ["g", "f", "d"]) == ["new", "noop", "in_doubt"]
+    assert revoke(ledger, ["g"], source="again") == ["dup"]
+    rv = _send(ledger, {"g": "revoked"}, kind_check="revoke")
+    assert rv.purchase_ids == ["g"]
+    # A refunded purchase is never replayed.
+    assert ledger.replay([(1, "f")], actor="ops", allow_in_doubt=False) == ["revoked"]
+
+
+def test_a_duplicate_dispatch_does_not_cut_a_backoff_short(ledger):
+    ingest(ledger, ["a"])
+    (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
+    work = ledger.begin(bid, "t1", lease_ms=5000, idempotent=False)
+    assert ledger.release(work, delay_ms=60_000, error="429", max_attempts=10) == "retry"
+    assert ledger.begin(bid, "t2", lease_ms=5000, idempotent=False) is None  # too early
+    assert ledger.recover(dispatch_lease_ms=1000, max_attempts=10) == (0, [])  # not due either
+
+
+def test_answers_arriving_after_the_fence_never_make_good_commands_rejected(ledger, results):
+    ingest(ledger, ["p0", "p1", "p2"])
+    (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
+    work = ledger.begin(bid, "tok", lease_ms=1, idempotent=False)
+    time.sleep(0.01)
+    assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5)[0] == 3  # given up for lost: in_doubt
+    assert ledger.split(work, lease_ms=5000) == ("fenced", [])
+    assert ledger.release(work, delay_ms=0, error="503", max_attempts=5) == "fenced"
+    # What the sender then writes: failed (nothing applied), through the fenced path.
+    ledger.complete(work, [Outcome(p, "failed", error="422 for the whole call") for p in ("p0", "p1", "p2")])
+    assert {results.get(1, p)["status"] for p in ("p0", "p1", "p2")} == {"failed"}
+    assert ledger.replay([(1, "p0")], actor="ops", allow_in_doubt=False) == ["replayed"]
+
+
+def test_idempotent_resends_stop_at_max_attempts_as_in_doubt(ledger, results):
+    ingest(ledger, ["a"])
+    (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
+    for attempt in (1, 2):
+        ledger.begin(bid, f"t{attempt}", lease_ms=1, idempotent=True)
+        time.sleep(0.01)
+        doubted, ids = ledger.recover(dispatch_lease_ms=1, max_attempts=2)
+        assert (doubted, ids) == ((0, [bid]) if attempt == 1 else (1, []))
+        time.sleep(0.01)
+    assert results.get(1, "a")["status"] == "in_doubt"

@@ -116,3 +116,25 @@ def test_replay_as_a_celery_task(stack, publisher, results, project_id, sandbox_
     record = results.get(project_id, "rt-1")
     assert record["status"] == "granted"
     assert record["history"][0]["by"] == "flower-ops"
+
+
+def test_one_unencodable_command_does_not_sink_its_chunk(stack, results, project_id):
+    app = create_app(settings_for(stack))
+    ok1, ok2, ok3 = (command(project_id, f"ue-ok{i}").to_message(1) for i in range(3))
+    huge = command(project_id, "ue-huge").to_message(1)
+    huge["operation"]["custom_parameters"] = {"n": 10**30}  # beyond 64 bits
+    # A list chunk (kombu's JSON keeps the huge integer) ...
+    app.send_task("grants.ingest", args=[[ok1, huge]], queue="grants.ingest")
+    # ... and a string chunk with a lone surrogate that orjson refuses to decode.
+    text = json.dumps([ok2, ok3])[:-1] + ', {"v": 1, "kind": "grant", "project_id": 1, "operation": "\\ud800"}]'
+    app.send_task("grants.ingest", args=[text], queue="grants.ingest")
+    records = wait_final(results, project_id, ["ue-ok0", "ue-ok1", "ue-ok2"])
+    assert {r["status"] for r in records.values()} == {"granted"}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        letters = [d for d in dead_letters(stack) if d["external_purchase_id"] == "ue-huge" or "\\ud800" in (d["raw"] or "")]
+        if len(letters) >= 2:
+            break
+        time.sleep(0.2)
+    assert any("cannot be encoded" in d["reason"] for d in letters)
+    assert len(letters) >= 2

@@ -11,7 +11,7 @@ import pytest
 from tests.helpers import command
 from worker.backends.http import retry_after_s
 from worker.backends.xsolla import XsollaInventory
-from worker.ledger import Ledger
+from worker.ledger import Ledger, Outcome
 from worker.results import Results
 from worker.sender import Sender, backoff_s
 from worker.settings import Settings
@@ -53,8 +53,12 @@ def harness(redis_client):
         ledger.ingest([(command(3, i), 1) for i in ids], "t")
         return ledger.take(max_batches=1, max_inflight=10, flush_ms=0, lease_ms=5000)[0]
 
+    def due(batch_id):
+        """Let the batch's backoff pass (as the clock would)."""
+        client.hset(keys.batch(batch_id), "nbf", 0)
+
     return type("H", (), dict(calls=calls, answers=answers, build=build, batch=batch, dispatched=dispatched,
-                              results=Results(client, keys)))
+                              results=Results(client, keys), due=staticmethod(due)))
 
 
 def test_success_grants_each_operation_with_its_answer(harness):
@@ -72,7 +76,10 @@ def test_retryable_answers_back_off_then_fail_after_max_attempts(harness):
     harness.answers.extend([httpx.Response(503), httpx.Response(429, headers={"Retry-After": "7"}),
                             httpx.ConnectError("refused")])
     assert sender.send(bid)["state"] == "retry"
+    assert sender.send(bid) == {"batch_id": bid, "skipped": True}  # still backing off
+    harness.due(bid)
     assert sender.send(bid)["retry_in_s"] >= 7  # Retry-After honoured
+    harness.due(bid)
     assert sender.send(bid)["state"] == "failed"
     rec = harness.results.get(3, "a")
     assert rec["status"] == "failed" and "could not connect" in rec["error"]
@@ -106,6 +113,7 @@ def test_unknown_outcome_is_in_doubt_unless_idempotent(harness):
     bid = harness.batch(["b"])
     harness.answers.append(httpx.RemoteProtocolError("Server disconnected without sending a response."))
     assert harness.build(idempotent=True).send(bid)["state"] == "retry"
+    harness.due(bid)
     assert harness.build(idempotent=True).send(bid)["granted"] == 1
 
 
@@ -128,6 +136,47 @@ def test_backoff_grows_is_jittered_and_capped():
 
 
 def test_more_than_50_operations_are_never_sent():
-    backend = XsollaInventory(httpx.Client(transport=httpx.MockTransport(ok), base_url="http://x"), idempotent=False)
-    with pytest.raises(ValueError):
-        backend.send("grant", 1, [command(1, str(i)).body() for i in range(51)])
+    from worker import errors
+
+    calls = []
+    backend = XsollaInventory(httpx.Client(transport=httpx.MockTransport(lambda r: calls.append(r) or ok(r)),
+                                           base_url="http://x"), idempotent=False)
+    with pytest.raises(errors.InvalidRequest, match="not sent"):
+        backend.send("grant", 1, [{"operation": command(1, str(i)).body()} for i in range(51)])
+    assert calls == []
+
+
+def test_an_unmapped_error_after_sending_is_an_unknown_outcome_not_a_stuck_batch(harness):
+    bid = harness.batch(["a"])
+    harness.answers.append(httpx.DecodingError("corrupt gzip"))
+    harness.build().send(bid)
+    assert harness.results.get(3, "a")["status"] == "in_doubt"
+    bid = harness.batch(["b"])
+    harness.answers.append(RuntimeError("a bug"))
+    harness.build().send(bid)
+    assert harness.results.get(3, "b")["status"] == "in_doubt"
+
+
+def test_a_slow_call_keeps_its_lease_and_is_not_given_up_for_lost(redis_client):
+    import threading
+    import time as _time
+
+    from worker.leases import LeaseKeeper
+
+    client, keys = redis_client
+    ledger = Ledger(client, keys, ttl_ms=60_000, batch_limits={"grant": 50}, default_batch_limit=50)
+    ledger.ingest([(command(3, "slow"), 1)], "t")
+    (bid,) = ledger.take(max_batches=1, max_inflight=10, flush_ms=0, lease_ms=5000)
+    work = ledger.begin(bid, "tok", lease_ms=300, idempotent=False)
+    keeper = LeaseKeeper(ledger, lease_ms=300, max_hold_s=5)
+    with keeper.holding(work):
+        _time.sleep(1.0)  # more than three leases long
+        assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5) == (0, [])
+    assert ledger.complete(work, [Outcome("slow", "granted")]) == (True, 1)
+    # Past the cap, renewal stops and the sweeper takes over.
+    ledger.ingest([(command(3, "stuck"), 1)], "t2")
+    (bid2,) = ledger.take(max_batches=1, max_inflight=10, flush_ms=0, lease_ms=5000)
+    work2 = ledger.begin(bid2, "tok2", lease_ms=300, idempotent=False)
+    with LeaseKeeper(ledger, lease_ms=300, max_hold_s=0.2).holding(work2):
+        _time.sleep(1.0)
+        assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5)[0] == 1

@@ -2,13 +2,16 @@
 
 One place, so that a reader can see the whole data model at once:
 
-- ``{p}:rec:{project}:{purchase}``  hash, one per command: the results record
+- ``{p}:rec:{project}:{purchase}``  hash, one per grant: the results record
   *and* the dedupe claim (it exists => the purchase was seen).
+- ``{p}:rvk:{project}:{purchase}``  hash: the revoke (refund) of that purchase,
+  at most one; its outcome is indexed under ``{p}:idx:revoke:{status}``.
 - ``{p}:conflict:{project}:{purchase}``  hash: repeats whose payload differed.
 - ``{p}:idx:{status}``  sorted set of ``project:purchase`` by time of entering
   that status: lists by status and time, counts for stats.
 - ``{p}:buf:{lane}``  list of purchase ids waiting for a batch, FIFO. A lane is
-  ``kind:project`` (one backend endpoint of one project).
+  ``kind:project`` (one backend endpoint of one project: ``grant:44056``,
+  ``revoke:44056``); the Lua prelude builds lane names.
 - ``{p}:lanes``  sorted set lane -> received time of its oldest waiting command.
 - ``{p}:batch:{id}``  hash: a taken batch (members, state, fencing token).
 - ``{p}:leases``  sorted set batch id -> lease deadline (ms).
@@ -47,20 +50,26 @@ TAKE_SCAN_LANES = 100
 RECOVER_PER_TICK = 200
 
 
+# Record key namespace per command kind (the Lua prelude has the same table).
+RECORD_NAMESPACES = {"grant": "rec", "revoke": "rvk"}
+
+
 @dataclass(frozen=True)
 class Keys:
     """Key names under one prefix (``GRANTS_KEY_PREFIX``)."""
 
     prefix: str = "grants"
 
-    def record(self, project_id: int | str, purchase_id: str) -> str:
-        return f"{self.prefix}:rec:{project_id}:{purchase_id}"
+    def record(self, project_id: int | str, purchase_id: str, kind: str = "grant") -> str:
+        return f"{self.prefix}:{RECORD_NAMESPACES[kind]}:{project_id}:{purchase_id}"
 
     def conflict(self, project_id: int | str, purchase_id: str) -> str:
         return f"{self.prefix}:conflict:{project_id}:{purchase_id}"
 
-    def index(self, status: str) -> str:
-        return f"{self.prefix}:idx:{status}"
+    def index(self, status: str, kind: str = "grant") -> str:
+        if kind == "grant":
+            return f"{self.prefix}:idx:{status}"
+        return f"{self.prefix}:idx:{kind}:{status}"
 
     def buffer(self, lane: str) -> str:
         return f"{self.prefix}:buf:{lane}"
@@ -86,11 +95,6 @@ class Keys:
     @property
     def sweeper_lock(self) -> str:
         return f"{self.prefix}:lock:sweeper"
-
-
-def lane(kind: str, project_id: int | str) -> str:
-    """The buffer a command waits in: one backend endpoint of one project."""
-    return f"{kind}:{project_id}"
 
 
 def index_member(project_id: int | str, purchase_id: str) -> str:

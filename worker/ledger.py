@@ -30,7 +30,7 @@ from schemas.commands import GrantCommand
 from worker import keys as K
 from worker.keys import Keys
 
-_SCRIPTS = ("ingest", "take", "begin", "complete", "release", "split", "recover", "replay")
+_SCRIPTS = ("ingest", "take", "begin", "complete", "release", "split", "recover", "replay", "renew")
 
 
 def _load_lua(name: str) -> str:
@@ -109,7 +109,7 @@ class Ledger:
         rows = []
         for position, (command, enqueued_at) in enumerate(commands):
             rows.append((
-                K.lane(command.kind, command.project_id),
+                command.kind,
                 str(command.project_id),
                 command.external_purchase_id,
                 command.payload_hash(),
@@ -118,7 +118,7 @@ class Ledger:
                 str(enqueued_at or 0),
                 f"{source}:{position}",
             ))
-        results = self._run("ingest", self.ttl_ms, orjson.dumps(rows))
+        results = self._run("ingest", self.ttl_ms, K.OUTCOME_STREAM_MAXLEN, orjson.dumps(rows))
         return [Ingested(c, r) for (c, _), r in zip(commands, results)]
 
     def take(
@@ -150,7 +150,7 @@ class Ledger:
 
     def complete(self, work: BatchWork, outcomes: list[Outcome]) -> tuple[bool, int]:
         """Write outcomes and release the batch. Returns (still owned, written)."""
-        args: list = [work.batch_id, work.token, work.project_id, self.ttl_ms, K.OUTCOME_STREAM_MAXLEN]
+        args: list = [work.batch_id, work.token, work.project_id, work.kind, self.ttl_ms, K.OUTCOME_STREAM_MAXLEN]
         for o in outcomes:
             args += [
                 o.purchase_id,
@@ -161,8 +161,16 @@ class Ledger:
         state, written = self._run("complete", *args)
         return state == "ok", int(written)
 
-    def release(self, work: BatchWork, *, delay_ms: int, error: str, max_attempts: int) -> str:
-        """Retry later (``'retry'``), or fail for good past max attempts (``'failed'``)."""
+    def renew(self, work: BatchWork, *, lease_ms: int) -> bool:
+        """Extend the lease of a call in progress; False if the batch is no longer ours."""
+        return bool(self._run("renew", work.batch_id, work.token, lease_ms))
+
+    def release(
+        self, work: BatchWork, *, delay_ms: int, error: str, max_attempts: int, final: str = "failed"
+    ) -> str:
+        """Retry later (``'retry'``); past max attempts end as ``final`` ('failed'
+        when nothing can have applied, 'in_doubt' when the last answer was
+        lost); ``'fenced'`` if the batch is no longer ours."""
         return self._run(
             "release",
             work.batch_id,
@@ -172,35 +180,34 @@ class Ledger:
             max_attempts,
             self.ttl_ms,
             K.OUTCOME_STREAM_MAXLEN,
+            final,
         )[0]
 
-    def split(self, work: BatchWork, *, lease_ms: int) -> list[str] | None:
-        """Halve the batch; None when it is a single command (or no longer ours)."""
+    def split(self, work: BatchWork, *, lease_ms: int) -> tuple[str, list[str]]:
+        """Halve the batch: ('ok', [two ids]), ('single', []) or ('fenced', [])."""
         reply = self._run("split", work.batch_id, work.token, lease_ms)
-        return reply[1:] if reply[0] == "ok" else None
+        return reply[0], reply[1:]
 
-    def recover(self, *, dispatch_lease_ms: int) -> tuple[int, list[str]]:
+    def recover(self, *, dispatch_lease_ms: int, max_attempts: int) -> tuple[int, list[str]]:
         """Handle expired leases. Returns (commands marked in_doubt, batches to dispatch)."""
         doubted, *ids = self._run(
-            "recover", K.RECOVER_PER_TICK, dispatch_lease_ms, self.ttl_ms, K.OUTCOME_STREAM_MAXLEN
+            "recover", K.RECOVER_PER_TICK, dispatch_lease_ms, self.ttl_ms, K.OUTCOME_STREAM_MAXLEN, max_attempts
         )
         return int(doubted), ids
 
     # --- ops ----------------------------------------------------------------
 
-    def replay(
-        self, targets: list[tuple[int, str, str]], *, actor: str, allow_in_doubt: bool
-    ) -> list[str]:
-        """Re-buffer failed (and, if allowed, in_doubt) commands; one code per target.
+    def replay(self, targets: list[tuple[int, str]], *, actor: str, allow_in_doubt: bool) -> list[str]:
+        """Re-buffer failed (and, if allowed, in_doubt) grants; one code per target.
 
-        ``targets`` are (project_id, external_purchase_id, lane). Codes:
-        replayed, missing, granted, rejected, needs_force, busy.
+        ``targets`` are (project_id, external_purchase_id). Codes: replayed,
+        missing, granted, rejected, revoked, needs_force, busy.
         """
         if not targets:
             return []
         args: list = [actor, int(allow_in_doubt), self.ttl_ms]
-        for project_id, purchase_id, lane in targets:
-            args += [project_id, purchase_id, lane]
+        for project_id, purchase_id in targets:
+            args += [project_id, purchase_id]
         return self._run("replay", *args)
 
     def dead_letter(self, raw: str | bytes, reason: str, *, source: str, purchase_id: str = "") -> str:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from schemas.records import REPLAYABLE, Status
-from worker.keys import lane
 from worker.ledger import Ledger
 from worker.results import Results
 
@@ -103,18 +102,15 @@ def execute(
     """Replay the planned records; counts of the ledger's verdicts.
 
     Verdicts: replayed; granted / rejected (changed since planning: left
-    alone); needs_force; busy (already pending or sending); missing (expired).
+    alone); revoked (refunded: never replayed); needs_force; busy (already
+    pending or sending); missing (expired).
     """
     todo = [p for p in planned if p.replay]
     verdicts: Counter = Counter(skipped=len(planned) - len(todo))
     done = 0
     for start in range(0, len(todo), REPLAY_CHUNK):
         chunk = todo[start : start + REPLAY_CHUNK]
-        targets = [
-            (p.record["project_id"], p.record["external_purchase_id"],
-             lane(p.record["command"]["kind"], p.record["project_id"]))
-            for p in chunk
-        ]
+        targets = [(p.record["project_id"], p.record["external_purchase_id"]) for p in chunk]
         verdicts.update(ledger.replay(targets, actor=actor, allow_in_doubt=allow_in_doubt))
         done += len(chunk)
         if on_progress:

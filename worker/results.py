@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import redis
 
-from schemas.records import Status
+from schemas.records import GRANT_STATUSES, REVOKE_STATUSES, Status
 from worker.keys import Keys, split_member
 
 _INT_FIELDS = {"att": "attempts", "dup": "duplicates"}
@@ -28,7 +28,7 @@ def iso_ms(ms: str | int | None) -> str | None:
     return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
-def record_view(raw: dict[str, str]) -> dict[str, Any]:
+def record_view(raw: dict[str, str], kind: str = "grant") -> dict[str, Any]:
     """The public JSON shape of a stored record hash."""
     view: dict[str, Any] = {
         "project_id": int(raw["pid"]),
@@ -42,8 +42,12 @@ def record_view(raw: dict[str, str]) -> dict[str, Any]:
     view["batch_id"] = raw.get("bat") or None
     view["response"] = json.loads(raw["res"]) if raw.get("res") else None
     view["error"] = raw.get("err") or None
-    cmd = json.loads(raw["cmd"]) if raw.get("cmd") else {}
-    view["command"] = {"kind": cmd.get("kind"), "operation": cmd.get("operation")}
+    if kind == "revoke":
+        view["kind"] = "revoke"
+        view["request"] = json.loads(raw["rq"]) if raw.get("rq") else None
+    else:
+        cmd = json.loads(raw["cmd"]) if raw.get("cmd") else {}
+        view["command"] = {"kind": cmd.get("kind"), "operation": cmd.get("operation")}
     view["history"] = [
         {**h, "at": iso_ms(h.get("at"))} for h in (json.loads(raw["hist"]) if raw.get("hist") else [])
     ]
@@ -94,48 +98,74 @@ class Results:
         self.keys = keys
 
     def get(self, project_id: int, purchase_id: str) -> dict[str, Any] | None:
-        """The record of one purchase, with any conflicting repeats; None if unknown."""
+        """A purchase's record, with its revoke and any conflicting repeats; None if unknown."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.keys.record(project_id, purchase_id))
         pipe.hgetall(self.keys.conflict(project_id, purchase_id))
-        raw, conflict = pipe.execute()
+        pipe.hgetall(self.keys.record(project_id, purchase_id, "revoke"))
+        raw, conflict, revoke = pipe.execute()
         if not raw and not conflict:
             return None
-        view = record_view(raw) if raw else {
+        view = self._view(raw, "grant") if raw else {
             "project_id": project_id, "external_purchase_id": purchase_id, "status": None,
         }
-        if raw and raw.get("st") == Status.sending.value and raw.get("bat"):
-            # Waiting out a backoff: the batch holds the last error.
-            view["error"] = self.redis.hget(self.keys.batch(raw["bat"]), "err") or view["error"]
         if conflict:
             view["conflicts"] = conflict_view(conflict)
+        if revoke:
+            view["revoke"] = self._view(revoke, "revoke")
+        return view
+
+    def _view(self, raw: dict[str, str], kind: str) -> dict[str, Any]:
+        view = record_view(raw, kind)
+        if raw.get("st") == Status.sending.value and raw.get("bat"):
+            # Waiting out a backoff: the batch holds the last error.
+            view["error"] = self.redis.hget(self.keys.batch(raw["bat"]), "err") or view["error"]
         return view
 
     def list(
         self,
         status: Status,
         *,
+        kind: str = "grant",
         project_id: int | None = None,
         since_ms: int | None = None,
         until_ms: int | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Records in ``status``, oldest first, entered within [since, until]."""
+        """Records of ``kind`` in ``status``, oldest first, entered within [since, until]."""
         if status in (Status.pending, Status.sending):
-            wanted = [w for w in self._in_flight(status) if project_id is None or w[0] == project_id]
+            wanted = [w for w in self._in_flight(status, kind) if project_id is None or w[0] == project_id]
             pipe = self.redis.pipeline(transaction=False)
             for pid, epid in wanted:
-                pipe.hgetall(self.keys.record(pid, epid))
-            views = [record_view(raw) for raw in pipe.execute() if raw]
+                pipe.hgetall(self.keys.record(pid, epid, kind))
+            views = [record_view(raw, kind) for raw in pipe.execute() if raw]
             return [v for v in views if _received_within(v, since_ms, until_ms)][:limit]
+        out = []
+        for view in self.iter(status, kind=kind, project_id=project_id, since_ms=since_ms, until_ms=until_ms,
+                              page=max(limit, 100)):
+            out.append(view)
+            if len(out) >= limit:
+                break
+        return out
+
+    def iter(
+        self,
+        status: Status,
+        *,
+        kind: str = "grant",
+        project_id: int | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        page: int = 1000,
+    ) -> Iterator[dict[str, Any]]:
+        """Every indexed record in ``status`` (oldest first), a page at a time."""
         lo = since_ms if since_ms is not None else "-inf"
         hi = until_ms if until_ms is not None else "+inf"
-        out: list[dict[str, Any]] = []
-        offset, page = 0, max(limit, 500)
-        while len(out) < limit:
-            members = self.redis.zrangebyscore(self.keys.index(status.value), lo, hi, start=offset, num=page)
+        offset = 0
+        while True:
+            members = self.redis.zrangebyscore(self.keys.index(status.value, kind), lo, hi, start=offset, num=page)
             if not members:
-                break
+                return
             offset += len(members)
             pipe = self.redis.pipeline(transaction=False)
             if status is Status.dead:
@@ -146,54 +176,48 @@ class Results:
                 wanted = [split_member(m) for m in members]
                 if project_id is not None:
                     wanted = [w for w in wanted if w[0] == project_id]
-                key = self.keys.conflict if status is Status.conflict else self.keys.record
-                view = conflict_view if status is Status.conflict else record_view
-                for pid, epid in wanted:
-                    pipe.hgetall(key(pid, epid))
-            for raw in pipe.execute():
-                if raw and len(out) < limit:
-                    out.append(view(raw))
-        return out
-
-    def iter(
-        self,
-        status: Status,
-        *,
-        project_id: int | None = None,
-        since_ms: int | None = None,
-        until_ms: int | None = None,
-        page: int = 1000,
-    ) -> Iterator[dict[str, Any]]:
-        """Every record in an outcome status (oldest first), a page at a time."""
-        lo = since_ms if since_ms is not None else "-inf"
-        hi = until_ms if until_ms is not None else "+inf"
-        offset = 0
-        while True:
-            members = self.redis.zrangebyscore(self.keys.index(status.value), lo, hi, start=offset, num=page)
-            if not members:
-                return
-            offset += len(members)
-            wanted = [split_member(m) for m in members]
-            if project_id is not None:
-                wanted = [w for w in wanted if w[0] == project_id]
-            pipe = self.redis.pipeline(transaction=False)
-            for pid, epid in wanted:
-                pipe.hgetall(self.keys.record(pid, epid))
+                if status is Status.conflict:
+                    view = conflict_view
+                    for pid, epid in wanted:
+                        pipe.hgetall(self.keys.conflict(pid, epid))
+                else:
+                    def view(raw, kind=kind):
+                        return record_view(raw, kind)
+                    for pid, epid in wanted:
+                        pipe.hgetall(self.keys.record(pid, epid, kind))
             for raw in pipe.execute():
                 if raw:
-                    yield record_view(raw)
+                    yield view(raw)
+
+    def _in_flight(self, status: Status, kind: str) -> list[tuple[int, str]]:
+        """(project, id) of commands of ``kind`` waiting (pending) or in begun batches (sending)."""
+        found: list[tuple[int, str]] = []
+        leases = self.redis.zrange(self.keys.leases, 0, -1)
+        pipe = self.redis.pipeline(transaction=False)
+        for batch_id in leases:
+            pipe.hmget(self.keys.batch(batch_id), "pid", "members", "begun", "kind")
+        for pid, members, begun, batch_kind in pipe.execute():
+            if members and batch_kind == kind and (begun == "1") == (status is Status.sending):
+                found += [(int(pid), m) for m in json.loads(members)]
+        if status is Status.pending:
+            for lane in self.redis.zrange(self.keys.lanes, 0, -1):
+                lane_kind, _, pid = lane.partition(":")
+                if lane_kind == kind:
+                    found += [(int(pid), m) for m in self.redis.lrange(self.keys.buffer(lane), 0, -1)]
+        return found
 
     def stats(self) -> dict[str, Any]:
-        """Counts by status, backlog, oldest waiting command, batches in flight.
+        """Counts by status (grants, and revokes apart), backlog, oldest waiting, batches in flight.
 
         Outcomes are counted off their indexes; 'pending' and 'sending' are
         read off the buffers and the batches in flight (bounded by
         GRANTS_MAX_INFLIGHT_BATCHES), which is where those commands are.
         """
-        indexed = [s for s in Status if s not in (Status.pending, Status.sending)]
+        indexed = [(k, s) for k, statuses in (("grant", GRANT_STATUSES), ("revoke", REVOKE_STATUSES))
+                   for s in statuses if s not in (Status.pending, Status.sending)]
         pipe = self.redis.pipeline(transaction=False)
-        for s in indexed:
-            pipe.zcard(self.keys.index(s.value))
+        for kind, s in indexed:
+            pipe.zcard(self.keys.index(s.value, kind))
         pipe.zrange(self.keys.lanes, 0, -1, withscores=True)
         pipe.zrange(self.keys.leases, 0, -1)
         pipe.time()
@@ -203,37 +227,28 @@ class Results:
         for lane, _ in lanes:
             pipe.llen(self.keys.buffer(lane))
         for batch_id in leases:
-            pipe.hmget(self.keys.batch(batch_id), "n", "begun")
+            pipe.hmget(self.keys.batch(batch_id), "n", "begun", "kind")
         replies = pipe.execute()
-        buffered = sum(replies[: len(lanes)])
-        batches = [(int(n or 0), begun == "1") for n, begun in replies[len(lanes):]]
-        by_status = {s.value: n for s, n in zip(indexed, counts)}
-        by_status[Status.pending.value] = buffered + sum(n for n, begun in batches if not begun)
-        by_status[Status.sending.value] = sum(n for n, begun in batches if begun)
+        by = {"grant": {}, "revoke": {}}
+        for (kind, s), n in zip(indexed, counts):
+            by[kind][s.value] = n
+        for kind in by:
+            by[kind]["pending"] = sum(n for (lane, _), n in zip(lanes, replies) if lane.partition(":")[0] == kind)
+            by[kind]["sending"] = 0
+        for n, begun, kind in replies[len(lanes):]:
+            if kind in by:
+                by[kind]["sending" if begun == "1" else "pending"] += int(n or 0)
+        grants = {s.value: by["grant"][s.value] for s in GRANT_STATUSES}
+        revokes = {s.value: by["revoke"][s.value] for s in REVOKE_STATUSES}
         oldest = min((score for _, score in lanes), default=None)
         return {
-            "counts": {s.value: by_status[s.value] for s in Status},
-            "backlog": by_status["pending"] + by_status["sending"],
-            "waiting": by_status["pending"],
+            "counts": grants,
+            "revokes": revokes,
+            "backlog": grants["pending"] + grants["sending"] + revokes["pending"] + revokes["sending"],
+            "waiting": grants["pending"] + revokes["pending"],
             "oldest_waiting_age_s": round((now_ms - oldest) / 1000, 3) if oldest is not None else 0.0,
             "batches_in_flight": len(leases),
         }
-
-    def _in_flight(self, status: Status) -> list[tuple[int, str]]:
-        """(project, purchase) of commands waiting (pending) or in begun batches (sending)."""
-        found: list[tuple[int, str]] = []
-        leases = self.redis.zrange(self.keys.leases, 0, -1)
-        pipe = self.redis.pipeline(transaction=False)
-        for batch_id in leases:
-            pipe.hmget(self.keys.batch(batch_id), "pid", "members", "begun")
-        for pid, members, begun in pipe.execute():
-            if members and (begun == "1") == (status is Status.sending):
-                found += [(int(pid), m) for m in json.loads(members)]
-        if status is Status.pending:
-            for lane in self.redis.zrange(self.keys.lanes, 0, -1):
-                pid = int(lane.partition(":")[2])
-                found += [(pid, m) for m in self.redis.lrange(self.keys.buffer(lane), 0, -1)]
-        return found
 
     def timings(self, members: list[tuple[int, str]]) -> list[tuple[int, int, int]]:
         """(enqueued, received, completed) ms of each purchase, for latency figures."""

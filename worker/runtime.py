@@ -44,13 +44,13 @@ class Runtime:
 
     @cached_property
     def ledger(self) -> Ledger:
-        limit = min(self.settings.batch_size, self.backend.max_batch)
+        limits = {kind: min(self.settings.batch_size, n) for kind, n in self.backend.max_batch.items()}
         return Ledger(
             self.redis,
             self.keys,
             ttl_ms=self.settings.result_ttl_ms,
-            batch_limits={"grant": limit},
-            default_batch_limit=limit,
+            batch_limits=limits,
+            default_batch_limit=min(limits.values()),
         )
 
     @cached_property

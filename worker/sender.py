@@ -21,8 +21,10 @@ from typing import Any, Callable
 
 import structlog
 
+from schemas.records import APPLIED
 from worker import errors
 from worker.backends.base import Backend
+from worker.leases import LeaseKeeper
 from worker.ledger import BatchWork, Ledger, Outcome
 from worker.settings import Settings
 
@@ -31,6 +33,9 @@ log = structlog.get_logger("grants.sender")
 # Seconds added to the longest possible HTTP call to make the 'sending' lease:
 # covers the Redis round trips around the call and scheduling hiccups.
 SEND_LEASE_MARGIN_S = 5.0
+# A call may hold its lease (renewed while it runs) for this many times the
+# longest call httpx's timeouts allow; past that the sweeper calls it lost.
+MAX_HOLD_FACTOR = 4
 
 
 def backoff_s(attempt: int, *, base: float, cap: float, retry_after: float | None, rng: random.Random) -> float:
@@ -64,6 +69,8 @@ class Sender:
         self.dispatch = dispatch
         self.rng = rng or random.Random()
         self.lease_ms = int((settings.http_call_budget_s + SEND_LEASE_MARGIN_S) * 1000)
+        self.keeper = LeaseKeeper(ledger, lease_ms=self.lease_ms,
+                                  max_hold_s=MAX_HOLD_FACTOR * settings.http_call_budget_s)
 
     def send(self, batch_id: str) -> dict[str, Any]:
         """Attempt the batch once; returns a summary for the task result."""
@@ -74,9 +81,9 @@ class Sender:
             return {"batch_id": batch_id, "skipped": True}
         blog = log.bind(batch_id=batch_id, project_id=work.project_id, attempt=work.attempt, size=len(work.purchase_ids))
         blog.info("batch sending", backend=self.backend.name)
-        operations = [c["operation"] for c in work.commands]
         try:
-            results = self.backend.send(work.kind, work.project_id, operations)
+            with self.keeper.holding(work):
+                results = self.backend.send(work.kind, work.project_id, work.commands)
         except errors.Retryable as exc:
             return self._retry_later(work, exc, blog)
         except errors.InvalidRequest as exc:
@@ -85,13 +92,23 @@ class Sender:
             blog.error("batch refused: credentials", error=str(exc))
             return self._finish(work, [Outcome(p, "failed", error=str(exc)) for p in work.purchase_ids], blog)
         except errors.OutcomeUnknown as exc:
-            if self.backend.idempotent:
-                return self._retry_later(work, exc, blog)
-            return self._finish(work, [Outcome(p, "in_doubt", error=str(exc)) for p in work.purchase_ids], blog)
+            return self._unknown(work, exc, blog)
+        except Exception as exc:  # a defect, or a library error nobody mapped
+            # It may have happened after the request left: treat it as an
+            # unknown outcome rather than leave the batch stuck in 'sending'.
+            blog.exception("backend call failed unexpectedly")
+            return self._unknown(work, errors.OutcomeUnknown(f"{type(exc).__name__}: {exc}"), blog)
+        applied = APPLIED[work.kind].value
         outcomes = [
-            Outcome(p, r.status, result=r.response, error=r.error) for p, r in zip(work.purchase_ids, results)
+            Outcome(p, applied if r.status == "applied" else r.status, result=r.response, error=r.error)
+            for p, r in zip(work.purchase_ids, results)
         ]
         return self._finish(work, outcomes, blog)
+
+    def _unknown(self, work: BatchWork, exc: errors.OutcomeUnknown, blog) -> dict[str, Any]:
+        if self.backend.idempotent:
+            return self._retry_later(work, exc, blog)
+        return self._finish(work, [Outcome(p, "in_doubt", error=str(exc)) for p in work.purchase_ids], blog)
 
     def _finish(self, work: BatchWork, outcomes: list[Outcome], blog) -> dict[str, Any]:
         owned, written = self.ledger.complete(work, outcomes)
@@ -101,13 +118,14 @@ class Sender:
         else:
             blog.info("batch completed", **counts)
         for o in outcomes:
-            if o.status != "granted":
+            if o.status != APPLIED[work.kind].value:
                 blog.warning("command " + o.status, external_purchase_id=o.purchase_id, error=o.error)
             else:
-                blog.debug("command granted", external_purchase_id=o.purchase_id)
+                blog.debug("command " + o.status, external_purchase_id=o.purchase_id)
         return {"batch_id": work.batch_id, "owned": owned, **counts}
 
     def _retry_later(self, work: BatchWork, exc: errors.BackendError, blog) -> dict[str, Any]:
+        certainly_not_applied = isinstance(exc, errors.Retryable)
         delay = backoff_s(
             work.attempt,
             base=self.settings.retry_base_s,
@@ -116,19 +134,30 @@ class Sender:
             rng=self.rng,
         )
         state = self.ledger.release(
-            work, delay_ms=int(delay * 1000), error=str(exc), max_attempts=self.settings.retry_max_attempts
+            work, delay_ms=int(delay * 1000), error=str(exc), max_attempts=self.settings.retry_max_attempts,
+            final="failed" if certainly_not_applied else "in_doubt",
         )
-        if state == "failed":
-            blog.error("batch failed: retries exhausted", error=str(exc))
+        if state == "fenced":
+            # The sweeper gave the batch up for lost while we waited. This
+            # answer proves nothing applied: turn its in_doubt into failed.
+            if certainly_not_applied:
+                return self._finish(work, [Outcome(p, "failed", error=str(exc)) for p in work.purchase_ids], blog)
+            blog.warning("batch lease lost before its answer", error=str(exc))
+        elif state in ("failed", "in_doubt"):
+            blog.error("batch ended: retries exhausted", status=state, error=str(exc))
             for p in work.purchase_ids:
-                blog.warning("command failed", external_purchase_id=p, error=str(exc))
+                blog.warning("command " + state, external_purchase_id=p, error=str(exc))
         else:
-            blog.warning("batch will retry", in_s=round(delay, 3), error=str(exc), state=state)
+            blog.warning("batch will retry", in_s=round(delay, 3), error=str(exc))
         return {"batch_id": work.batch_id, "state": state, "retry_in_s": round(delay, 3)}
 
     def _split_or_reject(self, work: BatchWork, exc: errors.InvalidRequest, blog) -> dict[str, Any]:
-        children = self.ledger.split(work, lease_ms=int(self.settings.dispatch_lease_s * 1000))
-        if children is None:
+        state, children = self.ledger.split(work, lease_ms=int(self.settings.dispatch_lease_s * 1000))
+        if state == "fenced":
+            # Given up for lost while we waited: the call was refused whole, so
+            # nothing applied. Not 'rejected': the other commands were fine.
+            return self._finish(work, [Outcome(p, "failed", error=str(exc)) for p in work.purchase_ids], blog)
+        if state == "single":
             return self._finish(work, [Outcome(p, "rejected", error=str(exc)) for p in work.purchase_ids], blog)
         blog.warning("batch refused as a whole: split", into=children, error=str(exc))
         self.dispatch(children)

@@ -52,7 +52,9 @@ class Sweeper:
         if not self._lock(keys=[self.rt.keys.sweeper_lock], args=[self.me, self.lock_ms]):
             return None
         s = self.rt.settings
-        doubted, redispatch = self.rt.ledger.recover(dispatch_lease_ms=int(s.dispatch_lease_s * 1000))
+        doubted, redispatch = self.rt.ledger.recover(
+            dispatch_lease_ms=int(s.dispatch_lease_s * 1000), max_attempts=s.retry_max_attempts
+        )
         if redispatch:
             self.rt.dispatch(redispatch)
             log.info("batches redispatched", batches=redispatch)

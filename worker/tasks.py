@@ -11,6 +11,7 @@ is spent, so the fixed price is paid once per second of work, not per call.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from typing import Any
@@ -60,6 +61,18 @@ def _raw(value: Any) -> str:
         return repr(value)
 
 
+def _decode_chunk(chunk: str | bytes | list) -> list:
+    """The chunk's elements. orjson first (fast); the standard library when
+    orjson refuses (lone surrogates, huge integers), so that each element is
+    judged, and dead-lettered, on its own instead of sinking the chunk."""
+    if not isinstance(chunk, (str, bytes)):
+        return chunk
+    try:
+        return orjson.loads(chunk)
+    except orjson.JSONDecodeError:
+        return json.loads(chunk)
+
+
 def _purchase_id_of(message: Any) -> str:
     """Best effort, for the dead letter's record: the purchase id if there is one."""
     try:
@@ -84,8 +97,8 @@ def ingest(task, chunk: Any = None, *extra: Any, **unexpected: Any) -> dict[str,
         log.error("message refused: not a chunk of commands", task_id=source)
         return {"dead": 1}
     try:
-        messages = orjson.loads(chunk) if isinstance(chunk, (str, bytes)) else chunk
-    except orjson.JSONDecodeError as exc:
+        messages = _decode_chunk(chunk)
+    except ValueError as exc:
         rt.ledger.dead_letter(chunk, f"the chunk is not JSON: {exc}", source=source)
         log.error("message refused: chunk is not JSON", task_id=source, reason=str(exc))
         return {"dead": 1}
@@ -113,7 +126,11 @@ def ingest(task, chunk: Any = None, *extra: Any, **unexpected: Any) -> dict[str,
                 project_id=r.command.project_id,
                 external_purchase_id=r.command.external_purchase_id,
             )
-    log.info("chunk ingested", task_id=source, dead=dead, **counts)
+    if parsed:
+        log.info("chunk ingested", task_id=source, dead=dead,
+                 project_ids=sorted({c.project_id for c, _ in parsed}),
+                 external_purchase_ids=f"{parsed[0][0].external_purchase_id} … {parsed[-1][0].external_purchase_id}",
+                 **counts)
     rt.take(INGEST_TAKE)
     return {"dead": dead, **counts}
 

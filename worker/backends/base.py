@@ -15,7 +15,7 @@ from typing import Any, Protocol
 class OpResult:
     """The backend's answer for one operation of a call."""
 
-    status: str  # 'granted' | 'rejected' | 'in_doubt'
+    status: str  # 'applied' | 'rejected' | 'in_doubt'
     response: dict[str, Any] | None = None
     error: str = ""
 
@@ -24,11 +24,12 @@ class Backend(Protocol):
     """One inventory system. ``send`` raises :mod:`worker.errors` types only."""
 
     name: str
-    max_batch: int
+    # Operations per call, per kind of command it serves ('grant', 'revoke').
+    max_batch: dict[str, int]
     idempotent: bool
 
-    def send(self, kind: str, project_id: int, operations: list[dict[str, Any]]) -> list[OpResult]:
-        """Send one call; one result per operation, in the order given."""
+    def send(self, kind: str, project_id: int, commands: list[dict[str, Any]]) -> list[OpResult]:
+        """Send one call for the stored commands; one result per command, in order."""
         ...
 
     def close(self) -> None:

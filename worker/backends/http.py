@@ -66,6 +66,10 @@ def translated(what: str) -> Iterator[None]:
         # ReadError, RemoteProtocolError ("server disconnected without sending
         # a response"): the request was sent, the answer lost.
         raise errors.OutcomeUnknown(f"{what}: sent, connection lost ({type(exc).__name__})") from None
+    except httpx.HTTPError as exc:
+        # Anything else httpx raises (a body it cannot decode, ...) comes after
+        # the request left: the answer is unusable, the outcome unknown.
+        raise errors.OutcomeUnknown(f"{what}: sent, unusable answer ({type(exc).__name__}: {exc})") from None
 
 
 def retry_after_s(value: str | None) -> float | None:

@@ -1,9 +1,12 @@
-"""Xsolla inventory API: ``POST /v2/project/{project_id}/inventory/purchase``.
+"""Xsolla inventory API: ``POST /v2/project/{project_id}/inventory/purchase``
+(grants) and ``.../inventory/revoke`` (refunds).
 
 At most 50 operations per call (Xsolla ignores the rest without a word), HTTP
 Basic auth with the merchant id and API key. A 200 answers
 ``{"count": n, "operations": [...]}``, one entry per operation with each item's
-new ``balance``.
+new ``balance``. A revoke the inventory cannot cover answers 404 "Failed to
+remove this number of items" for the whole call: the sender splits the batch
+until that revoke is alone, and it is rejected.
 """
 
 from __future__ import annotations
@@ -13,18 +16,32 @@ from typing import Any
 import httpx
 import orjson
 
+from worker import errors
 from worker.backends.base import OpResult
 from worker.backends.http import build_client, check_status, translated
 from worker.settings import XSOLLA_MAX_BATCH, Settings
 
-_PATHS = {"grant": "purchase"}
+_PATHS = {"grant": "purchase", "revoke": "revoke"}
+
+
+def request_body(kind: str, command: dict[str, Any]) -> dict[str, Any]:
+    """The API operation for one stored command."""
+    if kind == "grant":
+        return command["operation"]
+    # A revoke takes back exactly what its purchase granted, from that user.
+    grant = command["grant"]["operation"]
+    body: dict[str, Any] = {"user": grant["user"], "items": grant["items"]}
+    comment = (command.get("request") or {}).get("comment")
+    if comment:
+        body["comment"] = comment
+    return body
 
 
 class XsollaInventory:
     """Backend for Xsolla's inventory API."""
 
     name = "xsolla"
-    max_batch = XSOLLA_MAX_BATCH
+    max_batch = {"grant": XSOLLA_MAX_BATCH, "revoke": XSOLLA_MAX_BATCH}
 
     def __init__(self, client: httpx.Client, *, idempotent: bool):
         self.client = client
@@ -43,11 +60,15 @@ class XsollaInventory:
         )
         return cls(client, idempotent=settings.xsolla_idempotent)
 
-    def send(self, kind: str, project_id: int, operations: list[dict[str, Any]]) -> list[OpResult]:
-        """One call of at most 50 operations; one result per operation."""
-        if len(operations) > self.max_batch:
-            # Xsolla would drop the surplus silently: refuse to lose a grant.
-            raise ValueError(f"{len(operations)} operations in one call; Xsolla takes {self.max_batch}")
+    def send(self, kind: str, project_id: int, commands: list[dict[str, Any]]) -> list[OpResult]:
+        """One call of at most 50 operations; one result per command."""
+        if len(commands) > self.max_batch[kind]:
+            # Xsolla would drop the surplus silently: never send it. Nothing
+            # left us, and the sender splits a refused batch into halves.
+            raise errors.InvalidRequest(
+                f"{len(commands)} operations in one call; Xsolla takes {self.max_batch[kind]}: not sent"
+            )
+        operations = [request_body(kind, c) for c in commands]
         path = f"/v2/project/{project_id}/inventory/{_PATHS[kind]}"
         what = f"POST {path} ({len(operations)} operations)"
         with translated(what):
@@ -77,6 +98,7 @@ def match_operations(sent: list[dict[str, Any]], body: dict[str, Any]) -> list[O
     mention was not confirmed: it is in doubt, never assumed granted.
     """
     answered = body.get("operations") if isinstance(body.get("operations"), list) else []
+    # Grants are matched by purchase id; revokes carry none, so by position.
     by_id = {
         op.get("purchase", {}).get("external_purchase_id"): op
         for op in answered
@@ -84,8 +106,8 @@ def match_operations(sent: list[dict[str, Any]], body: dict[str, Any]) -> list[O
     }
     results = []
     for i, op in enumerate(sent):
-        epid = op["purchase"]["external_purchase_id"]
-        match = by_id.get(epid)
+        epid = (op.get("purchase") or {}).get("external_purchase_id")
+        match = by_id.get(epid) if epid else None
         if match is None and not by_id and i < len(answered) and isinstance(answered[i], dict):
             candidate = answered[i]
             if candidate.get("user", {}).get("id") == op["user"]["id"]:
@@ -93,5 +115,5 @@ def match_operations(sent: list[dict[str, Any]], body: dict[str, Any]) -> list[O
         if match is None:
             results.append(OpResult("in_doubt", error="the backend answered 200 but did not report this operation"))
         else:
-            results.append(OpResult("granted", response=match))
+            results.append(OpResult("applied", response=match))
     return results

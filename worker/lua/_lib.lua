@@ -11,7 +11,10 @@ local LANES = P .. ':lanes'
 -- Only outcomes (and conflicts) are indexed per command. 'pending' and
 -- 'sending' are read off the buffers and batches, which saves two index
 -- writes per command on the hot path.
-local INDEXED = {granted = true, rejected = true, failed = true, in_doubt = true}
+local INDEXED = {granted = true, rejected = true, failed = true, in_doubt = true,
+                 revoked = true, cancelled = true, noop = true, waiting = true}
+-- Record namespaces per command kind (worker/keys.py: RECORD_NAMESPACES).
+local NS = {grant = 'rec', revoke = 'rvk'}
 
 -- Server time, so that leases written by one machine and read by another
 -- never depend on their clocks agreeing.
@@ -20,28 +23,73 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function rec_key(pid, epid) return P .. ':rec:' .. pid .. ':' .. epid end
+local function rec_key(kind, pid, id) return P .. ':' .. NS[kind] .. ':' .. pid .. ':' .. id end
 local function batch_key(id) return P .. ':batch:' .. id end
-local function idx_key(st) return P .. ':idx:' .. st end
+-- Grants keep the short index names; other kinds are indexed under their kind.
+local function idx_key(kind, st)
+  if kind == 'grant' then return P .. ':idx:' .. st end
+  return P .. ':idx:' .. kind .. ':' .. st
+end
+local function lane_of(kind, pid) return kind .. ':' .. pid end
+
+-- Queue a record into its lane's buffer (the batching path of every command).
+local function enqueue(kind, pid, id, now)
+  local lane = lane_of(kind, pid)
+  if redis.call('RPUSH', P .. ':buf:' .. lane, id) == 1 then
+    redis.call('ZADD', LANES, now, lane)
+  end
+end
+
+-- What a revoke sends: the revoke request together with the grant it undoes
+-- (its operation, and its result, for backends that revoke by instance id).
+-- Built when the revoke is taken, so it reflects the grant's final answer.
+local function revoke_body(pid, epid, rq)
+  local g = redis.call('HMGET', rec_key('grant', pid, epid), 'cmd', 'res')
+  local res = g[2]
+  if not res or res == '' then res = 'null' end
+  return '{"kind":"revoke","request":' .. (rq or 'null') .. ',"grant":' .. (g[1] or 'null')
+    .. ',"grant_result":' .. res .. '}'
+end
+
+local finalize
+
+-- A revoke waiting for its grant's outcome goes on accordingly: sent if the
+-- grant was applied, nothing to do if it certainly was not, in doubt with it.
+local function release_waiting_revoke(pid, epid, grant_status, now, ttl, maxlen)
+  local vk = rec_key('revoke', pid, epid)
+  if redis.call('HGET', vk, 'st') ~= 'waiting' then return end
+  redis.call('ZREM', idx_key('revoke', 'waiting'), pid .. ':' .. epid)
+  if grant_status == 'granted' then
+    redis.call('HSET', vk, 'st', 'pending', 'rcv', now)
+    enqueue('revoke', pid, epid, now)
+  elseif grant_status == 'in_doubt' then
+    finalize('revoke', pid, epid, 'waiting', 'in_doubt', '',
+      'the grant is in doubt: check the inventory, then replay the grant or revoke by hand', now, ttl, maxlen)
+  else
+    finalize('revoke', pid, epid, 'waiting', 'noop', '', 'nothing to revoke: the grant ended ' .. grant_status,
+      now, ttl, maxlen)
+  end
+end
 
 -- Write a final outcome: status, answer, error, the status index, retention,
 -- and the stream entry the purchase pipeline follows. Always together.
-local function finalize(rk, pid, epid, old, new, res, err, now, ttl, maxlen)
+finalize = function(kind, pid, epid, old, new, res, err, now, ttl, maxlen)
+  local rk = rec_key(kind, pid, epid)
   local m = pid .. ':' .. epid
-  if INDEXED[old] then redis.call('ZREM', idx_key(old), m) end
-  redis.call('ZADD', idx_key(new), now, m)
+  if INDEXED[old] then redis.call('ZREM', idx_key(kind, old), m) end
+  redis.call('ZADD', idx_key(kind, new), now, m)
   redis.call('HSET', rk, 'st', new, 'cpl', now, 'res', res, 'err', err)
   redis.call('PEXPIRE', rk, ttl)
   redis.call('XADD', P .. ':outcomes', 'MAXLEN', '~', maxlen, '*',
-    'project_id', pid, 'external_purchase_id', epid, 'status', new, 'at', now)
+    'project_id', pid, 'external_purchase_id', epid, 'kind', kind, 'status', new, 'at', now)
+  if kind == 'grant' then release_waiting_revoke(pid, epid, new, now, ttl, maxlen) end
 end
 
 -- Finalize every member of a batch that is still 'sending'.
-local function finalize_members(pid, members, new, err, now, ttl, maxlen)
+local function finalize_members(kind, pid, members, new, err, now, ttl, maxlen)
   for _, epid in ipairs(members) do
-    local rk = rec_key(pid, epid)
-    if redis.call('HGET', rk, 'st') == 'sending' then
-      finalize(rk, pid, epid, 'sending', new, '', err, now, ttl, maxlen)
+    if redis.call('HGET', rec_key(kind, pid, epid), 'st') == 'sending' then
+      finalize(kind, pid, epid, 'sending', new, '', err, now, ttl, maxlen)
     end
   end
 end

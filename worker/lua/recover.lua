@@ -3,24 +3,25 @@
 -- * sending, backend idempotent: send again.
 -- * sending otherwise: the worker died or stalled mid-call; the request may
 --   have applied. Mark its commands in_doubt; never resend silently.
--- ARGV: prefix, max, dispatch_lease_ms, ttl_ms, stream_maxlen
+-- ARGV: prefix, max, dispatch_lease_ms, ttl_ms, stream_maxlen, max_attempts
 -- Returns {in_doubt_count, batch ids to dispatch...}
 local max, lease_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
-local ttl, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5])
+local ttl, maxlen, max_attempts = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local now = now_ms()
 local out = {0}
 local doubted = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, max)) do
   local bk = batch_key(id)
-  local b = redis.call('HMGET', bk, 'st', 'pid', 'members', 'idem', 'n')
+  local b = redis.call('HMGET', bk, 'st', 'pid', 'members', 'idem', 'n', 'kind', 'att')
   if not b[1] then
     redis.call('ZREM', LEASES, id)
-  elseif b[1] == 'leased' or b[4] == '1' then
+  elseif b[1] == 'leased' or (b[4] == '1' and tonumber(b[7]) < max_attempts) then
     redis.call('HSET', bk, 'st', 'leased', 'tok', '')
     redis.call('ZADD', LEASES, now + lease_ms, id)
     out[#out + 1] = id
   else
-    finalize_members(b[2], cjson.decode(b[3]), 'in_doubt',
+    -- (also an idempotent backend's batch past its attempts: still unknown)
+    finalize_members(b[6], b[2], cjson.decode(b[3]), 'in_doubt',
       'lease ' .. id .. ' expired during the backend call: the worker died or stalled; the grant may or may not be applied',
       now, ttl, maxlen)
     doubted = doubted + tonumber(b[5])

@@ -2,21 +2,25 @@
 -- the backend is idempotent): state 'leased' with the lease ending at the retry
 -- time, so the sweeper dispatches it then. Past max attempts, every command
 -- fails (certainly not applied: safe to replay).
--- ARGV: prefix, batch_id, token, delay_ms, error, max_attempts, ttl_ms, stream_maxlen
--- Returns {'retry'|'failed'|'fenced'}
+-- ARGV: prefix, batch_id, token, delay_ms, error, max_attempts, ttl_ms, stream_maxlen,
+--       final status past max attempts ('failed' when nothing can have applied,
+--       'in_doubt' when the last answer was lost)
+-- Returns {'retry'|'failed'|'in_doubt'|'fenced'}
 local id, token, delay_ms, err = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local max_attempts, ttl, maxlen = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local final = ARGV[9]
 local bk = batch_key(id)
-local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'att')
+local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'att', 'kind')
 if not (b[1] == 'sending' and b[2] == token) then return {'fenced'} end
 local now = now_ms()
 if tonumber(b[5]) >= max_attempts then
-  finalize_members(b[3], cjson.decode(b[4]), 'failed', err, now, ttl, maxlen)
+  finalize_members(b[6], b[3], cjson.decode(b[4]), final, err, now, ttl, maxlen)
   redis.call('DEL', bk)
   redis.call('ZREM', LEASES, id)
-  return {'failed'}
+  return {final}
 end
--- The last error lives on the batch; `grants results get` shows it.
-redis.call('HSET', bk, 'st', 'leased', 'tok', '', 'err', err)
+-- The last error lives on the batch; `grants results get` shows it. 'nbf'
+-- (not before) keeps a duplicate dispatch from cutting the backoff short.
+redis.call('HSET', bk, 'st', 'leased', 'tok', '', 'err', err, 'nbf', now + delay_ms)
 redis.call('ZADD', LEASES, now + delay_ms, id)
 return {'retry'}

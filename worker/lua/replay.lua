@@ -2,21 +2,24 @@
 -- same path a new command takes, with the decision and the history entry in
 -- the same atomic step (two operators replaying at once replay once).
 -- ARGV: prefix, actor, allow_in_doubt (1/0), ttl_ms, then per command:
---       project_id, external_purchase_id, lane
+--       project_id, external_purchase_id
 -- Returns one code per command:
---   replayed | missing | granted | rejected | needs_force | busy (pending/sending)
+--   replayed | missing | granted | rejected | revoked (refunded: never again)
+--   | needs_force | busy (pending/sending)
 local actor, allow_in_doubt = ARGV[2], ARGV[3] == '1'
 local now = now_ms()
 local out = {}
-for i = 5, #ARGV, 3 do
-  local pid, epid, lane = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local rk = rec_key(pid, epid)
+for i = 5, #ARGV, 2 do
+  local pid, epid = ARGV[i], ARGV[i + 1]
+  local rk = rec_key('grant', pid, epid)
   local r = redis.call('HMGET', rk, 'st', 'att', 'hist', 'err')
   local st = r[1]
   if not st then
     out[#out + 1] = 'missing'
   elseif st == 'granted' or st == 'rejected' then
     out[#out + 1] = st
+  elseif redis.call('EXISTS', rec_key('revoke', pid, epid)) == 1 then
+    out[#out + 1] = 'revoked'
   elseif st == 'in_doubt' and not allow_in_doubt then
     out[#out + 1] = 'needs_force'
   elseif st ~= 'failed' and st ~= 'in_doubt' then
@@ -25,13 +28,11 @@ for i = 5, #ARGV, 3 do
     local hist = r[3] and cjson.decode(r[3]) or {}
     hist[#hist + 1] = {event = 'replay', by = actor, at = now, from_status = st,
                        attempts_before = tonumber(r[2]) or 0, last_error = r[4] or ''}
-    redis.call('ZREM', idx_key(st), pid .. ':' .. epid)
+    redis.call('ZREM', idx_key('grant', st), pid .. ':' .. epid)
     redis.call('HSET', rk, 'st', 'pending', 'hist', cjson.encode(hist), 'err', '', 'cpl', '', 'res', '')
     -- Waiting again: no expiry until the new outcome sets the retention.
     redis.call('PERSIST', rk)
-    if redis.call('RPUSH', P .. ':buf:' .. lane, epid) == 1 then
-      redis.call('ZADD', LANES, now, lane)
-    end
+    enqueue('grant', pid, epid, now)
     out[#out + 1] = 'replayed'
   end
 end

@@ -19,7 +19,8 @@ for part = 0, 1 do
   local chunk, cmds = {}, {}
   for j = part * half + 1, math.min(#members, (part + 1) * half) do
     chunk[#chunk + 1] = members[j]
-    cmds[#cmds + 1] = redis.call('HGET', rec_key(pid, members[j]), 'cmd')
+    local r = redis.call('HMGET', rec_key(b[6], pid, members[j]), 'cmd', 'rq')
+    cmds[#cmds + 1] = r[1] or revoke_body(pid, members[j], r[2])
   end
   local child = 'b' .. redis.call('INCR', P .. ':seq:batch')
   redis.call('HSET', batch_key(child), 'lane', b[5], 'kind', b[6], 'pid', pid, 'n', #chunk,

@@ -29,11 +29,11 @@ for i = 1, #lanes, 2 do
     if n < limit and now - oldest < flush_ms then break end
     local members, cmds = {}, {}
     for _, epid in ipairs(redis.call('LPOP', buf, limit)) do
-      local r = redis.call('HMGET', rec_key(pid, epid), 'st', 'cmd')
+      local r = redis.call('HMGET', rec_key(kind, pid, epid), 'st', 'cmd', 'rq')
       -- Skip commands that left 'pending' while waiting (cancelled, expired).
       if r[1] == 'pending' then
         members[#members + 1] = epid
-        cmds[#cmds + 1] = r[2]
+        cmds[#cmds + 1] = r[2] or revoke_body(pid, epid, r[3])
       end
     end
     if #members > 0 then
@@ -50,7 +50,7 @@ for i = 1, #lanes, 2 do
       redis.call('ZREM', LANES, lane)
       break
     end
-    oldest = tonumber(redis.call('HGET', rec_key(pid, head), 'rcv')) or now
+    oldest = tonumber(redis.call('HGET', rec_key(kind, pid, head), 'rcv')) or now
     redis.call('ZADD', LANES, oldest, lane)
   end
   if #taken >= max_batches or inflight >= max_inflight then break end

@@ -290,3 +290,11 @@ def test_idempotent_resends_stop_at_max_attempts_as_in_doubt(ledger, results):
         assert (doubted, ids) == ((0, [bid]) if attempt == 1 else (1, []))
         time.sleep(0.01)
     assert results.get(1, "a")["status"] == "in_doubt"
+
+
+def test_one_backed_off_project_cannot_take_every_slot(ledger):
+    ingest(ledger, [f"a{i}" for i in range(500)], project=1)   # 10 batches ready
+    ingest(ledger, [f"b{i}" for i in range(50)], project=2)    # 1 batch, younger
+    taken = ledger.take(max_batches=20, **{**TAKE, "max_inflight": 8}, max_inflight_per_lane=4)
+    lanes = [ledger.begin(b, f"t{b}", lease_ms=5000, idempotent=False).project_id for b in taken]
+    assert lanes.count(1) == 4 and lanes.count(2) == 1

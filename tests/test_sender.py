@@ -97,6 +97,15 @@ def test_whole_batch_4xx_splits_then_rejects_the_single_bad_one(harness):
     assert harness.results.get(3, "b")["status"] == "granted"
 
 
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_5xx_other_than_503_may_have_applied_so_it_is_in_doubt(harness, status):
+    bid = harness.batch(["a"])
+    harness.answers.append(httpx.Response(status))
+    harness.build().send(bid)
+    assert harness.results.get(3, "a")["status"] == "in_doubt"
+    assert len(harness.calls) == 1
+
+
 def test_auth_failure_fails_without_retrying(harness):
     bid = harness.batch(["a"])
     harness.answers.append(httpx.Response(403, json={"errorMessage": "forbidden"}))

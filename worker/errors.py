@@ -8,11 +8,12 @@ questions only: may I retry, is it final, or is the outcome unknown?
         ├── Retryable             certainly NOT applied: safe to send again
         │   ├── ConnectFailed     refused, DNS, connect/pool timeout, write failed
         │   ├── RateLimited       429 (carries Retry-After)
-        │   └── ServerError       5xx
+        │   └── ServerError       503, 408
         ├── Permanent             the backend refused; resending cannot help
         │   ├── InvalidRequest    400/404/409/413/422: split the batch to find the bad one
         │   └── AuthFailed        401/403: fix credentials, then replay
-        └── OutcomeUnknown        sent, no answer (read timeout, dropped connection)
+        └── OutcomeUnknown        sent, no usable answer (read timeout, dropped
+                                  connection, 500/502/504: may have applied)
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class RateLimited(Retryable):
 
 
 class ServerError(Retryable):
-    """HTTP 5xx: the backend reported its own failure before applying."""
+    """HTTP 503 or 408: the backend did not take the request on."""
 
 
 class Permanent(BackendError):

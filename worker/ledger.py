@@ -122,7 +122,13 @@ class Ledger:
         return [Ingested(c, r) for (c, _), r in zip(commands, results)]
 
     def take(
-        self, *, max_batches: int, max_inflight: int, flush_ms: int, lease_ms: int
+        self,
+        *,
+        max_batches: int,
+        max_inflight: int,
+        flush_ms: int,
+        lease_ms: int,
+        max_inflight_per_lane: int | None = None,
     ) -> list[str]:
         """Take ready batches (full, or oldest waited ``flush_ms``); returns their ids."""
         return self._run(
@@ -134,6 +140,7 @@ class Ledger:
             K.TAKE_SCAN_LANES,
             self.batch_limits_json,
             self.default_batch_limit,
+            max_inflight_per_lane or max_inflight,
         )
 
     def begin(

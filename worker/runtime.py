@@ -67,6 +67,7 @@ class Runtime:
         ids = self.ledger.take(
             max_batches=max_batches,
             max_inflight=s.max_inflight_batches,
+            max_inflight_per_lane=s.lane_inflight_cap,
             flush_ms=s.flush_interval_ms,
             lease_ms=int(s.dispatch_lease_s * 1000),
         )

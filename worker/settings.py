@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # Batches taken but not finished, across all workers. Bounds broker depth
     # and Redis leases; raise it with the number of worker processes.
     max_inflight_batches: int = Field(64, ge=1)
+    # Of those, at most this many for one project and kind (default: half), so
+    # a project that is rate limited and backing off cannot starve the others.
+    max_inflight_per_lane: int | None = Field(None, ge=1)
 
     # --- HTTP.
     http_connect_timeout_s: float = Field(3.0, gt=0)
@@ -82,6 +85,10 @@ class Settings(BaseSettings):
             key = self.xsolla_api_key_file.read_text().strip()
             object.__setattr__(self, "xsolla_api_key", SecretStr(key))
         return self
+
+    @property
+    def lane_inflight_cap(self) -> int:
+        return self.max_inflight_per_lane or max(1, self.max_inflight_batches // 2)
 
     @property
     def effective_broker_url(self) -> str:

@@ -40,6 +40,8 @@ def add_parser(sub) -> None:
     p.add_argument("--latency-ms", type=int, default=0, help="sandbox latency per call (default 0)")
     p.add_argument("--backlog", action="store_true",
                    help="publish everything first, then start the workers (a drained backlog); reports peak worker memory")
+    p.add_argument("--appendfsync", choices=["always", "everysec"], default="everysec",
+                   help="Redis AOF fsync policy (default everysec, as deploy/ runs it)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory)")
@@ -108,9 +110,10 @@ def run(args: argparse.Namespace, settings) -> int:
     feed = generate(args.purchases, args.duplicates, args.seed)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
     say(f"bench: {args.purchases:,} purchases + {len(feed) - args.purchases:,} repeats; "
-        f"{args.workers} worker(s) x {args.concurrency} processes; sandbox latency {args.latency_ms} ms")
+        f"{args.workers} worker(s) x {args.concurrency} processes; sandbox latency {args.latency_ms} ms; "
+        f"appendfsync {args.appendfsync}")
     with Stack(args.workdir) as stack:
-        stack.start_redis()
+        stack.start_redis(appendfsync=args.appendfsync)
         stack.start_sandbox("--latency-ms", str(args.latency_ms))
         if not args.backlog:
             for _ in range(args.workers):

@@ -5,7 +5,10 @@ Whether a failed request may have reached the backend decides everything
 downstream, so the mapping is explicit:
 
 - never connected, or the body was not fully written -> ``ConnectFailed`` (not applied)
-- 429 -> ``RateLimited``; 408/5xx -> ``ServerError`` (the backend says it did not apply)
+- 429 -> ``RateLimited``; 408 and 503 -> ``ServerError``: the server says it
+  did not take the request on (timed out waiting for it; unavailable)
+- 500, 502, 504 and other 5xx -> ``OutcomeUnknown``: a server that failed while
+  working, or a gateway that gave up on an upstream that may have applied it
 - 401/403 -> ``AuthFailed``; other 4xx -> ``InvalidRequest``
 - sent but no (complete) answer -> ``OutcomeUnknown``
 """
@@ -98,8 +101,10 @@ def check_status(response: httpx.Response, what: str) -> None:
         raise errors.RateLimited(
             message, retry_after=retry_after_s(response.headers.get("retry-after")), status=status, body=body
         )
-    if status == 408 or status >= 500:
+    if status in (408, 503):
         raise errors.ServerError(message, status=status, body=body)
+    if status >= 500:
+        raise errors.OutcomeUnknown(message, status=status, body=body)
     if status in (401, 403):
         raise errors.AuthFailed(message, status=status, body=body)
     raise errors.InvalidRequest(message, status=status, body=body)

@@ -3,7 +3,9 @@
 -- A lane is taken when it holds a full batch, or when its oldest command has
 -- waited flush_ms. Oldest lanes first; bounded by max_inflight leases overall.
 -- ARGV: prefix, max_inflight, flush_ms, lease_ms, max_batches, scan_lanes,
---       limits (JSON kind -> batch limit), default_limit
+--       limits (JSON kind -> batch limit), default_limit, max_inflight_per_lane
+-- The per-lane cap keeps one project (say, rate limited and backing off) from
+-- holding every in-flight slot while the others wait.
 -- Returns the new batch ids.
 local max_inflight = tonumber(ARGV[2])
 local flush_ms = tonumber(ARGV[3])
@@ -12,18 +14,25 @@ local max_batches = tonumber(ARGV[5])
 local scan = tonumber(ARGV[6])
 local limits = cjson.decode(ARGV[7])
 local default_limit = tonumber(ARGV[8])
+local lane_cap = tonumber(ARGV[9])
 
 local taken = {}
 local inflight = redis.call('ZCARD', LEASES)
 if inflight >= max_inflight then return taken end
 local now = now_ms()
+-- Batches in flight per lane, read off the leases (bounded by max_inflight).
+local per_lane = {}
+for _, id in ipairs(redis.call('ZRANGE', LEASES, 0, -1)) do
+  local l = redis.call('HGET', batch_key(id), 'lane')
+  if l then per_lane[l] = (per_lane[l] or 0) + 1 end
+end
 local lanes = redis.call('ZRANGE', LANES, 0, scan - 1, 'WITHSCORES')
 for i = 1, #lanes, 2 do
   local lane, oldest = lanes[i], tonumber(lanes[i + 1])
   local kind, pid = string.match(lane, '^([^:]+):(.+)$')
   local limit = tonumber(limits[kind]) or default_limit
   local buf = P .. ':buf:' .. lane
-  while #taken < max_batches and inflight < max_inflight do
+  while #taken < max_batches and inflight < max_inflight and (per_lane[lane] or 0) < lane_cap do
     local n = redis.call('LLEN', buf)
     if n == 0 then break end
     if n < limit and now - oldest < flush_ms then break end
@@ -43,6 +52,7 @@ for i = 1, #lanes, 2 do
         'st', 'leased', 'att', 0, 'begun', 0, 'created', now)
       redis.call('ZADD', LEASES, now + lease_ms, id)
       inflight = inflight + 1
+      per_lane[lane] = (per_lane[lane] or 0) + 1
       taken[#taken + 1] = id
     end
     local head = redis.call('LINDEX', buf, 0)

@@ -298,3 +298,16 @@ def test_one_backed_off_project_cannot_take_every_slot(ledger):
     taken = ledger.take(max_batches=20, **{**TAKE, "max_inflight": 8}, max_inflight_per_lane=4)
     lanes = [ledger.begin(b, f"t{b}", lease_ms=5000, idempotent=False).project_id for b in taken]
     assert lanes.count(1) == 4 and lanes.count(2) == 1
+
+
+def test_a_grant_cancelled_after_its_batch_was_taken_is_never_sent(ledger, results):
+    ingest(ledger, ["c1", "c2"])
+    (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})  # taken, not yet begun
+    assert revoke(ledger, ["c1"]) == ["cancelled"]
+    work = ledger.begin(bid, "tok", lease_ms=5000, idempotent=False)
+    assert work.purchase_ids == ["c2"] and len(work.commands) == 1
+    ingest(ledger, ["c3"])
+    (bid2,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
+    assert revoke(ledger, ["c3"]) == ["cancelled"]
+    assert ledger.begin(bid2, "tok", lease_ms=5000, idempotent=False) is None  # nothing left to send
+    assert results.get(1, "c1")["status"] == "cancelled"

@@ -5,24 +5,44 @@
 -- Returns {'gone'} | {'busy'} | {'early'} (backing off) | {'ok', project_id, attempt, kind, members_json, cmds_json}
 local id, token, lease_ms, idem = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local bk = batch_key(id)
-local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'kind', 'cmds', 'nbf')
+local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'kind', 'nbf')
 if not b[1] then return {'gone'} end
 local now = now_ms()
-local pid = b[3]
+local pid, kind = b[3], b[5]
 if b[1] == 'sending' then
   -- Someone holds it; unless it is us asking again (a retried round trip).
   if b[2] ~= token then return {'busy'} end
-elseif b[7] and now < tonumber(b[7]) then
+elseif b[6] and now < tonumber(b[6]) then
   -- A duplicate dispatch during a backoff: the sweeper sends it when due.
   return {'early'}
 else
-  redis.call('HSET', bk, 'st', 'sending', 'tok', token, 'idem', idem, 'sent', now, 'begun', 1)
+  -- The last moment before sending: keep only members still waiting to be
+  -- sent (pending) or already ours (a retry). A grant cancelled by a revoke
+  -- since it was taken is dropped here and never leaves.
+  local kept = {}
+  for _, epid in ipairs(cjson.decode(b[4])) do
+    local rk = rec_key(kind, pid, epid)
+    local r = redis.call('HMGET', rk, 'st', 'bat')
+    if r[1] == 'pending' or (r[1] == 'sending' and r[2] == id) then
+      kept[#kept + 1] = epid
+      redis.call('HSET', rk, 'st', 'sending', 'bat', id, 'snt', now)
+      redis.call('HINCRBY', rk, 'att', 1)
+    end
+  end
+  if #kept == 0 then
+    redis.call('DEL', bk)
+    redis.call('ZREM', LEASES, id)
+    return {'gone'}
+  end
+  b[4] = cjson.encode(kept)
+  redis.call('HSET', bk, 'st', 'sending', 'tok', token, 'idem', idem, 'sent', now, 'begun', 1,
+    'members', b[4], 'n', #kept)
   redis.call('HINCRBY', bk, 'att', 1)
   redis.call('ZADD', LEASES, now + lease_ms, id)
-  for _, epid in ipairs(cjson.decode(b[4])) do
-    local rk = rec_key(b[5], pid, epid)
-    redis.call('HSET', rk, 'st', 'sending', 'bat', id, 'snt', now)
-    redis.call('HINCRBY', rk, 'att', 1)
-  end
 end
-return {'ok', pid, redis.call('HGET', bk, 'att'), b[5], b[4], b[6]}
+local cmds = {}
+for _, epid in ipairs(cjson.decode(b[4])) do
+  local r = redis.call('HMGET', rec_key(kind, pid, epid), 'cmd', 'rq')
+  cmds[#cmds + 1] = r[1] or revoke_body(pid, epid, r[2])
+end
+return {'ok', pid, redis.call('HGET', bk, 'att'), kind, b[4], '[' .. table.concat(cmds, ',') .. ']'}

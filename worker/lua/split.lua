@@ -5,28 +5,25 @@
 -- Returns {'fenced'} | {'single'} | {'ok', id1, id2}
 local id, token, lease_ms = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local bk = batch_key(id)
-local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'lane', 'kind', 'cmds')
+local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'lane', 'kind')
 if not (b[1] == 'sending' and b[2] == token) then return {'fenced'} end
 local members = cjson.decode(b[4])
 if #members < 2 then return {'single'} end
--- The bodies are re-read from the records: a JSON array of arbitrary JSON is
--- not split safely with patterns, and this path is rare.
 local pid = b[3]
 local now = now_ms()
 local half = math.ceil(#members / 2)
 local out = {'ok'}
 for part = 0, 1 do
-  local chunk, cmds = {}, {}
+  local chunk = {}
   for j = part * half + 1, math.min(#members, (part + 1) * half) do
     chunk[#chunk + 1] = members[j]
-    local r = redis.call('HMGET', rec_key(b[6], pid, members[j]), 'cmd', 'rq')
-    cmds[#cmds + 1] = r[1] or revoke_body(pid, members[j], r[2])
   end
   local child = 'b' .. redis.call('INCR', P .. ':seq:batch')
   redis.call('HSET', batch_key(child), 'lane', b[5], 'kind', b[6], 'pid', pid, 'n', #chunk,
-    'members', cjson.encode(chunk), 'cmds', '[' .. table.concat(cmds, ',') .. ']',
-    'st', 'leased', 'att', 0, 'begun', 1, 'created', now, 'parent', id)
+    'members', cjson.encode(chunk), 'st', 'leased', 'att', 0, 'begun', 1, 'created', now, 'parent', id)
   redis.call('ZADD', LEASES, now + lease_ms, child)
+  -- The child owns these commands now (begin and complete check it).
+  for _, epid in ipairs(chunk) do redis.call('HSET', rec_key(b[6], pid, epid), 'bat', child) end
   out[#out + 1] = child
 end
 redis.call('DEL', bk)

@@ -1,5 +1,6 @@
 -- Batch take + lease, atomically: pop up to `limit` waiting commands of a lane
--- into a new batch (which carries their bodies), and lease it.
+-- into a new batch, and lease it. (The bodies are read at begin, right before
+-- sending: a command cancelled in between is dropped there.)
 -- A lane is taken when it holds a full batch, or when its oldest command has
 -- waited flush_ms. Oldest lanes first; bounded by max_inflight leases overall.
 -- ARGV: prefix, max_inflight, flush_ms, lease_ms, max_batches, scan_lanes,
@@ -36,20 +37,17 @@ for i = 1, #lanes, 2 do
     local n = redis.call('LLEN', buf)
     if n == 0 then break end
     if n < limit and now - oldest < flush_ms then break end
-    local members, cmds = {}, {}
+    local members = {}
     for _, epid in ipairs(redis.call('LPOP', buf, limit)) do
-      local r = redis.call('HMGET', rec_key(kind, pid, epid), 'st', 'cmd', 'rq')
       -- Skip commands that left 'pending' while waiting (cancelled, expired).
-      if r[1] == 'pending' then
+      if redis.call('HGET', rec_key(kind, pid, epid), 'st') == 'pending' then
         members[#members + 1] = epid
-        cmds[#cmds + 1] = r[2] or revoke_body(pid, epid, r[3])
       end
     end
     if #members > 0 then
       local id = 'b' .. redis.call('INCR', P .. ':seq:batch')
       redis.call('HSET', batch_key(id), 'lane', lane, 'kind', kind, 'pid', pid, 'n', #members,
-        'members', cjson.encode(members), 'cmds', '[' .. table.concat(cmds, ',') .. ']',
-        'st', 'leased', 'att', 0, 'begun', 0, 'created', now)
+        'members', cjson.encode(members), 'st', 'leased', 'att', 0, 'begun', 0, 'created', now)
       redis.call('ZADD', LEASES, now + lease_ms, id)
       inflight = inflight + 1
       per_lane[lane] = (per_lane[lane] or 0) + 1

@@ -1,0 +1,71 @@
+"""Refunds against the real stack: a revoke takes back exactly what its
+purchase granted, once, whatever the race with the grant."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from schemas.commands import RevokeCommand
+from tests.helpers import command, wait_final
+
+pytestmark = pytest.mark.integration
+
+
+def wait_revokes(results, project_id, ids, timeout=30.0):
+    final = {"revoked", "noop", "rejected", "failed", "in_doubt"}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        recs = {i: results.get(project_id, i) for i in ids}
+        if all(r and r.get("revoke") and r["revoke"]["status"] in final for r in recs.values()):
+            return recs
+        time.sleep(0.1)
+    raise AssertionError(f"revokes without an outcome: {[i for i, r in recs.items() if not (r or {}).get('revoke')][:5]}")
+
+
+def test_revoke_racing_its_grant_never_leaves_a_grant_standing(stack, publisher, results, project_id):
+    stack.sandbox_put("/sandbox/faults", {"latency_ms": 30})
+    try:
+        ids = [f"rr-{i}" for i in range(300)]
+        for i in ids:  # each revoke published right after its grant, separately
+            publisher.publish(command(project_id, i, user=f"u{hash(i) % 7}", quantity=3))
+            publisher.publish(RevokeCommand(project_id=project_id, external_purchase_id=i, comment="Refund"))
+        recs = wait_revokes(results, project_id, ids)
+    finally:
+        stack.sandbox_put("/sandbox/faults", {})
+    applied = stack.audit_counts(project_id)
+    outcomes = {(r["status"], r["revoke"]["status"]) for r in recs.values()}
+    # Only two endings: never granted (cancelled, nothing to revoke) or granted then revoked.
+    assert outcomes <= {("cancelled", "noop"), ("granted", "revoked")}, outcomes
+    for i, r in recs.items():
+        assert applied.get(i, 0) == (1 if r["status"] == "granted" else 0)
+    # Every balance is back to zero: nothing granted is left standing.
+    balances = stack.sandbox_get("/sandbox/balances", project_id=project_id)["balances"]
+    assert all(b["quantity"] == 0 for b in balances), balances
+
+
+def test_revoke_of_granted_purchase_is_sent_once_and_shown_with_the_grant(stack, publisher, results, project_id):
+    publisher.publish(command(project_id, "rv-1", quantity=2))
+    wait_final(results, project_id, ["rv-1"])
+    for _ in range(3):  # the pipeline sends the refund three times
+        publisher.publish(RevokeCommand(project_id=project_id, external_purchase_id="rv-1", comment="Refund"))
+    rec = wait_revokes(results, project_id, ["rv-1"])["rv-1"]
+    assert rec["status"] == "granted" and rec["revoke"]["status"] == "revoked"
+    assert rec["revoke"]["duplicates"] == 2
+    balances = stack.sandbox_get("/sandbox/balances", project_id=project_id)["balances"]
+    assert [b["quantity"] for b in balances] == [0]
+    # A refunded purchase is never granted again, however it is re-sent.
+    publisher.publish(command(project_id, "rv-1", quantity=2))
+    time.sleep(1)
+    assert stack.audit_counts(project_id) == {"rv-1": 1}
+
+
+def test_revoke_before_the_grant_and_of_unknown_purchases(stack, publisher, results, project_id):
+    publisher.publish(RevokeCommand(project_id=project_id, external_purchase_id="early-1"))
+    recs = wait_revokes(results, project_id, ["early-1"])
+    assert recs["early-1"]["status"] == "cancelled" and recs["early-1"]["revoke"]["status"] == "noop"
+    publisher.publish(command(project_id, "early-1"))  # the grant arrives late
+    time.sleep(1)
+    assert stack.audit_counts(project_id) == {}
+    assert results.get(project_id, "early-1")["status"] == "cancelled"

@@ -191,6 +191,7 @@ class Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.merchant_id = merchant_id
         self.api_key = api_key or "sk-" + os.urandom(12).hex()
+        self.playfab_key = "pf-" + os.urandom(12).hex()
         self.idempotent_backend = idempotent_backend
         self.settings_env = settings_env or {}
         self.redis: RedisServer | None = None
@@ -213,6 +214,7 @@ class Stack:
             GRANTS_XSOLLA_BASE_URL=self.sandbox_url,
             GRANTS_XSOLLA_MERCHANT_ID=self.merchant_id,
             GRANTS_XSOLLA_API_KEY=self.api_key,
+            GRANTS_PLAYFAB_SECRET_KEY=self.playfab_key,
             GRANTS_LOG_FORMAT="json",
         )
         env.update(self.settings_env)

@@ -10,6 +10,7 @@ import pytest
 
 from tests.helpers import command
 from worker.backends.http import retry_after_s
+from worker.backends.registry import Backends
 from worker.backends.xsolla import XsollaInventory
 from worker.ledger import Ledger, Outcome
 from worker.results import Results
@@ -45,9 +46,9 @@ def harness(redis_client):
     dispatched: list[str] = []
 
     def build(idempotent=False):
-        backend = XsollaInventory.from_settings(settings.model_copy(update={"xsolla_idempotent": idempotent}),
-                                                httpx.MockTransport(handler))
-        return Sender(ledger, backend, settings, dispatched.extend, rng=random.Random(1))
+        configured = settings.model_copy(update={"xsolla_idempotent": idempotent})
+        backends = Backends(configured, httpx.MockTransport(handler))
+        return Sender(ledger, backends, configured, dispatched.extend, rng=random.Random(1))
 
     def batch(ids):
         ledger.ingest([(command(3, i), 1) for i in ids], "t")

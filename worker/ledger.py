@@ -56,6 +56,8 @@ class BatchWork:
     attempt: int
     purchase_ids: list[str]
     commands: list[dict]  # the stored commands ({kind, project_id, operation}), in batch order
+    # The last answer was lost and the backend can be read back: do that first.
+    reconcile: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,16 +145,29 @@ class Ledger:
             max_inflight_per_lane or max_inflight,
         )
 
+    def project_of(self, batch_id: str) -> int | None:
+        """The project a batch belongs to (to pick its backend); None if it is gone."""
+        pid = self.redis.hget(self.keys.batch(batch_id), "pid")
+        return int(pid) if pid else None
+
     def begin(
-        self, batch_id: str, token: str, *, lease_ms: int, idempotent: bool
+        self, batch_id: str, token: str, *, lease_ms: int, idempotent: bool = False, on_unknown: str | None = None
     ) -> BatchWork | None:
-        """Hold the batch for one send; None if it is gone or held by someone else."""
-        reply = self._run("begin", batch_id, token, lease_ms, int(idempotent))
+        """Hold the batch for one send; None if it is gone, held, or backing off.
+
+        ``on_unknown`` is the backend's policy for a lost answer ('resend',
+        'reconcile', 'doubt'; ``idempotent=True`` means 'resend'), kept on the
+        batch for the sweeper.
+        """
+        policy = on_unknown or ("resend" if idempotent else "doubt")
+        flag = {"resend": "1", "reconcile": "r", "doubt": "0"}[policy]
+        reply = self._run("begin", batch_id, token, lease_ms, flag)
         if reply[0] != "ok":
             return None
-        _, project_id, attempt, kind, members, commands = reply
+        _, project_id, attempt, kind, members, commands, reconcile = reply
         return BatchWork(
-            batch_id, token, int(project_id), kind, int(attempt), orjson.loads(members), orjson.loads(commands)
+            batch_id, token, int(project_id), kind, int(attempt), orjson.loads(members), orjson.loads(commands),
+            reconcile=bool(int(reconcile)),
         )
 
     def complete(self, work: BatchWork, outcomes: list[Outcome]) -> tuple[bool, int]:
@@ -173,7 +188,8 @@ class Ledger:
         return bool(self._run("renew", work.batch_id, work.token, lease_ms))
 
     def release(
-        self, work: BatchWork, *, delay_ms: int, error: str, max_attempts: int, final: str = "failed"
+        self, work: BatchWork, *, delay_ms: int, error: str, max_attempts: int, final: str = "failed",
+        reconcile: bool = False,
     ) -> str:
         """Retry later (``'retry'``); past max attempts end as ``final`` ('failed'
         when nothing can have applied, 'in_doubt' when the last answer was
@@ -188,6 +204,7 @@ class Ledger:
             self.ttl_ms,
             K.OUTCOME_STREAM_MAXLEN,
             final,
+            int(reconcile),
         )[0]
 
     def split(self, work: BatchWork, *, lease_ms: int) -> tuple[str, list[str]]:

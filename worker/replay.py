@@ -79,12 +79,12 @@ def select(results: Results, filters: Filters) -> Iterator[dict[str, Any]]:
                 return
 
 
-def plan(records: Iterable[dict[str, Any]], *, force: bool, idempotent: bool) -> list[Planned]:
-    """Decide per record; in_doubt needs ``force`` unless the backend is idempotent."""
+def plan(records: Iterable[dict[str, Any]], *, force: bool, idempotent: Callable[[int], bool]) -> list[Planned]:
+    """Decide per record; in_doubt needs ``force`` unless its project's backend is idempotent."""
     planned = []
     for r in records:
         reason = f"{r['status']} after {r['attempts']} attempt(s)" + (f": {r['error']}" if r.get("error") else "")
-        if r["status"] == Status.in_doubt.value and not (force or idempotent):
+        if r["status"] == Status.in_doubt.value and not (force or idempotent(r["project_id"])):
             planned.append(Planned(r, False, "in_doubt: needs --force (" + reason + ")"))
         else:
             planned.append(Planned(r, True, reason))
@@ -96,7 +96,6 @@ def execute(
     planned: list[Planned],
     *,
     actor: str,
-    allow_in_doubt: bool,
     on_progress: Callable[[int], None] | None = None,
 ) -> Counter:
     """Replay the planned records; counts of the ledger's verdicts.
@@ -111,7 +110,9 @@ def execute(
     for start in range(0, len(todo), REPLAY_CHUNK):
         chunk = todo[start : start + REPLAY_CHUNK]
         targets = [(p.record["project_id"], p.record["external_purchase_id"]) for p in chunk]
-        verdicts.update(ledger.replay(targets, actor=actor, allow_in_doubt=allow_in_doubt))
+        # The plan already refused in_doubt without --force (or an idempotent
+        # backend); the script re-checks everything else at the last moment.
+        verdicts.update(ledger.replay(targets, actor=actor, allow_in_doubt=True))
         done += len(chunk)
         if on_progress:
             on_progress(done)

@@ -10,7 +10,7 @@ from typing import Callable
 
 import httpx
 
-from worker.backends import XsollaInventory
+from worker.backends.registry import Backends
 from worker.keys import Keys
 from worker.ledger import Ledger
 from worker.redis_conn import connect
@@ -39,19 +39,14 @@ class Runtime:
         return connect(self.settings.redis_url)
 
     @cached_property
-    def backend(self) -> XsollaInventory:
-        return XsollaInventory.from_settings(self.settings, self._transport)
+    def backends(self) -> Backends:
+        return Backends(self.settings, self._transport)
 
     @cached_property
     def ledger(self) -> Ledger:
-        limits = {kind: min(self.settings.batch_size, n) for kind, n in self.backend.max_batch.items()}
-        return Ledger(
-            self.redis,
-            self.keys,
-            ttl_ms=self.settings.result_ttl_ms,
-            batch_limits=limits,
-            default_batch_limit=min(limits.values()),
-        )
+        limits, default = self.backends.batch_limits()
+        return Ledger(self.redis, self.keys, ttl_ms=self.settings.result_ttl_ms,
+                      batch_limits=limits, default_batch_limit=default)
 
     @cached_property
     def results(self) -> Results:
@@ -59,7 +54,7 @@ class Runtime:
 
     @cached_property
     def sender(self) -> Sender:
-        return Sender(self.ledger, self.backend, self.settings, self.dispatch)
+        return Sender(self.ledger, self.backends, self.settings, self.dispatch)
 
     def take(self, max_batches: int, dispatch: bool = True) -> list[str]:
         """Take ready batches (and dispatch them, unless the caller sends them itself)."""
@@ -76,7 +71,7 @@ class Runtime:
         return ids
 
     def close(self) -> None:
-        if "backend" in self.__dict__:
-            self.backend.close()
+        if "backends" in self.__dict__:
+            self.backends.close()
         if "redis" in self.__dict__:
             self.redis.close()

@@ -8,7 +8,10 @@ The decision table, which is the whole point of this module:
     InvalidRequest, >1 command     -> split in two; each half tried on its own
     InvalidRequest, 1 command      -> rejected
     AuthFailed                     -> failed (nothing applied; replay after fixing)
+    Permanent (whole call)         -> rejected (e.g. PlayFab CatalogNotConfigured)
     OutcomeUnknown                 -> idempotent backend: back off and resend
+                                      reconcilable backend: back off, read the
+                                        inventory back, send only what is absent
                                       otherwise: in_doubt, never resent
 """
 
@@ -23,7 +26,8 @@ import structlog
 
 from schemas.records import APPLIED
 from worker import errors
-from worker.backends.base import Backend
+from worker.backends.base import Backend, OpResult
+from worker.backends.registry import Backends, unknown_outcome_policy
 from worker.leases import LeaseKeeper
 from worker.ledger import BatchWork, Ledger, Outcome
 from worker.settings import Settings
@@ -58,13 +62,13 @@ class Sender:
     def __init__(
         self,
         ledger: Ledger,
-        backend: Backend,
+        backends: Backends,
         settings: Settings,
         dispatch: Callable[[list[str]], None],
         rng: random.Random | None = None,
     ):
         self.ledger = ledger
-        self.backend = backend
+        self.backends = backends
         self.settings = settings
         self.dispatch = dispatch
         self.rng = rng or random.Random()
@@ -74,16 +78,20 @@ class Sender:
 
     def send(self, batch_id: str) -> dict[str, Any]:
         """Attempt the batch once; returns a summary for the task result."""
+        project_id = self.ledger.project_of(batch_id)
+        if project_id is None:
+            return {"batch_id": batch_id, "skipped": True}
+        backend = self.backends.for_project(project_id)
         token = uuid.uuid4().hex
-        work = self.ledger.begin(batch_id, token, lease_ms=self.lease_ms, idempotent=self.backend.idempotent)
+        work = self.ledger.begin(batch_id, token, lease_ms=self.lease_ms, on_unknown=unknown_outcome_policy(backend))
         if work is None:
-            # Finished, or held by a live attempt: a duplicate dispatch.
+            # Finished, held by a live attempt, or backing off: a duplicate dispatch.
             return {"batch_id": batch_id, "skipped": True}
         blog = log.bind(batch_id=batch_id, project_id=work.project_id, attempt=work.attempt, size=len(work.purchase_ids))
-        blog.info("batch sending", backend=self.backend.name)
+        blog.info("batch sending", backend=backend.name, kind=work.kind, reconcile=work.reconcile or None)
         try:
             with self.keeper.holding(work):
-                results = self.backend.send(work.kind, work.project_id, work.commands)
+                results = self._call(backend, work, blog)
         except errors.Retryable as exc:
             return self._retry_later(work, exc, blog)
         except errors.InvalidRequest as exc:
@@ -91,13 +99,15 @@ class Sender:
         except errors.AuthFailed as exc:
             blog.error("batch refused: credentials", error=str(exc))
             return self._finish(work, [Outcome(p, "failed", error=str(exc)) for p in work.purchase_ids], blog)
+        except errors.Permanent as exc:
+            return self._finish(work, [Outcome(p, "rejected", error=str(exc)) for p in work.purchase_ids], blog)
         except errors.OutcomeUnknown as exc:
-            return self._unknown(work, exc, blog)
+            return self._unknown(backend, work, exc, blog)
         except Exception as exc:  # a defect, or a library error nobody mapped
             # It may have happened after the request left: treat it as an
             # unknown outcome rather than leave the batch stuck in 'sending'.
             blog.exception("backend call failed unexpectedly")
-            return self._unknown(work, errors.OutcomeUnknown(f"{type(exc).__name__}: {exc}"), blog)
+            return self._unknown(backend, work, errors.OutcomeUnknown(f"{type(exc).__name__}: {exc}"), blog)
         applied = APPLIED[work.kind].value
         outcomes = [
             Outcome(p, applied if r.status == "applied" else r.status, result=r.response, error=r.error)
@@ -105,10 +115,29 @@ class Sender:
         ]
         return self._finish(work, outcomes, blog)
 
-    def _unknown(self, work: BatchWork, exc: errors.OutcomeUnknown, blog) -> dict[str, Any]:
-        if self.backend.idempotent:
-            return self._retry_later(work, exc, blog)
-        return self._finish(work, [Outcome(p, "in_doubt", error=str(exc)) for p in work.purchase_ids], blog)
+    def _call(self, backend: Backend, work: BatchWork, blog) -> list[OpResult]:
+        """The backend call, after reading back what a lost answer may have applied."""
+        if not work.reconcile:
+            return backend.send(work.kind, work.project_id, work.commands)
+        try:
+            found = backend.reconcile(work.kind, work.project_id, work.commands)
+        except errors.BackendError as exc:
+            # The answer was lost and the inventory cannot be read either.
+            raise errors.OutcomeUnknown(f"answer lost, and reading the inventory back failed: {exc}") from None
+        absent = [i for i, r in enumerate(found) if r is None]
+        blog.info("batch reconciled", applied=len(found) - len(absent), absent=len(absent))
+        results = list(found)
+        if absent:
+            sent = backend.send(work.kind, work.project_id, [work.commands[i] for i in absent])
+            for i, r in zip(absent, sent):
+                results[i] = r
+        return results
+
+    def _unknown(self, backend: Backend, work: BatchWork, exc: errors.OutcomeUnknown, blog) -> dict[str, Any]:
+        policy = unknown_outcome_policy(backend)
+        if policy == "doubt":
+            return self._finish(work, [Outcome(p, "in_doubt", error=str(exc)) for p in work.purchase_ids], blog)
+        return self._retry_later(work, exc, blog, reconcile=policy == "reconcile")
 
     def _finish(self, work: BatchWork, outcomes: list[Outcome], blog) -> dict[str, Any]:
         owned, written = self.ledger.complete(work, outcomes)
@@ -124,18 +153,22 @@ class Sender:
                 blog.debug("command " + o.status, external_purchase_id=o.purchase_id)
         return {"batch_id": work.batch_id, "owned": owned, **counts}
 
-    def _retry_later(self, work: BatchWork, exc: errors.BackendError, blog) -> dict[str, Any]:
+    def _retry_later(self, work: BatchWork, exc: errors.BackendError, blog, reconcile: bool = False) -> dict[str, Any]:
         certainly_not_applied = isinstance(exc, errors.Retryable)
+        # Reading back right away could miss a request the backend is still
+        # working on: give it at least a read timeout first.
+        floor = self.settings.http_read_timeout_s if reconcile else None
         delay = backoff_s(
             work.attempt,
             base=self.settings.retry_base_s,
             cap=self.settings.retry_max_backoff_s,
-            retry_after=getattr(exc, "retry_after", None),
+            retry_after=getattr(exc, "retry_after", None) or floor,
             rng=self.rng,
         )
         state = self.ledger.release(
             work, delay_ms=int(delay * 1000), error=str(exc), max_attempts=self.settings.retry_max_attempts,
             final="failed" if certainly_not_applied else "in_doubt",
+            reconcile=reconcile or (work.reconcile and certainly_not_applied),
         )
         if state == "fenced":
             # The sweeper gave the batch up for lost while we waited. This

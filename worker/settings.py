@@ -9,11 +9,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Xsolla processes at most 50 operations per call and silently ignores the rest.
 XSOLLA_MAX_BATCH = 50
+
+
+BackendName = Literal["xsolla", "playfab"]
+
+
+class ProjectBackend(BaseModel):
+    """Where one project's commands go, overriding that backend's defaults.
+
+    ``GRANTS_PROJECTS='{"9001": {"backend": "playfab",
+    "base_url": "https://9001.playfabapi.com", "secret_file": "/run/secrets/pf9001"}}'``
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: BackendName
+    base_url: str | None = None
+    # The project's credential (PlayFab title secret key; Xsolla API key), from a file.
+    secret_file: Path | None = None
 
 
 class Settings(BaseSettings):
@@ -35,6 +53,16 @@ class Settings(BaseSettings):
     # Resend a batch whose answer was lost? Only safe if the backend ignores a
     # repeated external_purchase_id, which Xsolla does not document.
     xsolla_idempotent: bool = False
+
+    # --- PlayFab (legacy Admin economy API).
+    playfab_base_url: str = "https://titleId.playfabapi.com"
+    playfab_secret_key: SecretStr = SecretStr("")
+    playfab_secret_key_file: Path | None = None
+    playfab_catalog_version: str | None = None
+
+    # --- Which backend serves which project (JSON); the rest go to the default.
+    default_backend: BackendName = "xsolla"
+    projects: dict[int, ProjectBackend] = Field(default_factory=dict)
 
     # --- Batching.
     flush_interval_ms: int = Field(200, ge=1, le=60_000)
@@ -80,11 +108,17 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     @model_validator(mode="after")
-    def _key_from_file(self) -> "Settings":
-        if self.xsolla_api_key_file is not None:
-            key = self.xsolla_api_key_file.read_text().strip()
-            object.__setattr__(self, "xsolla_api_key", SecretStr(key))
+    def _keys_from_files(self) -> "Settings":
+        for path_field, key_field in (("xsolla_api_key_file", "xsolla_api_key"),
+                                      ("playfab_secret_key_file", "playfab_secret_key")):
+            path = getattr(self, path_field)
+            if path is not None:
+                object.__setattr__(self, key_field, SecretStr(path.read_text().strip()))
         return self
+
+    def backend_of(self, project_id: int) -> ProjectBackend:
+        """The backend (and its overrides) that serves ``project_id``."""
+        return self.projects.get(project_id) or ProjectBackend(backend=self.default_backend)
 
     @property
     def lane_inflight_cap(self) -> int:
@@ -105,7 +139,10 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Values that must never be printed (for the log redactor)."""
-        found = [self.xsolla_api_key.get_secret_value()]
+        found = [self.xsolla_api_key.get_secret_value(), self.playfab_secret_key.get_secret_value()]
+        for project in self.projects.values():
+            if project.secret_file is not None and project.secret_file.exists():
+                found.append(project.secret_file.read_text().strip())
         for url in (self.redis_url, self.broker_url or ""):
             password = _url_password(url)
             if password:

@@ -170,6 +170,7 @@ def replay(
 
     from schemas.records import Status
     from worker import replay as rp
+    from worker.backends.registry import project_is_idempotent
 
     def ms(text: str | None) -> int | None:
         return None if text is None else int(datetime.fromisoformat(text).timestamp() * 1000)
@@ -177,15 +178,18 @@ def replay(
     rt: Runtime = task.app.grants_runtime()
     filters = rp.Filters(Status(status), project_id=project_id, since_ms=ms(since), until_ms=ms(until),
                          sku=sku, user=user, limit=limit)
-    planned = rp.plan(rp.select(rt.results, filters), force=force, idempotent=rt.backend.idempotent)
+    def idempotent(project_id: int) -> bool:
+        return project_is_idempotent(rt.settings, project_id)
+
+    planned = rp.plan(rp.select(rt.results, filters), force=force, idempotent=idempotent)
     summary: dict[str, Any] = {
         "candidates": len(planned),
         "plan": [f"{'replay' if p.replay else 'skip'} {p.name}: {p.why}" for p in planned[:50]],
     }
-    if status == Status.in_doubt.value and not (force or rt.backend.idempotent):
+    if status == Status.in_doubt.value and not force and any(not p.replay for p in planned):
         summary["risk"] = rp.IN_DOUBT_RISK
     if not dry_run:
-        verdicts = rp.execute(rt.ledger, planned, actor=actor, allow_in_doubt=force or rt.backend.idempotent)
+        verdicts = rp.execute(rt.ledger, planned, actor=actor)
         summary["verdicts"] = dict(verdicts)
         log.warning("replay", actor=actor, status=status, **verdicts)
     return summary

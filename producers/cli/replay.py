@@ -13,6 +13,7 @@ from producers.cli.results import _when
 from producers.progress import Progress
 from schemas.records import REPLAYABLE, Status
 from worker import replay as rp
+from worker.backends.registry import project_is_idempotent
 from worker.keys import Keys
 from worker.ledger import Ledger
 from worker.redis_conn import connect
@@ -45,7 +46,10 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace, settings) -> int:
     actor = args.actor or f"{getpass.getuser()}@{socket.gethostname()}"
-    idempotent = settings.xsolla_idempotent
+
+    def idempotent(project_id: int) -> bool:
+        return project_is_idempotent(settings, project_id)
+
     try:
         client = connect(settings.redis_url, patient=False)
         keys = Keys(settings.key_prefix)
@@ -56,7 +60,7 @@ def run(args: argparse.Namespace, settings) -> int:
     except RedisError as exc:
         print(f"grants replay: cannot reach the results store: {exc}", file=sys.stderr)
         return 2
-    needs_force = args.status == Status.in_doubt.value and not (args.force or idempotent)
+    needs_force = args.status == Status.in_doubt.value and not args.force and any(not p.replay for p in planned)
     if args.dry_run or needs_force:
         for p in planned:
             print(f"{'would replay' if p.replay else 'would skip'} {p.name}: {p.why}")
@@ -68,13 +72,12 @@ def run(args: argparse.Namespace, settings) -> int:
         print(f"dry run: {sum(p.replay for p in planned)} would be replayed, "
               f"{sum(not p.replay for p in planned)} skipped; nothing changed")
         return 0
-    if args.force and args.status == Status.in_doubt.value and not idempotent:
+    if args.force and args.status == Status.in_doubt.value:
         print(f"warning: {rp.IN_DOUBT_RISK}", file=sys.stderr)
     ledger = Ledger(client, keys, ttl_ms=settings.result_ttl_ms, batch_limits={}, default_batch_limit=settings.batch_size)
     progress = Progress("replayed", total=sum(p.replay for p in planned))
     try:
-        verdicts = rp.execute(ledger, planned, actor=actor, allow_in_doubt=args.force or idempotent,
-                              on_progress=progress.update)
+        verdicts = rp.execute(ledger, planned, actor=actor, on_progress=progress.update)
     except RedisError as exc:
         progress.done()
         print(f"grants replay: the results store failed mid-way: {exc}; run again, replay is safe to repeat",

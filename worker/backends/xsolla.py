@@ -19,7 +19,7 @@ import orjson
 from worker import errors
 from worker.backends.base import OpResult
 from worker.backends.http import build_client, check_status, translated
-from worker.settings import XSOLLA_MAX_BATCH, Settings
+from worker.settings import XSOLLA_MAX_BATCH, ProjectBackend, Settings
 
 _PATHS = {"grant": "purchase", "revoke": "revoke"}
 
@@ -48,10 +48,14 @@ class XsollaInventory:
         self.idempotent = idempotent
 
     @classmethod
-    def from_settings(cls, settings: Settings, transport: httpx.BaseTransport | None = None) -> "XsollaInventory":
+    def from_settings(
+        cls, settings: Settings, transport: httpx.BaseTransport | None = None, project: ProjectBackend | None = None
+    ) -> "XsollaInventory":
+        key = (project.secret_file.read_text().strip() if project and project.secret_file
+               else settings.xsolla_api_key.get_secret_value())
         client = build_client(
-            settings.xsolla_base_url,
-            auth=httpx.BasicAuth(settings.xsolla_merchant_id, settings.xsolla_api_key.get_secret_value()),
+            (project.base_url if project and project.base_url else settings.xsolla_base_url),
+            auth=httpx.BasicAuth(settings.xsolla_merchant_id, key),
             connect_timeout=settings.http_connect_timeout_s,
             read_timeout=settings.http_read_timeout_s,
             write_timeout=settings.http_write_timeout_s,

@@ -1,11 +1,13 @@
 -- Mark a batch as being sent, under the caller's fencing token, and return
 -- what to send. Called right before the HTTP request: only a batch in state
 -- 'sending' can have reached the backend, and its commands say so.
--- ARGV: prefix, batch_id, token, lease_ms, idempotent (1/0)
--- Returns {'gone'} | {'busy'} | {'early'} (backing off) | {'ok', project_id, attempt, kind, members_json, cmds_json}
+-- ARGV: prefix, batch_id, token, lease_ms, unknown-outcome policy of the backend
+--       ('1' resend, 'r' reconcile, '0' in_doubt), kept for the sweeper
+-- Returns {'gone'} | {'busy'} | {'early'} (backing off) |
+--         {'ok', project_id, attempt, kind, members_json, cmds_json, reconcile_first (1/0)}
 local id, token, lease_ms, idem = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local bk = batch_key(id)
-local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'kind', 'nbf')
+local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'kind', 'nbf', 'rec')
 if not b[1] then return {'gone'} end
 local now = now_ms()
 local pid, kind = b[3], b[5]
@@ -36,7 +38,7 @@ else
   end
   b[4] = cjson.encode(kept)
   redis.call('HSET', bk, 'st', 'sending', 'tok', token, 'idem', idem, 'sent', now, 'begun', 1,
-    'members', b[4], 'n', #kept)
+    'members', b[4], 'n', #kept, 'rec', 0)
   redis.call('HINCRBY', bk, 'att', 1)
   redis.call('ZADD', LEASES, now + lease_ms, id)
 end
@@ -45,4 +47,5 @@ for _, epid in ipairs(cjson.decode(b[4])) do
   local r = redis.call('HMGET', rec_key(kind, pid, epid), 'cmd', 'rq')
   cmds[#cmds + 1] = r[1] or revoke_body(pid, epid, r[2])
 end
-return {'ok', pid, redis.call('HGET', bk, 'att'), kind, b[4], '[' .. table.concat(cmds, ',') .. ']'}
+return {'ok', pid, redis.call('HGET', bk, 'att'), kind, b[4], '[' .. table.concat(cmds, ',') .. ']',
+  b[7] == '1' and 1 or 0}

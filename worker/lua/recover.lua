@@ -1,6 +1,6 @@
 -- The sweeper's pass over expired leases.
 -- * leased (never sent, or waiting out a backoff): dispatch again.
--- * sending, backend idempotent: send again.
+-- * sending, backend idempotent: send again; reconcilable: read it back first.
 -- * sending otherwise: the worker died or stalled mid-call; the request may
 --   have applied. Mark its commands in_doubt; never resend silently.
 -- ARGV: prefix, max, dispatch_lease_ms, ttl_ms, stream_maxlen, max_attempts
@@ -15,7 +15,11 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0,
   local b = redis.call('HMGET', bk, 'st', 'pid', 'members', 'idem', 'n', 'kind', 'att')
   if not b[1] then
     redis.call('ZREM', LEASES, id)
-  elseif b[1] == 'leased' or (b[4] == '1' and tonumber(b[7]) < max_attempts) then
+  elseif b[1] == 'leased' or ((b[4] == '1' or b[4] == 'r') and tonumber(b[7]) < max_attempts) then
+    -- Idempotent backend: send again. Reconcilable one: read back first.
+    if b[1] == 'sending' then
+      redis.call('HSET', bk, 'rec', b[4] == 'r' and 1 or 0)
+    end
     redis.call('HSET', bk, 'st', 'leased', 'tok', '')
     redis.call('ZADD', LEASES, now + lease_ms, id)
     out[#out + 1] = id

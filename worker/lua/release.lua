@@ -4,11 +4,12 @@
 -- fails (certainly not applied: safe to replay).
 -- ARGV: prefix, batch_id, token, delay_ms, error, max_attempts, ttl_ms, stream_maxlen,
 --       final status past max attempts ('failed' when nothing can have applied,
---       'in_doubt' when the last answer was lost)
+--       'in_doubt' when the last answer was lost), reconcile first (1/0: the
+--       answer was lost and the backend can be read back)
 -- Returns {'retry'|'failed'|'in_doubt'|'fenced'}
 local id, token, delay_ms, err = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local max_attempts, ttl, maxlen = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local final = ARGV[9]
+local final, reconcile = ARGV[9], ARGV[10] or '0'
 local bk = batch_key(id)
 local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'att', 'kind')
 if not (b[1] == 'sending' and b[2] == token) then return {'fenced'} end
@@ -21,6 +22,6 @@ if tonumber(b[5]) >= max_attempts then
 end
 -- The last error lives on the batch; `grants results get` shows it. 'nbf'
 -- (not before) keeps a duplicate dispatch from cutting the backoff short.
-redis.call('HSET', bk, 'st', 'leased', 'tok', '', 'err', err, 'nbf', now + delay_ms)
+redis.call('HSET', bk, 'st', 'leased', 'tok', '', 'err', err, 'nbf', now + delay_ms, 'rec', reconcile)
 redis.call('ZADD', LEASES, now + delay_ms, id)
 return {'retry'}

@@ -4,7 +4,7 @@
 -- A lane is taken when it holds a full batch, or when its oldest command has
 -- waited flush_ms. Oldest lanes first; bounded by max_inflight leases overall.
 -- ARGV: prefix, max_inflight, flush_ms, lease_ms, max_batches, scan_lanes,
---       limits (JSON kind -> batch limit), default_limit, max_inflight_per_lane
+--       limits (JSON lane or kind -> batch limit), default_limit, max_inflight_per_lane
 -- The per-lane cap keeps one project (say, rate limited and backing off) from
 -- holding every in-flight slot while the others wait.
 -- Returns the new batch ids.
@@ -31,7 +31,7 @@ local lanes = redis.call('ZRANGE', LANES, 0, scan - 1, 'WITHSCORES')
 for i = 1, #lanes, 2 do
   local lane, oldest = lanes[i], tonumber(lanes[i + 1])
   local kind, pid = string.match(lane, '^([^:]+):(.+)$')
-  local limit = tonumber(limits[kind]) or default_limit
+  local limit = tonumber(limits[lane]) or tonumber(limits[kind]) or default_limit
   local buf = P .. ':buf:' .. lane
   while #taken < max_batches and inflight < max_inflight and (per_lane[lane] or 0) < lane_cap do
     local n = redis.call('LLEN', buf)

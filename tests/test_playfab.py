@@ -1,0 +1,124 @@
+"""PlayFab end to end: real worker, the sandbox's PlayFab API over HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from producers.localstack import Stack
+from producers.publisher import Publisher
+from schemas.commands import RevokeCommand
+from tests.conftest import FAST, settings_for
+from tests.helpers import command, wait_final
+from worker.keys import Keys
+from worker.redis_conn import connect
+from worker.results import Results
+
+pytestmark = pytest.mark.integration
+
+PF = 9001  # the PlayFab project; every other project stays on Xsolla
+PLAYERS = ["PF-ANA", "PF-BO", "PF-CHEN"]
+
+
+@pytest.fixture(scope="module")
+def pf(tmp_path_factory):
+    stack = Stack(tmp_path_factory.mktemp("playfab"), settings_env=dict(FAST))
+    try:
+        stack.start_redis()
+        stack.start_sandbox()
+        stack.settings_env["GRANTS_PROJECTS"] = json.dumps(
+            {str(PF): {"backend": "playfab", "base_url": f"{stack.sandbox_url}/playfab"}})
+        stack.start_worker(concurrency=2)
+        stack.sandbox_put("/sandbox/playfab/config", {"shuffle_results": True})
+        import httpx
+
+        httpx.post(f"{stack.sandbox_url}/sandbox/playfab/players", json={"PlayFabIds": PLAYERS}).raise_for_status()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def results(pf):
+    return Results(connect(pf.redis.url), Keys())
+
+
+def counts(stack, kind="playfab.grant"):
+    return stack.sandbox_get("/sandbox/playfab/counts", kind=kind, by="annotation")
+
+
+def inventory(stack, player):
+    return stack.sandbox_get("/sandbox/playfab/inventory", player=player)
+
+
+def purchase(epid, user, items):
+    return command(PF, epid, user=user, sku=items[0][0], quantity=items[0][1])
+
+
+def test_shuffled_results_are_matched_by_identity(pf, results):
+    ids = [f"pf-m{i}" for i in range(12)]
+    cmds = [command(PF, epid, user=PLAYERS[i % 3], sku=["sword", "shield", "gem"][i % 3], quantity=1 + i % 3)
+            for i, epid in enumerate(ids)]
+    Publisher(settings_for(pf)).publish_many(cmds)
+    records = wait_final(results, PF, ids)
+    assert {r["status"] for r in records.values()} == {"granted"}
+    for c in cmds:
+        got = records[c.external_purchase_id]["response"]["ItemGrantResults"]
+        assert {(g["PlayFabId"], g["ItemId"], g["Annotation"]) for g in got} == {
+            (c.user_id, c.operation.items[0].sku, c.external_purchase_id)}
+        assert len(got) == c.operation.items[0].quantity
+    assert counts(pf)["counts"] == {epid: 1 for epid in ids}
+
+
+def test_a_read_timeout_is_reconciled_from_the_inventory_not_doubted_or_doubled(pf, results):
+    pf.sandbox_put("/sandbox/faults", {"script": [{"action": "hang", "seconds": 3}]})
+    try:
+        Publisher(settings_for(pf)).publish(command(PF, "pf-hang", user="PF-BO", sku="gem", quantity=2))
+        record = wait_final(results, PF, ["pf-hang"], timeout=40)["pf-hang"]
+    finally:
+        pf.sandbox_put("/sandbox/faults", {})
+    assert record["status"] == "granted"
+    assert record["response"].get("reconciled") is True
+    assert counts(pf)["counts"]["pf-hang"] == 1  # applied once: not resent
+    annotated = [i for i in inventory(pf, "PF-BO")["Inventory"] if i.get("Annotation") == "pf-hang"]
+    assert len(annotated) == 2
+
+
+def test_unknown_account_rejects_that_users_grants_only(pf, results):
+    cmds = [command(PF, "pf-ok1", user="PF-ANA", sku="gem"), command(PF, "pf-ghost", user="PF-NOBODY", sku="gem"),
+            command(PF, "pf-ok2", user="PF-CHEN", sku="gem")]
+    Publisher(settings_for(pf)).publish_many(cmds)
+    records = wait_final(results, PF, ["pf-ok1", "pf-ghost", "pf-ok2"])
+    assert records["pf-ghost"]["status"] == "rejected" and "AccountNotFound" in records["pf-ghost"]["error"]
+    assert records["pf-ok1"]["status"] == records["pf-ok2"]["status"] == "granted"
+
+
+def test_result_false_fails_that_command_only(pf, results):
+    pf.sandbox_put("/sandbox/playfab/catalog", {"CatalogVersion": "main", "Catalog": ["gem", "sword", "shield"]})
+    try:
+        Publisher(settings_for(pf)).publish_many([
+            command(PF, "pf-cat-ok", user="PF-ANA", sku="sword"),
+            command(PF, "pf-cat-no", user="PF-ANA", sku="not.in.catalog"),
+        ])
+        records = wait_final(results, PF, ["pf-cat-ok", "pf-cat-no"])
+    finally:
+        pf.sandbox_put("/sandbox/playfab/catalog", None)
+    assert records["pf-cat-ok"]["status"] == "granted"
+    assert records["pf-cat-no"]["status"] == "rejected" and "Result: false" in records["pf-cat-no"]["error"]
+
+
+def test_revoke_takes_back_the_instances_the_grant_created(pf, results):
+    publisher = Publisher(settings_for(pf))
+    publisher.publish(command(PF, "pf-refund", user="PF-CHEN", sku="shield", quantity=3))
+    wait_final(results, PF, ["pf-refund"])
+    publisher.publish(RevokeCommand(project_id=PF, external_purchase_id="pf-refund", comment="Refund"))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        record = results.get(PF, "pf-refund")
+        if record.get("revoke", {}).get("status") in ("revoked", "rejected", "failed", "in_doubt"):
+            break
+        time.sleep(0.1)
+    assert record["revoke"]["status"] == "revoked", record["revoke"]
+    assert [i for i in inventory(pf, "PF-CHEN")["Inventory"] if i.get("Annotation") == "pf-refund"] == []

@@ -1,0 +1,246 @@
+"""PlayFab, legacy Admin economy API.
+
+- Grants: ``POST {base}/Admin/GrantItemsToUsers``. Each purchased item becomes
+  ``quantity`` ItemGrants for the user (PlayFabId = the command's user id,
+  ItemId = the SKU), each annotated with the purchase id, so every instance
+  says which purchase made it. The answer's order may differ from the
+  request's: results are matched by (PlayFabId, ItemId, Annotation), never by
+  position. ``Result: false`` fails that command only.
+- Revokes: ``POST {base}/Admin/RevokeInventoryItems`` with the instance ids
+  the grant's answer recorded, at most 25 per call; per-item errors.
+- An unknown outcome is reconcilable: ``GetUserInventory`` shows whether the
+  annotated instances exist. Not idempotent: a repeated grant is a second one.
+
+Errors come in PlayFab's ``ApiErrorWrapper``: AccountNotFound (1001) rejects
+that user's grants only (the call applied nothing, the others are sent
+again); CatalogNotConfigured (1218) and ProductDisabledForTitle (1609) are
+final for the call; APIRequestLimitExceeded (1130), ServiceUnavailable (1123)
+and 503 are retried.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+import httpx
+import orjson
+
+from schemas.playfab import (
+    MAX_ITEM_GRANTS_PER_CALL,
+    MAX_REVOKE_ITEMS_PER_CALL,
+    RETRYABLE_ERROR_CODES,
+    AccountNotFound,
+    CatalogNotConfigured,
+    ProductDisabledForTitle,
+)
+from worker import errors
+from worker.backends.base import OpResult
+from worker.backends.http import build_client, retry_after_s, translated
+from worker.settings import ProjectBackend, Settings
+
+# Commands per revoke batch: one purchase's instances per call keeps each
+# call's per-item errors about one refund (and under PlayFab's 25).
+REVOKE_BATCH = 1
+
+
+class PlayFab:
+    """Backend for one PlayFab title."""
+
+    name = "playfab"
+    max_batch = {"grant": 50, "revoke": REVOKE_BATCH}
+    idempotent = False
+    reconcilable = True
+
+    def __init__(self, client: httpx.Client, *, catalog_version: str | None = None):
+        self.client = client
+        self.catalog_version = catalog_version
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, project: ProjectBackend, transport: httpx.BaseTransport | None = None
+    ) -> "PlayFab":
+        key = (project.secret_file.read_text().strip() if project.secret_file
+               else settings.playfab_secret_key.get_secret_value())
+        client = build_client(
+            (project.base_url or settings.playfab_base_url).rstrip("/") + "/",
+            auth=None,
+            headers={"X-SecretKey": key},
+            connect_timeout=settings.http_connect_timeout_s,
+            read_timeout=settings.http_read_timeout_s,
+            write_timeout=settings.http_write_timeout_s,
+            max_connections=settings.http_max_connections,
+            transport=transport,
+        )
+        return cls(client, catalog_version=settings.playfab_catalog_version)
+
+    # --- calls -------------------------------------------------------------
+
+    def _call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST Admin/{method}; the ``data`` of a success, else a mapped error."""
+        what = f"POST Admin/{method}"
+        with translated(what):
+            response = self.client.post(f"Admin/{method}", content=orjson.dumps(body),
+                                        headers={"content-type": "application/json"})
+        try:
+            payload = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            payload = {}
+        if response.status_code == 200 and isinstance(payload, dict) and isinstance(payload.get("data"), dict):
+            return payload["data"]
+        raise self._error(what, response, payload if isinstance(payload, dict) else {})
+
+    @staticmethod
+    def _error(what: str, response: httpx.Response, wrapper: dict[str, Any]) -> errors.BackendError:
+        status, code = response.status_code, wrapper.get("errorCode")
+        message = f"{what}: HTTP {status} {wrapper.get('error', '')} ({code}): {wrapper.get('errorMessage', '')}"
+        if status == 200:  # a 200 without the envelope: applied or not, we cannot tell
+            return errors.OutcomeUnknown(f"{what}: unreadable answer", status=status)
+        if status == 429 or code in RETRYABLE_ERROR_CODES or status == 503:
+            retry = retry_after_s(response.headers.get("retry-after")) or wrapper.get("retryAfterSeconds")
+            return errors.RateLimited(message, retry_after=retry, status=status)
+        if status in (401, 403):
+            return errors.AuthFailed(message, status=status)
+        if code == AccountNotFound:
+            unknown = set((wrapper.get("errorDetails") or {}).get("PlayFabId") or [])
+            return AccountsNotFound(message, unknown)
+        if code in (CatalogNotConfigured, ProductDisabledForTitle):
+            return errors.Permanent(message, status=status)  # final for the whole call
+        if status >= 500:
+            return errors.OutcomeUnknown(message, status=status)
+        return errors.InvalidRequest(message, status=status)
+
+    # --- the Backend interface ----------------------------------------------
+
+    def send(self, kind: str, project_id: int, commands: list[dict[str, Any]]) -> list[OpResult]:
+        """One logical call; one result per command, matched by identity."""
+        if kind == "revoke":
+            return [self._revoke(c) for c in commands]
+        return self._grant(commands)
+
+    def _grant(self, commands: list[dict[str, Any]]) -> list[OpResult]:
+        results: list[OpResult | None] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        # AccountNotFound fails the whole call and applies nothing: reject that
+        # user's commands and send the others again (at most once per user).
+        for _round in range(len(commands) + 1):
+            grants = [g for i in todo for g in item_grants(commands[i])]
+            if not grants:
+                break
+            if len(grants) > MAX_ITEM_GRANTS_PER_CALL:
+                raise errors.InvalidRequest(
+                    f"{len(grants)} ItemGrants in one call (at most {MAX_ITEM_GRANTS_PER_CALL}): not sent")
+            body: dict[str, Any] = {"ItemGrants": grants}
+            if self.catalog_version:
+                body["CatalogVersion"] = self.catalog_version
+            try:
+                data = self._call("GrantItemsToUsers", body)
+            except AccountsNotFound as exc:
+                gone = [i for i in todo if user_of(commands[i]) in exc.accounts] if exc.accounts else todo
+                for i in gone:
+                    results[i] = OpResult("rejected", error=f"AccountNotFound: no PlayFab player {user_of(commands[i])}")
+                todo = [i for i in todo if i not in gone]
+                continue
+            pool = defaultdict(list)
+            for r in data.get("ItemGrantResults") or []:
+                pool[(r.get("PlayFabId"), r.get("ItemId"), r.get("Annotation"))].append(r)
+            for i in todo:
+                results[i] = match_grant(commands[i], pool)
+            break
+        return [r or OpResult("rejected", error="not sent") for r in results]
+
+    def _revoke(self, command: dict[str, Any]) -> OpResult:
+        instances = granted_instances(command.get("grant_result"))
+        if not instances:
+            return OpResult("rejected", error="the grant's answer lists no item instances to revoke")
+        errors_seen = []
+        for start in range(0, len(instances), MAX_REVOKE_ITEMS_PER_CALL):
+            chunk = instances[start : start + MAX_REVOKE_ITEMS_PER_CALL]
+            data = self._call("RevokeInventoryItems", {"Items": chunk})
+            errors_seen += data.get("Errors") or []
+        if errors_seen:
+            return OpResult("rejected", response={"Errors": errors_seen},
+                            error=f"{len(errors_seen)} of {len(instances)} instances not revoked")
+        return OpResult("applied", response={"revoked": instances})
+
+    def reconcile(self, kind: str, project_id: int, commands: list[dict[str, Any]]) -> list[OpResult | None]:
+        """After an unknown outcome: applied ones (as results), None where nothing applied.
+
+        Reads each user's inventory; raises a BackendError when it cannot.
+        """
+        if kind != "grant":
+            raise errors.OutcomeUnknown("revokes are not reconciled")
+        inventories: dict[str, list[dict[str, Any]]] = {}
+        for user in {user_of(c) for c in commands}:
+            data = self._call("GetUserInventory", {"PlayFabId": user})
+            inventories[user] = data.get("Inventory") or []
+        out: list[OpResult | None] = []
+        for c in commands:
+            epid = c["operation"]["purchase"]["external_purchase_id"]
+            found = [i for i in inventories[user_of(c)] if i.get("Annotation") == epid]
+            expected = Counter((g["ItemId"]) for g in item_grants(c))
+            have = Counter(i.get("ItemId") for i in found)
+            if not found:
+                out.append(None)
+            elif have == expected:
+                out.append(OpResult("applied", response={"ItemGrantResults": found, "reconciled": True}))
+            else:
+                out.append(OpResult("in_doubt", error=f"inventory shows {dict(have)} of {dict(expected)}"))
+        return out
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class AccountsNotFound(errors.Permanent):
+    """AccountNotFound (1001): the call applied nothing; ``accounts`` are unknown."""
+
+    def __init__(self, message: str, accounts: set[str]):
+        super().__init__(message)
+        self.accounts = accounts
+
+
+def user_of(command: dict[str, Any]) -> str:
+    return command["operation"]["user"]["id"]
+
+
+def item_grants(command: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ItemGrants of one purchase: ``quantity`` instances per item."""
+    op = command["operation"]
+    epid = op["purchase"]["external_purchase_id"]
+    return [
+        {"PlayFabId": op["user"]["id"], "ItemId": item["sku"], "Annotation": epid}
+        for item in op["items"]
+        for _ in range(int(item["quantity"]))
+    ]
+
+
+def match_grant(command: dict[str, Any], pool: dict[tuple, list[dict[str, Any]]]) -> OpResult:
+    """Take this purchase's instances out of the answer's pool, by identity."""
+    got, missing = [], 0
+    for g in item_grants(command):
+        bucket = pool.get((g["PlayFabId"], g["ItemId"], g["Annotation"]))
+        if bucket:
+            got.append(bucket.pop())
+        else:
+            missing += 1
+    if missing:
+        return OpResult("in_doubt", response={"ItemGrantResults": got},
+                        error=f"the answer did not report {missing} of the purchase's items")
+    refused = [g["ItemId"] for g in got if not g.get("Result")]
+    if refused:
+        return OpResult("rejected", response={"ItemGrantResults": got},
+                        error=f"PlayFab did not grant {refused} (Result: false)")
+    return OpResult("applied", response={"ItemGrantResults": got})
+
+
+def granted_instances(grant_result: Any) -> list[dict[str, Any]]:
+    """RevokeInventoryItems entries for the instances a grant created."""
+    if not isinstance(grant_result, dict):
+        return []
+    return [
+        {"PlayFabId": r["PlayFabId"], "ItemInstanceId": r["ItemInstanceId"],
+         **({"CharacterId": r["CharacterId"]} if r.get("CharacterId") else {})}
+        for r in grant_result.get("ItemGrantResults") or []
+        if r.get("Result") and r.get("ItemInstanceId") and r.get("PlayFabId")
+    ]

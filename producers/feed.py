@@ -16,7 +16,13 @@ from typing import IO, Any, Iterator
 import orjson
 from pydantic import ValidationError
 
-from schemas.commands import GrantCommand
+from schemas.commands import (
+    BackpackCreateCommand,
+    BackpackDeleteCommand,
+    GrantCommand,
+    PlayFabDeleteCommand,
+    RevokeCommand,
+)
 
 # Ours: no single operation is anywhere near this; a longer line is refused
 # before parsing, and read no further than this, so a runaway line cannot blow
@@ -49,20 +55,37 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return out or "(operation)"
 
 
-def validate(obj: Any, project_id: int, line: int) -> GrantCommand | list[FeedError]:
+# What one feed line holds, per `grants publish --kind`: a grant line is an
+# Xsolla purchase operation; the others are the command's own fields.
+KINDS = {
+    "grant": GrantCommand,
+    "revoke": RevokeCommand,
+    "backpack-create": BackpackCreateCommand,
+    "backpack-delete": BackpackDeleteCommand,
+    "playfab-delete": PlayFabDeleteCommand,
+}
+
+
+def validate(obj: Any, project_id: int, line: int, kind: str = "grant") -> Any:
     """A command from one decoded element, or its errors."""
     if not isinstance(obj, dict):
         return [FeedError(line, "(operation)", f"must be a JSON object, got {type(obj).__name__}")]
     try:
-        return GrantCommand(project_id=project_id, operation=obj)
-    except ValidationError as exc:
+        if kind == "grant":
+            return GrantCommand(project_id=project_id, operation=obj)
+        if "kind" in obj or "project_id" in obj:
+            raise ValueError("kind and project_id come from the command line, not the feed")
+        return KINDS[kind](project_id=project_id, **obj)
+    except ValueError as exc:
+        if not isinstance(exc, ValidationError):
+            return [FeedError(line, "(operation)", str(exc))]
         return [
             FeedError(line, field_path(e["loc"]), e["msg"].removeprefix("Value error, "))
             for e in exc.errors(include_url=False)
         ]
 
 
-def read_feed(stream: IO[str], project_id: int) -> Iterator[GrantCommand | list[FeedError]]:
+def read_feed(stream: IO[str], project_id: int, kind: str = "grant") -> Iterator[Any]:
     """Yield a command or a list of errors per feed element, in order."""
     if isinstance(stream, io.TextIOWrapper):
         # Undecodable bytes become lone surrogates, which the JSON parsers and
@@ -78,7 +101,7 @@ def read_feed(stream: IO[str], project_id: int) -> Iterator[GrantCommand | list[
             first = raw.lstrip()[:1]
             break
     if first == "[":
-        yield from _array(("".join(head) + stream.read()), project_id)
+        yield from _array(("".join(head) + stream.read()), project_id, kind)
         return
     line_no = 0
     for raw in _chain(head, lines):
@@ -97,7 +120,7 @@ def read_feed(stream: IO[str], project_id: int) -> Iterator[GrantCommand | list[
         except orjson.JSONDecodeError as exc:
             yield [FeedError(line_no, "(json)", f"invalid JSON: {exc}")]
             continue
-        yield validate(obj, project_id, line_no)
+        yield validate(obj, project_id, line_no, kind)
 
 
 def _chain(head: list[str], lines: Iterator[str]) -> Iterator[str]:
@@ -105,7 +128,7 @@ def _chain(head: list[str], lines: Iterator[str]) -> Iterator[str]:
     yield from lines
 
 
-def _array(text: str, project_id: int) -> Iterator[GrantCommand | list[FeedError]]:
+def _array(text: str, project_id: int, kind: str = "grant") -> Iterator[Any]:
     """Walk a JSON array element by element, keeping each element's line."""
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
@@ -137,7 +160,7 @@ def _array(text: str, project_id: int) -> Iterator[GrantCommand | list[FeedError
         if nxt - pos > MAX_LINE_BYTES:  # as a JSON line of that size would be
             yield [FeedError(line_of(pos), "(operation)", f"longer than {MAX_LINE_BYTES} bytes")]
         else:
-            yield validate(obj, project_id, line_of(pos))
+            yield validate(obj, project_id, line_of(pos), kind)
         pos = skip_ws(nxt)
         if pos < end and text[pos] == ",":
             pos = skip_ws(pos + 1)

@@ -192,6 +192,8 @@ class Stack:
         self.merchant_id = merchant_id
         self.api_key = api_key or "sk-" + os.urandom(12).hex()
         self.playfab_key = "pf-" + os.urandom(12).hex()
+        self.backpack_token = "bp-" + os.urandom(12).hex()
+        self.backpack_host_id = "host-" + os.urandom(4).hex()
         self.idempotent_backend = idempotent_backend
         self.settings_env = settings_env or {}
         self.redis: RedisServer | None = None
@@ -215,6 +217,10 @@ class Stack:
             GRANTS_XSOLLA_MERCHANT_ID=self.merchant_id,
             GRANTS_XSOLLA_API_KEY=self.api_key,
             GRANTS_PLAYFAB_SECRET_KEY=self.playfab_key,
+            GRANTS_BACKPACK_TOKEN=self.backpack_token,
+            GRANTS_BACKPACK_HOST_ID=self.backpack_host_id,
+            GRANTS_BACKPACK_BASE_URL=self.sandbox_url,
+            GRANTS_BACKPACK_MERCHANT_ID="12345",  # Xsolla merchant ids are numbers
             GRANTS_LOG_FORMAT="json",
         )
         env.update(self.settings_env)

@@ -14,7 +14,16 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from schemas.xsolla import MAX_COMMENT_LENGTH, MAX_ID_LENGTH, PurchaseOperation
 
@@ -110,12 +119,85 @@ class RevokeCommand(_Canonical, BaseModel):
         return {"v": ENVELOPE_VERSION, **self.model_dump(mode="json", exclude_none=True), "enqueued_at": enqueued_at_ms}
 
 
+OperationId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+
+
+class _Operation(_Canonical, BaseModel):
+    """A command identified by the producer's own operation id (its idempotency key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    project_id: Annotated[int, Field(gt=0, lt=2**63)]
+    operation_id: OperationId
+
+    @property
+    def external_purchase_id(self) -> str:
+        """The record id (the ledger keys every kind by one id per project)."""
+        return self.operation_id
+
+    def _identity_body(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"kind", "project_id"}, exclude_none=True)
+
+    def to_message(self, enqueued_at_ms: int) -> dict[str, Any]:
+        return {"v": ENVELOPE_VERSION, **self.model_dump(mode="json", exclude_none=True), "enqueued_at": enqueued_at_ms}
+
+
+class BackpackCreateCommand(_Operation):
+    """Create items in a user's Xsolla Backpack: game keys, virtual items,
+    virtual currency packages or promo codes (one call, up to 100 items)."""
+
+    kind: Literal["backpack.create"] = "backpack.create"
+    user_id: OperationId
+    item_type: Literal["game_keys", "virtual_items", "virtual_currency", "promo_codes"]
+    items: list[dict[str, Any]]
+
+    @field_validator("items")
+    @classmethod
+    def _items_as_the_api_takes_them(cls, items: list[dict[str, Any]], info: ValidationInfo) -> list[dict[str, Any]]:
+        from schemas.backpack import CREATE_PATHS, CREATE_REQUESTS
+
+        item_type = info.data.get("item_type")
+        if item_type is None:
+            return items  # item_type itself is reported invalid
+        # Validated with the Backpack request model of that item type, so the
+        # field names, limits and 100 items per call are the API's.
+        try:
+            CREATE_REQUESTS[CREATE_PATHS[item_type]].validate_python(items)
+        except ValidationError as exc:
+            raise ValueError("; ".join(
+                "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".") + f": {e['msg']}"
+                for e in exc.errors(include_url=False)
+            )) from None
+        return items
+
+
+class BackpackDeleteCommand(_Operation):
+    """Delete one item from a user's Backpack."""
+
+    kind: Literal["backpack.delete"] = "backpack.delete"
+    user_id: OperationId
+    item_id: OperationId
+
+
+class PlayFabDeleteCommand(_Operation):
+    """Revoke one item instance from a PlayFab player's inventory."""
+
+    kind: Literal["playfab.delete"] = "playfab.delete"
+    playfab_id: OperationId
+    item_instance_id: OperationId
+    character_id: OperationId | None = None
+
+
 # ``kind`` discriminates; a message without one is a grant (the first kind).
-Command = Annotated[GrantCommand | RevokeCommand, Field(discriminator="kind")]
-_command_adapter: TypeAdapter[GrantCommand | RevokeCommand] = TypeAdapter(Command)
+Command = Annotated[
+    GrantCommand | RevokeCommand | BackpackCreateCommand | BackpackDeleteCommand | PlayFabDeleteCommand,
+    Field(discriminator="kind"),
+]
+AnyCommand = GrantCommand | RevokeCommand | BackpackCreateCommand | BackpackDeleteCommand | PlayFabDeleteCommand
+_command_adapter: TypeAdapter[AnyCommand] = TypeAdapter(Command)
 
 
-def parse_command(message: Any) -> tuple[GrantCommand | RevokeCommand, int | None]:
+def parse_command(message: Any) -> tuple[AnyCommand, int | None]:
     """Validate a broker message; returns the command and its enqueue time.
 
     Raises ``pydantic.ValidationError`` or ``ValueError`` for anything that is

@@ -39,7 +39,22 @@ REVOKE_STATUSES = (
 )
 
 # What "the backend applied it" is called, per kind of command.
-APPLIED = {"grant": Status.granted, "revoke": Status.revoked}
+APPLIED = {
+    "grant": Status.granted,
+    "revoke": Status.revoked,
+    "backpack.create": Status.granted,
+    "backpack.delete": Status.revoked,
+    "playfab.delete": Status.revoked,
+}
+# Statuses of the kinds keyed by an operation id, per kind.
+OPERATION_STATUSES = {
+    "backpack.create": (Status.pending, Status.sending, Status.granted, Status.rejected, Status.failed,
+                        Status.in_doubt, Status.conflict),
+    "backpack.delete": (Status.pending, Status.sending, Status.revoked, Status.rejected, Status.failed,
+                        Status.in_doubt, Status.conflict),
+    "playfab.delete": (Status.pending, Status.sending, Status.revoked, Status.rejected, Status.failed,
+                       Status.in_doubt, Status.conflict),
+}
 
 # Outcomes ops may send again with `grants replay`. Never 'granted' (it would
 # double the grant) and never 'rejected' (the backend refused the payload; the

@@ -140,6 +140,7 @@ class Chaos:
         self.stack = Stack(workdir, idempotent_backend=False, settings_env=dict(CHAOS_ENV))
         self.report = Report(purchases=plan.purchases)
         self.done = threading.Event()
+        self.outage_ends = 0.0
 
     # --- faults ----------------------------------------------------------
 
@@ -216,10 +217,13 @@ class Chaos:
             elif event == "redis":
                 self.restart_redis()
             elif event == "spike":
+                # Changing the faults ends an outage: let it run its course first.
+                self.done.wait(max(0.0, self.outage_ends - time.monotonic()))
                 self.faults(latency_ms=1500)  # under the 2 s read timeout: slow, not lost
                 time.sleep(2)
                 self.faults()
             elif event == "outage":
+                self.outage_ends = time.monotonic() + p.outage_s
                 self.faults(script=[{"action": "outage", "seconds": p.outage_s}])
 
     def run(self) -> Report:

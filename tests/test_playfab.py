@@ -122,3 +122,24 @@ def test_revoke_takes_back_the_instances_the_grant_created(pf, results):
         time.sleep(0.1)
     assert record["revoke"]["status"] == "revoked", record["revoke"]
     assert [i for i in inventory(pf, "PF-CHEN")["Inventory"] if i.get("Annotation") == "pf-refund"] == []
+
+
+def test_delete_of_an_item_instance_by_operation_id(pf, results):
+    from schemas.commands import PlayFabDeleteCommand
+
+    publisher = Publisher(settings_for(pf))
+    publisher.publish(command(PF, "pf-del-src", user="PF-ANA", sku="gem", quantity=1))
+    granted = wait_final(results, PF, ["pf-del-src"])["pf-del-src"]
+    instance = granted["response"]["ItemGrantResults"][0]["ItemInstanceId"]
+    delete = PlayFabDeleteCommand(project_id=PF, operation_id="del-1", playfab_id="PF-ANA", item_instance_id=instance)
+    missing = PlayFabDeleteCommand(project_id=PF, operation_id="del-2", playfab_id="PF-ANA", item_instance_id="nope")
+    publisher.publish_many([delete, delete, missing])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        recs = [results.get(PF, op, "playfab.delete") for op in ("del-1", "del-2")]
+        if all(r and r["status"] not in ("pending", "sending") for r in recs):
+            break
+        time.sleep(0.1)
+    assert [r["status"] for r in recs] == ["revoked", "rejected"]
+    assert recs[0]["duplicates"] == 1 and "ItemNotFound" in recs[1]["error"]
+    assert instance not in {i["ItemInstanceId"] for i in inventory(pf, "PF-ANA")["Inventory"]}

@@ -6,6 +6,9 @@ One place, so that a reader can see the whole data model at once:
   *and* the dedupe claim (it exists => the purchase was seen).
 - ``{p}:rvk:{project}:{purchase}``  hash: the revoke (refund) of that purchase,
   at most one; its outcome is indexed under ``{p}:idx:revoke:{status}``.
+- ``{p}:bpc|bpd|pfd:{project}:{operation}``  Backpack creates, Backpack
+  deletes, PlayFab deletes, keyed by the producer's operation id; indexed
+  under ``{p}:idx:{kind}:{status}``.
 - ``{p}:conflict:{project}:{purchase}``  hash: repeats whose payload differed.
 - ``{p}:idx:{status}``  sorted set of ``project:purchase`` by time of entering
   that status: lists by status and time, counts for stats.
@@ -51,7 +54,13 @@ RECOVER_PER_TICK = 200
 
 
 # Record key namespace per command kind (the Lua prelude has the same table).
-RECORD_NAMESPACES = {"grant": "rec", "revoke": "rvk"}
+RECORD_NAMESPACES = {
+    "grant": "rec",
+    "revoke": "rvk",
+    "backpack.create": "bpc",
+    "backpack.delete": "bpd",
+    "playfab.delete": "pfd",
+}
 
 
 @dataclass(frozen=True)
@@ -63,8 +72,9 @@ class Keys:
     def record(self, project_id: int | str, purchase_id: str, kind: str = "grant") -> str:
         return f"{self.prefix}:{RECORD_NAMESPACES[kind]}:{project_id}:{purchase_id}"
 
-    def conflict(self, project_id: int | str, purchase_id: str) -> str:
-        return f"{self.prefix}:conflict:{project_id}:{purchase_id}"
+    def conflict(self, project_id: int | str, purchase_id: str, kind: str = "grant") -> str:
+        scope = "" if kind == "grant" else f"{kind}:"
+        return f"{self.prefix}:conflict:{scope}{project_id}:{purchase_id}"
 
     def index(self, status: str, kind: str = "grant") -> str:
         if kind == "grant":

@@ -145,10 +145,10 @@ class Ledger:
             max_inflight_per_lane or max_inflight,
         )
 
-    def project_of(self, batch_id: str) -> int | None:
-        """The project a batch belongs to (to pick its backend); None if it is gone."""
-        pid = self.redis.hget(self.keys.batch(batch_id), "pid")
-        return int(pid) if pid else None
+    def peek(self, batch_id: str) -> tuple[int, str] | None:
+        """(project, kind) of a batch, to pick its backend; None if it is gone."""
+        pid, kind = self.redis.hmget(self.keys.batch(batch_id), "pid", "kind")
+        return (int(pid), kind) if pid else None
 
     def begin(
         self, batch_id: str, token: str, *, lease_ms: int, idempotent: bool = False, on_unknown: str | None = None

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import redis
 
-from schemas.records import GRANT_STATUSES, REVOKE_STATUSES, Status
+from schemas.records import GRANT_STATUSES, OPERATION_STATUSES, REVOKE_STATUSES, Status
 from worker.keys import Keys, split_member
 
 _INT_FIELDS = {"att": "attempts", "dup": "duplicates"}
@@ -45,6 +45,10 @@ def record_view(raw: dict[str, str], kind: str = "grant") -> dict[str, Any]:
     if kind == "revoke":
         view["kind"] = "revoke"
         view["request"] = json.loads(raw["rq"]) if raw.get("rq") else None
+    elif kind != "grant":
+        view["kind"] = kind
+        view["operation_id"] = view.pop("external_purchase_id")
+        view["command"] = json.loads(raw["cmd"]) if raw.get("cmd") else None
     else:
         cmd = json.loads(raw["cmd"]) if raw.get("cmd") else {}
         view["command"] = {"kind": cmd.get("kind"), "operation": cmd.get("operation")}
@@ -97,8 +101,22 @@ class Results:
         self.redis = client
         self.keys = keys
 
-    def get(self, project_id: int, purchase_id: str) -> dict[str, Any] | None:
-        """A purchase's record, with its revoke and any conflicting repeats; None if unknown."""
+    def get(self, project_id: int, purchase_id: str, kind: str = "grant") -> dict[str, Any] | None:
+        """A purchase's record, with its revoke and any conflicting repeats; None if unknown.
+
+        For the kinds keyed by an operation id, ``purchase_id`` is that id.
+        """
+        if kind != "grant":
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(self.keys.record(project_id, purchase_id, kind))
+            pipe.hgetall(self.keys.conflict(project_id, purchase_id, kind))
+            raw, conflict = pipe.execute()
+            if not raw:
+                return None
+            view = self._view(raw, kind)
+            if conflict:
+                view["conflicts"] = conflict_view(conflict)
+            return view
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.keys.record(project_id, purchase_id))
         pipe.hgetall(self.keys.conflict(project_id, purchase_id))
@@ -179,7 +197,7 @@ class Results:
                 if status is Status.conflict:
                     view = conflict_view
                     for pid, epid in wanted:
-                        pipe.hgetall(self.keys.conflict(pid, epid))
+                        pipe.hgetall(self.keys.conflict(pid, epid, kind))
                 else:
                     def view(raw, kind=kind):
                         return record_view(raw, kind)
@@ -213,8 +231,9 @@ class Results:
         read off the buffers and the batches in flight (bounded by
         GRANTS_MAX_INFLIGHT_BATCHES), which is where those commands are.
         """
-        indexed = [(k, s) for k, statuses in (("grant", GRANT_STATUSES), ("revoke", REVOKE_STATUSES))
-                   for s in statuses if s not in (Status.pending, Status.sending)]
+        kinds = {"grant": GRANT_STATUSES, "revoke": REVOKE_STATUSES, **OPERATION_STATUSES}
+        indexed = [(k, s) for k, statuses in kinds.items() for s in statuses
+                   if s not in (Status.pending, Status.sending)]
         pipe = self.redis.pipeline(transaction=False)
         for kind, s in indexed:
             pipe.zcard(self.keys.index(s.value, kind))
@@ -229,7 +248,7 @@ class Results:
         for batch_id in leases:
             pipe.hmget(self.keys.batch(batch_id), "n", "begun", "kind")
         replies = pipe.execute()
-        by = {"grant": {}, "revoke": {}}
+        by: dict[str, dict[str, int]] = {k: {} for k in kinds}
         for (kind, s), n in zip(indexed, counts):
             by[kind][s.value] = n
         for kind in by:
@@ -241,11 +260,13 @@ class Results:
         grants = {s.value: by["grant"][s.value] for s in GRANT_STATUSES}
         revokes = {s.value: by["revoke"][s.value] for s in REVOKE_STATUSES}
         oldest = min((score for _, score in lanes), default=None)
+        operations = {k: {s.value: by[k][s.value] for s in OPERATION_STATUSES[k]} for k in OPERATION_STATUSES}
         return {
             "counts": grants,
             "revokes": revokes,
-            "backlog": grants["pending"] + grants["sending"] + revokes["pending"] + revokes["sending"],
-            "waiting": grants["pending"] + revokes["pending"],
+            "operations": operations,
+            "backlog": sum(by[k]["pending"] + by[k]["sending"] for k in kinds),
+            "waiting": sum(by[k]["pending"] for k in kinds),
             "oldest_waiting_age_s": round((now_ms - oldest) / 1000, 3) if oldest is not None else 0.0,
             "batches_in_flight": len(leases),
         }

@@ -78,10 +78,11 @@ class Sender:
 
     def send(self, batch_id: str) -> dict[str, Any]:
         """Attempt the batch once; returns a summary for the task result."""
-        project_id = self.ledger.project_of(batch_id)
-        if project_id is None:
+        found = self.ledger.peek(batch_id)
+        if found is None:
             return {"batch_id": batch_id, "skipped": True}
-        backend = self.backends.for_project(project_id)
+        project_id, kind = found
+        backend = self.backends.for_batch(kind, project_id)
         token = uuid.uuid4().hex
         work = self.ledger.begin(batch_id, token, lease_ms=self.lease_ms, on_unknown=unknown_outcome_policy(backend))
         if work is None:

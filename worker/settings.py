@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     playfab_secret_key_file: Path | None = None
     playfab_catalog_version: str | None = None
 
+    # --- Xsolla Backpack (backpack.* commands, any project of the merchant).
+    backpack_base_url: str = "https://api.xsolla.com"
+    backpack_merchant_id: str = ""  # defaults to GRANTS_XSOLLA_MERCHANT_ID
+    backpack_token: SecretStr = SecretStr("")
+    backpack_token_file: Path | None = None
+    backpack_host_id: str = ""
+
     # --- Which backend serves which project (JSON); the rest go to the default.
     default_backend: BackendName = "xsolla"
     projects: dict[int, ProjectBackend] = Field(default_factory=dict)
@@ -110,7 +117,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _keys_from_files(self) -> "Settings":
         for path_field, key_field in (("xsolla_api_key_file", "xsolla_api_key"),
-                                      ("playfab_secret_key_file", "playfab_secret_key")):
+                                      ("playfab_secret_key_file", "playfab_secret_key"),
+                                      ("backpack_token_file", "backpack_token")):
             path = getattr(self, path_field)
             if path is not None:
                 object.__setattr__(self, key_field, SecretStr(path.read_text().strip()))
@@ -139,7 +147,8 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Values that must never be printed (for the log redactor)."""
-        found = [self.xsolla_api_key.get_secret_value(), self.playfab_secret_key.get_secret_value()]
+        found = [self.xsolla_api_key.get_secret_value(), self.playfab_secret_key.get_secret_value(),
+                 self.backpack_token.get_secret_value()]
         for project in self.projects.values():
             if project.secret_file is not None and project.secret_file.exists():
                 found.append(project.secret_file.read_text().strip())

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from producers.cli import bench, demo, publish, replay, results, sandbox
+from producers.cli import backpack, bench, demo, publish, replay, results, sandbox
 from worker import logs
 from worker.gc_tuning import tune_gc
 from worker.settings import Settings
 
-_COMMANDS = (publish, results, replay, sandbox, bench, demo)
+_COMMANDS = (publish, results, replay, backpack, sandbox, bench, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from producers.feed import read_feed
+from producers.feed import KINDS, read_feed
 from producers.progress import Progress
 from producers.publisher import Publisher, PublishFailed
 
@@ -22,7 +22,14 @@ def add_parser(sub) -> None:
         ),
     )
     p.add_argument("file", metavar="FILE", help="feed file, or - for standard input")
-    p.add_argument("--project-id", type=int, required=True, help="Xsolla project id the purchases belong to")
+    p.add_argument("--project-id", type=int, required=True, help="project id the commands belong to")
+    p.add_argument(
+        "--kind", choices=sorted(KINDS), default="grant",
+        help=("what each line is: grant (an Xsolla purchase operation, the default); revoke "
+              '({"external_purchase_id", "comment"?}: refund what that purchase granted); backpack-create '
+              '({"operation_id", "user_id", "item_type", "items"}); backpack-delete ({"operation_id", "user_id", '
+              '"item_id"}); playfab-delete ({"operation_id", "playfab_id", "item_instance_id"})'),
+    )
     p.set_defaults(run=run)
 
 
@@ -39,7 +46,7 @@ def run(args: argparse.Namespace, settings) -> int:
 
     def valid_commands():
         nonlocal invalid
-        for item in read_feed(stream, args.project_id):
+        for item in read_feed(stream, args.project_id, args.kind):
             if isinstance(item, list):
                 invalid += 1
                 for error in item:

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from redis.exceptions import RedisError
 
 from schemas.records import Status
-from worker.keys import Keys
+from worker.keys import RECORD_NAMESPACES, Keys
 from worker.redis_conn import connect
 from worker.results import Results
 from worker.tasks import INGEST_QUEUE, SEND_QUEUE
@@ -21,13 +21,17 @@ def add_parser(sub) -> None:
                        description="Read the results store: one record per command.")
     rsub = p.add_subparsers(dest="results_command", required=True, metavar="ACTION")
 
-    g = rsub.add_parser("get", help="print one purchase's record as JSON")
-    g.add_argument("external_purchase_id", metavar="EXTERNAL_PURCHASE_ID")
+    g = rsub.add_parser("get", help="print one purchase's record (with its revoke) as JSON")
+    g.add_argument("external_purchase_id", metavar="EXTERNAL_PURCHASE_ID",
+                   help="the purchase id (or, with --kind, the operation id)")
     g.add_argument("--project-id", type=int, required=True)
+    g.add_argument("--kind", default="grant", choices=sorted(RECORD_NAMESPACES),
+                   help="grant (default: shown with its revoke), or a kind keyed by operation id")
     g.set_defaults(run=run_get)
 
     ls = rsub.add_parser("list", help="list records in a status, oldest first")
     ls.add_argument("--status", required=True, choices=[s.value for s in Status])
+    ls.add_argument("--kind", default="grant", choices=sorted(RECORD_NAMESPACES), help="which commands (default grant)")
     ls.add_argument("--project-id", type=int)
     ls.add_argument("--since", type=_when, help="ISO 8601 time (entered the status at or after)")
     ls.add_argument("--until", type=_when, help="ISO 8601 time (entered the status at or before)")
@@ -66,7 +70,7 @@ def _guard(fn):
 
 @_guard
 def run_get(args, settings) -> int:
-    record = _results(settings).get(args.project_id, args.external_purchase_id)
+    record = _results(settings).get(args.project_id, args.external_purchase_id, args.kind)
     if record is None:
         print(f"no record of purchase {args.external_purchase_id!r} in project {args.project_id}", file=sys.stderr)
         return 1
@@ -77,7 +81,8 @@ def run_get(args, settings) -> int:
 @_guard
 def run_list(args, settings) -> int:
     records = _results(settings).list(
-        Status(args.status), project_id=args.project_id, since_ms=args.since, until_ms=args.until, limit=args.limit
+        Status(args.status), kind=args.kind, project_id=args.project_id, since_ms=args.since, until_ms=args.until,
+        limit=args.limit,
     )
     if args.json:
         print(json.dumps(records, indent=2, ensure_ascii=False))
@@ -86,7 +91,7 @@ def run_list(args, settings) -> int:
     for r in records:
         when = r.get("completed_at") or r.get("received_at") or r.get("last_seen_at") or ""
         error = (r.get("error") or "")[:80]
-        print(f"{r['project_id']:>10}  {r['external_purchase_id']:<28} {r['status']:<9} "
+        print(f"{r['project_id'] or '':>10}  {r.get('external_purchase_id') or r.get('operation_id') or r.get('id'):<28} {r['status']:<9} "
               f"{r.get('attempts', 0):>3}  {when:<24} {error}")
     print(f"({len(records)} records)", file=sys.stderr)
     return 0

@@ -48,7 +48,7 @@ class PlayFab:
     """Backend for one PlayFab title."""
 
     name = "playfab"
-    max_batch = {"grant": 50, "revoke": REVOKE_BATCH}
+    max_batch = {"grant": 50, "revoke": REVOKE_BATCH, "playfab.delete": MAX_REVOKE_ITEMS_PER_CALL}
     idempotent = False
     reconcilable = True
 
@@ -116,7 +116,21 @@ class PlayFab:
         """One logical call; one result per command, matched by identity."""
         if kind == "revoke":
             return [self._revoke(c) for c in commands]
+        if kind == "playfab.delete":
+            return self._delete(commands)
         return self._grant(commands)
+
+    def _delete(self, commands: list[dict[str, Any]]) -> list[OpResult]:
+        """One RevokeInventoryItems call for up to 25 instances; per-item errors."""
+        items = [{"PlayFabId": c["playfab_id"], "ItemInstanceId": c["item_instance_id"],
+                  **({"CharacterId": c["character_id"]} if c.get("character_id") else {})} for c in commands]
+        data = self._call("RevokeInventoryItems", {"Items": items})
+        failed = {(e.get("Item") or {}).get("ItemInstanceId"): e.get("Error") for e in data.get("Errors") or []}
+        return [
+            OpResult("rejected", error=f"PlayFab: {failed[c['item_instance_id']]}")
+            if c["item_instance_id"] in failed else OpResult("applied", response={"revoked": c["item_instance_id"]})
+            for c in commands
+        ]
 
     def _grant(self, commands: list[dict[str, Any]]) -> list[OpResult]:
         results: list[OpResult | None] = [None] * len(commands)

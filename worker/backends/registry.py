@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import httpx
 
+from worker.backends.backpack import XsollaBackpack
 from worker.backends.base import Backend
 from worker.backends.playfab import PlayFab
 from worker.backends.xsolla import XsollaInventory
@@ -41,6 +42,18 @@ class Backends:
         self.transport = transport
         self._built: dict[ProjectBackend, Backend] = {}
 
+    def for_batch(self, kind: str, project_id: int) -> Backend:
+        """The backend a batch of ``kind`` for ``project_id`` goes to."""
+        if kind.startswith("backpack."):
+            return self.backpack
+        return self.for_project(project_id)
+
+    @property
+    def backpack(self) -> XsollaBackpack:
+        if "backpack" not in self.__dict__:
+            self.__dict__["backpack"] = XsollaBackpack.from_settings(self.settings, self.transport)
+        return self.__dict__["backpack"]
+
     def for_project(self, project_id: int) -> Backend:
         config = self.settings.backend_of(project_id)
         backend = self._built.get(config)
@@ -58,11 +71,13 @@ class Backends:
         cap = self.settings.batch_size
         default = CLASSES[self.settings.default_backend]
         limits = {kind: min(cap, n) for kind, n in default.max_batch.items()}
+        limits.update({kind: min(cap, n) for kind, n in {**XsollaBackpack.max_batch, **PlayFab.max_batch}.items()
+                       if kind not in ("grant", "revoke")})
         for project_id, config in self.settings.projects.items():
             for kind, n in CLASSES[config.backend].max_batch.items():
                 limits[f"{kind}:{project_id}"] = min(cap, n)
         return limits, min(limits.values())
 
     def close(self) -> None:
-        for backend in self._built.values():
+        for backend in [*self._built.values(), *([self.__dict__["backpack"]] if "backpack" in self.__dict__ else [])]:
             backend.close()

@@ -14,7 +14,8 @@ local LANES = P .. ':lanes'
 local INDEXED = {granted = true, rejected = true, failed = true, in_doubt = true,
                  revoked = true, cancelled = true, noop = true, waiting = true}
 -- Record namespaces per command kind (worker/keys.py: RECORD_NAMESPACES).
-local NS = {grant = 'rec', revoke = 'rvk'}
+local NS = {grant = 'rec', revoke = 'rvk', ['backpack.create'] = 'bpc', ['backpack.delete'] = 'bpd',
+            ['playfab.delete'] = 'pfd'}
 
 -- Server time, so that leases written by one machine and read by another
 -- never depend on their clocks agreeing.

@@ -15,14 +15,16 @@
 local ttl, maxlen = tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
 
-local function ingest_grant(pid, epid, h, cmd, enq, src)
-  local rk = rec_key('grant', pid, epid)
+-- Grants, and every kind identified by the producer's own id (Backpack and
+-- PlayFab deletes): claim, or count a repeat, or refuse a conflicting one.
+local function ingest_claim(kind, pid, epid, h, cmd, enq, src)
+  local rk = rec_key(kind, pid, epid)
   local cur = redis.call('HMGET', rk, 'h', 'src', 'st')
   if not cur[1] then
     -- First sight: the record is the dedupe claim, kept as long as the outcome.
     redis.call('HSET', rk, 'st', 'pending', 'pid', pid, 'epid', epid, 'h', h, 'cmd', cmd,
       'rcv', now, 'enq', enq, 'src', src)
-    enqueue('grant', pid, epid, now)
+    enqueue(kind, pid, epid, now)
     return 'new'
   elseif cur[3] == 'cancelled' then
     -- Refunded before (or while) it waited: never to be sent.
@@ -34,12 +36,12 @@ local function ingest_grant(pid, epid, h, cmd, enq, src)
     return 'dup'
   end
   -- Same purchase id, different payload: refuse the repeat, keep the original.
-  local ck = P .. ':conflict:' .. pid .. ':' .. epid
+  local ck = P .. ':conflict:' .. (kind == 'grant' and '' or kind .. ':') .. pid .. ':' .. epid
   redis.call('HSET', ck, 'pid', pid, 'epid', epid, 'h', h, 'cmd', cmd, 'at', now,
     'err', 'external_purchase_id already used with a different payload (original hash ' .. cur[1] .. ')')
   redis.call('HINCRBY', ck, 'n', 1)
   redis.call('PEXPIRE', ck, ttl)
-  redis.call('ZADD', idx_key('grant', 'conflict'), now, pid .. ':' .. epid)
+  redis.call('ZADD', idx_key(kind, 'conflict'), now, pid .. ':' .. epid)
   return 'conflict'
 end
 
@@ -88,8 +90,10 @@ local out = {}
 for _, c in ipairs(cjson.decode(ARGV[4])) do
   if c[1] == 'revoke' then
     out[#out + 1] = ingest_revoke(c[2], c[3], c[4], c[5], c[6], c[7])
+  elseif NS[c[1]] then
+    out[#out + 1] = ingest_claim(c[1], c[2], c[3], c[4], c[5], c[6], c[7])
   else
-    out[#out + 1] = ingest_grant(c[2], c[3], c[4], c[5], c[6], c[7])
+    error('unknown command kind ' .. tostring(c[1]))
   end
 end
 return out

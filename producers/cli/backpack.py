@@ -1,0 +1,44 @@
+"""``grants backpack items``: what a user's Xsolla Backpack holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from worker import errors
+from worker.backends.backpack import XsollaBackpack
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("backpack", help="look into users' Xsolla Backpacks",
+                       description="Read a user's Xsolla Backpack (GRANTS_BACKPACK_* configure the API).")
+    bsub = p.add_subparsers(dest="backpack_command", required=True, metavar="ACTION")
+    items = bsub.add_parser("items", help="list a user's Backpack items")
+    items.add_argument("--project-id", type=int, required=True)
+    items.add_argument("--user", required=True, help="the user's id")
+    items.add_argument("--json", action="store_true", help="print the API's JSON")
+    items.set_defaults(run=run_items)
+
+
+def run_items(args: argparse.Namespace, settings) -> int:
+    backend = XsollaBackpack.from_settings(settings)
+    try:
+        found = backend.list_items(args.project_id, args.user)
+    except errors.BackendError as exc:
+        print(f"grants backpack items: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        backend.close()
+    if args.json:
+        print(json.dumps(found, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{'ITEM_ID':<38} {'TYPE':<17} {'SKU':<24} {'GAME':<16} DETAIL")
+    for item in found:
+        detail = item.get("code") or item.get("promo_code") or (
+            f"{item.get('quantity')} (is_external_vc={item.get('is_external_vc')})"
+            if item.get("item_type") == "virtual_currency" else "")
+        print(f"{item.get('item_id', ''):<38} {item.get('item_type', ''):<17} {item.get('item_sku', ''):<24} "
+              f"{item.get('external_game_id', ''):<16} {detail}")
+    print(f"({len(found)} items)", file=sys.stderr)
+    return 0

@@ -69,3 +69,20 @@ def test_revoke_before_the_grant_and_of_unknown_purchases(stack, publisher, resu
     time.sleep(1)
     assert stack.audit_counts(project_id) == {}
     assert results.get(project_id, "early-1")["status"] == "cancelled"
+
+
+def test_revoke_the_inventory_cannot_cover_is_rejected_alone(stack, publisher, results, project_id):
+    import httpx
+
+    publisher.publish_many([command(project_id, "rc-used", user="u-used", sku="potion", quantity=2),
+                            command(project_id, "rc-kept", user="u-kept", sku="potion", quantity=2)])
+    wait_final(results, project_id, ["rc-used", "rc-kept"])
+    # The first player used one potion up: take it out of the inventory, as the game would.
+    httpx.post(f"{stack.sandbox_url}/v2/project/{project_id}/inventory/revoke",
+               json=[{"user": {"id": "u-used"}, "items": [{"sku": "potion", "quantity": 1}]}],
+               auth=(stack.merchant_id, stack.api_key)).raise_for_status()
+    publisher.publish_many([RevokeCommand(project_id=project_id, external_purchase_id=i) for i in ("rc-used", "rc-kept")])
+    recs = wait_revokes(results, project_id, ["rc-used", "rc-kept"])
+    assert recs["rc-used"]["revoke"]["status"] == "rejected"
+    assert "Failed to remove this number of items" in recs["rc-used"]["revoke"]["error"]
+    assert recs["rc-kept"]["revoke"]["status"] == "revoked"

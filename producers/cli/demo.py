@@ -1,20 +1,30 @@
 """``grants demo`` (what ``make run`` runs): the whole product on this machine.
 
-A private Redis, the sandbox, a worker and Flower start; the sample purchase
-feed (with repeats, a conflict, an unknown item and invalid lines) is
-published; the outcomes and the resulting balances are printed. With
-GRANTS_REDIS_URL / GRANTS_XSOLLA_BASE_URL set, those real services are used
-instead of the private Redis / the sandbox.
+A private Redis, the sandbox (Xsolla inventory, Xsolla Backpack and PlayFab
+APIs), a worker and Flower start. Then, one sample project per backend:
+- Xsolla inventory (project 44056): the sample purchase feed (repeats, a
+  conflict, an unknown item, invalid lines), then refunds of two purchases
+  and of one never made; outcomes and balances are printed;
+- PlayFab (project 9001, mapped with GRANTS_PROJECTS): purchases for three
+  players, granted as annotated item instances;
+- Xsolla Backpack: a game key, a virtual item, a currency package and a promo
+  code created in one user's Backpack, then listed.
+With GRANTS_REDIS_URL / GRANTS_XSOLLA_BASE_URL set, those real services are
+used instead, for the Xsolla inventory part.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
 from importlib import resources
 from pathlib import Path
+
+import httpx
+from pydantic import SecretStr
 
 from producers.feed import read_feed
 from producers.localstack import REPO_ROOT, Stack, free_port, wait_until
@@ -26,6 +36,8 @@ from worker.redis_conn import connect
 from worker.results import Results
 
 DEMO_PROJECT = 44056
+PLAYFAB_PROJECT = 9001
+PLAYFAB_PLAYERS = ["PF-7A1C0DE", "PF-33B0B0B", "PF-9C0FFEE"]
 # The demo project's catalog in the sandbox: the sample's "legendary.sword.v2"
 # is not in it, so the backend refuses that one purchase (404) and the worker
 # isolates it from the rest of its batch.
@@ -75,6 +87,12 @@ def run(args: argparse.Namespace, settings) -> int:
             stack.sandbox_put(f"/sandbox/projects/{args.project_id}/catalog", DEMO_CATALOG)
             _say(f"   backend: sandbox at {stack.sandbox_url}")
         overrides = {}
+        if not real_backend:
+            # One project on PlayFab (the sandbox's PlayFab API, with its players).
+            overrides["GRANTS_PROJECTS"] = json.dumps(
+                {str(PLAYFAB_PROJECT): {"backend": "playfab", "base_url": f"{stack.sandbox_url}/playfab"}})
+            httpx.post(f"{stack.sandbox_url}/sandbox/playfab/players",
+                       json={"PlayFabIds": PLAYFAB_PLAYERS}, timeout=10).raise_for_status()
         if real_redis:
             overrides["GRANTS_REDIS_URL"] = settings.redis_url
         if real_backend:
@@ -107,7 +125,11 @@ def run(args: argparse.Namespace, settings) -> int:
         _wait_outcomes(results, args.project_id, unique)
         _report(results, args.project_id, unique)
         if not real_backend:
+            publisher = Publisher(pub_settings)
+            _refunds(publisher, results, args.project_id)
             _balances(stack, args.project_id)
+            _playfab(publisher, results, stack)
+            _backpack(publisher, results, stack, settings, args.project_id)
 
         keep = sys.stdout.isatty() if args.keep is None else args.keep
         _say(f"\nFlower (tasks, workers, queues): http://127.0.0.1:{flower_port}")
@@ -177,6 +199,75 @@ def _report(results: Results, project_id: int, ids: list[str]) -> None:
     stats = results.stats()
     _say("   " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
          + f"; conflicts recorded: {stats['counts'][Status.conflict.value]}")
+
+
+def _sample(name: str, project_id: int, kind: str = "grant") -> list:
+    path = Path(str(resources.files("producers").joinpath("samples", name)))
+    with open(path, encoding="utf-8") as stream:
+        return [c for c in read_feed(stream, project_id, kind) if not isinstance(c, list)]
+
+
+def _wait(check, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not check():
+        time.sleep(0.2)
+
+
+def _refunds(publisher: Publisher, results: Results, project_id: int) -> None:
+    refunds = _sample("refunds.jsonl", project_id, "revoke")
+    _say(f"\n== refunds: publishing {len(refunds)} revokes (grants publish --kind revoke)")
+    publisher.publish_many(refunds)
+    final = {"revoked", "noop", "rejected", "failed", "in_doubt"}
+    ids = [r.external_purchase_id for r in refunds]
+    _wait(lambda: all(((results.get(project_id, i) or {}).get("revoke") or {}).get("status") in final for i in ids))
+    _say(f"   {'EXTERNAL_PURCHASE_ID':<14} {'GRANT':<10} {'REVOKE':<9} NOTE")
+    for i in ids:
+        r = results.get(project_id, i) or {}
+        rv = r.get("revoke") or {}
+        _say(f"   {i:<14} {r.get('status') or '-':<10} {rv.get('status') or '?':<9} {(rv.get('error') or '')[:60]}")
+
+
+def _playfab(publisher: Publisher, results: Results, stack: Stack) -> None:
+    purchases = _sample("playfab.jsonl", PLAYFAB_PROJECT)
+    _say(f"\n== PlayFab: project {PLAYFAB_PROJECT} (GRANTS_PROJECTS maps it to PlayFab); "
+         f"{len(purchases)} purchases via Admin/GrantItemsToUsers")
+    publisher.publish_many(purchases)
+    ids = [c.external_purchase_id for c in purchases]
+    _wait_outcomes(results, PLAYFAB_PROJECT, ids)
+    _say(f"   {'EXTERNAL_PURCHASE_ID':<14} {'PLAYFAB_ID':<12} {'ITEMS':<16} {'STATUS':<9} INSTANCES")
+    for c in purchases:
+        r = results.get(PLAYFAB_PROJECT, c.external_purchase_id) or {}
+        instances = [g.get("ItemInstanceId") for g in (r.get("response") or {}).get("ItemGrantResults", [])]
+        item = c.operation.items[0]
+        _say(f"   {c.external_purchase_id:<14} {c.user_id:<12} {f'{item.quantity}x {item.sku}':<16} "
+             f"{r.get('status', '?'):<9} {', '.join(i or '?' for i in instances)}")
+
+
+def _backpack(publisher: Publisher, results: Results, stack: Stack, settings, project_id: int) -> None:
+    from worker.backends.backpack import XsollaBackpack
+
+    creates = _sample("backpack.jsonl", project_id, "backpack-create")
+    user = creates[0].user_id
+    _say(f"\n== Xsolla Backpack: {len(creates)} creates for user {user} (grants publish --kind backpack-create)")
+    publisher.publish_many(creates)
+    final = {"granted", "rejected", "failed", "in_doubt"}
+    _wait(lambda: all((results.get(project_id, c.operation_id, "backpack.create") or {}).get("status") in final
+                      for c in creates))
+    for c in creates:
+        r = results.get(project_id, c.operation_id, "backpack.create") or {}
+        _say(f"   {c.operation_id:<8} {c.item_type:<17} {r.get('status', '?')}")
+    backend = XsollaBackpack.from_settings(settings.model_copy(update={
+        "backpack_base_url": stack.sandbox_url, "backpack_merchant_id": "12345",
+        "backpack_token": SecretStr(stack.backpack_token), "backpack_host_id": stack.backpack_host_id}))
+    try:
+        items = backend.list_items(project_id, user)
+    finally:
+        backend.close()
+    _say(f"   the user's Backpack now (grants backpack items --project-id {project_id} --user {user}):")
+    for i in items:
+        extra = i.get("code") or i.get("promo_code") or (
+            f"{i.get('quantity')} (is_external_vc={i.get('is_external_vc')})" if i.get("item_type") == "virtual_currency" else "")
+        _say(f"     {i.get('item_type', ''):<17} {i.get('item_sku', ''):<22} {extra}")
 
 
 def _balances(stack: Stack, project_id: int) -> None:

@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -295,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     for n in range(args.runs):
         workdir = args.workdir / f"run-{n + 1}"
+        # A clean slate: the sandbox's audit of an earlier run would count as doubles.
+        shutil.rmtree(workdir, ignore_errors=True)
         plan_n = Plan(**{**plan.__dict__, "seed": plan.seed + n})
         chaos = Chaos(plan_n, workdir)
         try:

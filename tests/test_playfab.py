@@ -143,3 +143,24 @@ def test_delete_of_an_item_instance_by_operation_id(pf, results):
     assert [r["status"] for r in recs] == ["revoked", "rejected"]
     assert recs[0]["duplicates"] == 1 and "ItemNotFound" in recs[1]["error"]
     assert instance not in {i["ItemInstanceId"] for i in inventory(pf, "PF-ANA")["Inventory"]}
+
+
+def test_product_disabled_is_final_for_the_call_and_rate_limits_are_retried(pf, results):
+    publisher = Publisher(settings_for(pf))
+    pf.sandbox_put("/sandbox/playfab/config", {"shuffle_results": True, "title_state": "product_disabled"})
+    try:
+        publisher.publish(command(PF, "pf-off", user="PF-ANA", sku="gem"))
+        record = wait_final(results, PF, ["pf-off"])["pf-off"]
+    finally:
+        pf.sandbox_put("/sandbox/playfab/config", {"shuffle_results": True})
+    assert record["status"] == "rejected" and "ProductDisabledForTitle (1609)" in record["error"]
+    assert record["attempts"] == 1  # not retried
+
+    pf.sandbox_put("/sandbox/faults", {"script": [{"status": 429, "retry_after": 1}]})
+    try:
+        publisher.publish(command(PF, "pf-throttled", user="PF-BO", sku="gem"))
+        record = wait_final(results, PF, ["pf-throttled"], timeout=20)["pf-throttled"]
+    finally:
+        pf.sandbox_put("/sandbox/faults", {})
+    assert record["status"] == "granted" and record["attempts"] == 2
+    assert counts(pf)["counts"]["pf-throttled"] == 1

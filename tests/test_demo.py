@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_runs_the_sample_feed_end_to_end(tmp_path):
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("GRANTS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRANTS_")}
     out = subprocess.run(
         [sys.executable, "-m", "producers.cli", "demo", "--no-keep", "--workdir", str(tmp_path / "demo"),
          "--flower-port", "0"],

@@ -145,10 +145,11 @@ class Ledger:
             max_inflight_per_lane or max_inflight,
         )
 
-    def peek(self, batch_id: str) -> tuple[int, str] | None:
-        """(project, kind) of a batch, to pick its backend; None if it is gone."""
-        pid, kind = self.redis.hmget(self.keys.batch(batch_id), "pid", "kind")
-        return (int(pid), kind) if pid else None
+    @staticmethod
+    def lane_of(batch_id: str) -> tuple[int, str]:
+        """(project, kind) of a batch, read off its id ("b17|grant:44056")."""
+        kind, _, project = batch_id.partition("|")[2].partition(":")
+        return int(project), kind
 
     def begin(
         self, batch_id: str, token: str, *, lease_ms: int, idempotent: bool = False, on_unknown: str | None = None

@@ -78,10 +78,7 @@ class Sender:
 
     def send(self, batch_id: str) -> dict[str, Any]:
         """Attempt the batch once; returns a summary for the task result."""
-        found = self.ledger.peek(batch_id)
-        if found is None:
-            return {"batch_id": batch_id, "skipped": True}
-        project_id, kind = found
+        project_id, kind = self.ledger.lane_of(batch_id)
         backend = self.backends.for_batch(kind, project_id)
         token = uuid.uuid4().hex
         work = self.ledger.begin(batch_id, token, lease_ms=self.lease_ms, on_unknown=unknown_outcome_policy(backend))

@@ -1,8 +1,10 @@
 """What the worker needs from an inventory backend, and what a backend promises.
 
-The worker reads the declarations (``max_batch``, ``idempotent``) instead of
-special-casing systems: batches are cut at ``max_batch``; an unknown outcome is
-resent only when ``idempotent`` says a repeat cannot double a grant.
+The worker reads the declarations (``max_batch``, ``idempotent``,
+``reconcilable``) instead of special-casing systems: batches are cut at
+``max_batch``; an unknown outcome is resent only when ``idempotent`` says a
+repeat cannot double a grant, or, when ``reconcilable``, after ``reconcile``
+has read back what applied.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ class Backend(Protocol):
     """One inventory system. ``send`` raises :mod:`worker.errors` types only."""
 
     name: str
-    # Operations per call, per kind of command it serves ('grant', 'revoke').
+    # Commands per batch, per kind it serves ('grant', 'revoke', 'backpack.create', ...).
     max_batch: dict[str, int]
     idempotent: bool
+    # Optional: ``reconcilable = True`` and ``reconcile(kind, project_id,
+    # commands) -> list[OpResult | None]`` (None: certainly not applied).
 
     def send(self, kind: str, project_id: int, commands: list[dict[str, Any]]) -> list[OpResult]:
         """Send one call for the stored commands; one result per command, in order."""

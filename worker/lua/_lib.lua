@@ -26,6 +26,9 @@ end
 
 local function rec_key(kind, pid, id) return P .. ':' .. NS[kind] .. ':' .. pid .. ':' .. id end
 local function batch_key(id) return P .. ':batch:' .. id end
+-- Batch ids carry their lane ("b17|grant:44056"), so a sender knows the
+-- project and kind (its backend) without a round trip.
+local function new_batch_id(lane) return 'b' .. redis.call('INCR', P .. ':seq:batch') .. '|' .. lane end
 -- Grants keep the short index names; other kinds are indexed under their kind.
 local function idx_key(kind, st)
   if kind == 'grant' then return P .. ':idx:' .. st end
@@ -53,6 +56,16 @@ local function revoke_body(pid, epid, rq)
 end
 
 local finalize
+
+-- Whether any revoke waits for its grant at all: checked once per script, so
+-- the common case (none) costs one ZCARD instead of a read per outcome.
+local revokes_waiting = nil
+local function any_revoke_waiting()
+  if revokes_waiting == nil then
+    revokes_waiting = redis.call('ZCARD', idx_key('revoke', 'waiting')) > 0
+  end
+  return revokes_waiting
+end
 
 -- A revoke waiting for its grant's outcome goes on accordingly: sent if the
 -- grant was applied, nothing to do if it certainly was not, in doubt with it.
@@ -83,7 +96,7 @@ finalize = function(kind, pid, epid, old, new, res, err, now, ttl, maxlen)
   redis.call('PEXPIRE', rk, ttl)
   redis.call('XADD', P .. ':outcomes', 'MAXLEN', '~', maxlen, '*',
     'project_id', pid, 'external_purchase_id', epid, 'kind', kind, 'status', new, 'at', now)
-  if kind == 'grant' then release_waiting_revoke(pid, epid, new, now, ttl, maxlen) end
+  if kind == 'grant' and any_revoke_waiting() then release_waiting_revoke(pid, epid, new, now, ttl, maxlen) end
 end
 
 -- Finalize every member of a batch that is still 'sending'.

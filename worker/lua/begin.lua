@@ -11,6 +11,7 @@ local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'kind', 'nbf', 
 if not b[1] then return {'gone'} end
 local now = now_ms()
 local pid, kind = b[3], b[5]
+local cmds = {}
 if b[1] == 'sending' then
   -- Someone holds it; unless it is us asking again (a retried round trip).
   if b[2] ~= token then return {'busy'} end
@@ -24,9 +25,10 @@ else
   local kept = {}
   for _, epid in ipairs(cjson.decode(b[4])) do
     local rk = rec_key(kind, pid, epid)
-    local r = redis.call('HMGET', rk, 'st', 'bat')
+    local r = redis.call('HMGET', rk, 'st', 'bat', 'cmd', 'rq')
     if r[1] == 'pending' or (r[1] == 'sending' and r[2] == id) then
       kept[#kept + 1] = epid
+      cmds[#cmds + 1] = r[3] or revoke_body(pid, epid, r[4])
       redis.call('HSET', rk, 'st', 'sending', 'bat', id, 'snt', now)
       redis.call('HINCRBY', rk, 'att', 1)
     end
@@ -42,10 +44,12 @@ else
   redis.call('HINCRBY', bk, 'att', 1)
   redis.call('ZADD', LEASES, now + lease_ms, id)
 end
-local cmds = {}
-for _, epid in ipairs(cjson.decode(b[4])) do
-  local r = redis.call('HMGET', rec_key(kind, pid, epid), 'cmd', 'rq')
-  cmds[#cmds + 1] = r[1] or revoke_body(pid, epid, r[2])
+if b[1] == 'sending' then
+  -- Asked again by the holder: read the bodies once more.
+  for _, epid in ipairs(cjson.decode(b[4])) do
+    local r = redis.call('HMGET', rec_key(kind, pid, epid), 'cmd', 'rq')
+    cmds[#cmds + 1] = r[1] or revoke_body(pid, epid, r[2])
+  end
 end
 return {'ok', pid, redis.call('HGET', bk, 'att'), kind, b[4], '[' .. table.concat(cmds, ',') .. ']',
   b[7] == '1' and 1 or 0}

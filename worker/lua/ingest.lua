@@ -72,6 +72,7 @@ local function ingest_revoke(pid, epid, h, cmd, enq, src)
     -- On the wire: wait for its outcome (finalize of the grant releases it).
     redis.call('HSET', vk, 'st', 'waiting')
     redis.call('ZADD', idx_key('revoke', 'waiting'), now, pid .. ':' .. epid)
+    revokes_waiting = true
     return 'waiting'
   elseif gst == 'granted' then
     redis.call('HSET', vk, 'st', 'pending')

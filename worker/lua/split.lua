@@ -18,7 +18,7 @@ for part = 0, 1 do
   for j = part * half + 1, math.min(#members, (part + 1) * half) do
     chunk[#chunk + 1] = members[j]
   end
-  local child = 'b' .. redis.call('INCR', P .. ':seq:batch')
+  local child = new_batch_id(b[5])
   redis.call('HSET', batch_key(child), 'lane', b[5], 'kind', b[6], 'pid', pid, 'n', #chunk,
     'members', cjson.encode(chunk), 'st', 'leased', 'att', 0, 'begun', 1, 'created', now, 'parent', id)
   redis.call('ZADD', LEASES, now + lease_ms, child)

@@ -45,7 +45,7 @@ for i = 1, #lanes, 2 do
       end
     end
     if #members > 0 then
-      local id = 'b' .. redis.call('INCR', P .. ':seq:batch')
+      local id = new_batch_id(lane)
       redis.call('HSET', batch_key(id), 'lane', lane, 'kind', kind, 'pid', pid, 'n', #members,
         'members', cjson.encode(members), 'st', 'leased', 'att', 0, 'begun', 0, 'created', now)
       redis.call('ZADD', LEASES, now + lease_ms, id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass
 from typing import IO, Any, Iterator
 
@@ -23,6 +24,9 @@ from schemas.commands import (
     PlayFabDeleteCommand,
     RevokeCommand,
 )
+
+# Twenty digits or more: possibly beyond a 64-bit integer.
+_LONG_INTEGER = re.compile(r"\d{20}")
 
 # Ours: no single operation is anywhere near this; a longer line is refused
 # before parsing, and read no further than this, so a runaway line cannot blow
@@ -39,7 +43,14 @@ class FeedError:
     reason: str
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.field}: {self.reason}"
+        # Field names and reasons can carry the input's own characters: never
+        # let a newline or an escape sequence forge or garble a report line.
+        return f"line {self.line}: {_printable(self.field)}: {_printable(self.reason)}"
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+                   for c in text)
 
 
 def field_path(loc: tuple[Any, ...]) -> str:
@@ -117,7 +128,12 @@ def read_feed(stream: IO[str], project_id: int, kind: str = "grant") -> Iterator
             continue
         try:
             obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            if _LONG_INTEGER.search(raw):
+                # orjson reads an integer beyond 64 bits as a float, silently
+                # changing the value; the standard library keeps it exact, so
+                # the schema can refuse it instead.
+                obj = json.loads(raw)
+        except (orjson.JSONDecodeError, ValueError) as exc:
             yield [FeedError(line_no, "(json)", f"invalid JSON: {exc}")]
             continue
         yield validate(obj, project_id, line_no, kind)

@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -71,7 +72,7 @@ class GrantCommand(_Canonical, BaseModel):
 
     kind: Literal["grant"] = "grant"
     # Xsolla's project_id is an integer path parameter.
-    project_id: Annotated[int, Field(gt=0, lt=2**63)]
+    project_id: Annotated[StrictInt, Field(gt=0, lt=2**63)]
     operation: PurchaseOperation
 
     @property
@@ -106,7 +107,7 @@ class RevokeCommand(_Canonical, BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["revoke"] = "revoke"
-    project_id: Annotated[int, Field(gt=0, lt=2**63)]
+    project_id: Annotated[StrictInt, Field(gt=0, lt=2**63)]
     external_purchase_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
     # Sent to the backend as the revoke's comment ("Refund", "Chargeback 123").
     comment: Annotated[str | None, Field(min_length=1, max_length=MAX_COMMENT_LENGTH)] = None
@@ -127,7 +128,7 @@ class _Operation(_Canonical, BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    project_id: Annotated[int, Field(gt=0, lt=2**63)]
+    project_id: Annotated[StrictInt, Field(gt=0, lt=2**63)]
     operation_id: OperationId
 
     @property

@@ -63,3 +63,16 @@ def test_empty_inputs():
     assert parse("") == ([], [])
     assert parse("[]") == ([], [])
     assert parse("\n\n") == ([], [])
+
+
+def test_integers_beyond_64_bits_are_refused_not_rounded():
+    op = operation("big", custom_parameters={"n": 1})
+    line = json.dumps(op).replace('"n": 1', '"n": 123456789012345678901234')
+    good, bad = parse(line + "\n")
+    assert good == [] and bad[0].field == "custom_parameters"
+
+
+def test_error_lines_cannot_be_forged_by_the_input():
+    op = {**operation("x"), "evil\nline 99: all good": 1}
+    _, (err,) = parse(json.dumps(op))
+    assert "\n" not in str(err) and str(err).startswith("line 1: evil\\x0aline 99")

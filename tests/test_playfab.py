@@ -164,3 +164,19 @@ def test_product_disabled_is_final_for_the_call_and_rate_limits_are_retried(pf, 
         pf.sandbox_put("/sandbox/faults", {})
     assert record["status"] == "granted" and record["attempts"] == 2
     assert counts(pf)["counts"]["pf-throttled"] == 1
+
+
+def test_playfab_fields_travel_in_custom_parameters(pf, results):
+    extras = {"playfab": {"Data": {"source": "store", "campaign": "winter"}, "CustomTags": {"trace": "t-1"}}}
+    bad = {"playfab": {"Data": {"!hidden": "x"}}}
+    Publisher(settings_for(pf)).publish_many([
+        command(PF, "pf-data", user="PF-ANA", sku="gem", custom_parameters=extras),
+        command(PF, "pf-bad-data", user="PF-ANA", sku="gem", custom_parameters=bad),
+        command(PF, "pf-half", user="PF-ANA", sku="gem", quantity=1.5),
+    ])
+    records = wait_final(results, PF, ["pf-data", "pf-bad-data", "pf-half"])
+    assert records["pf-data"]["status"] == "granted"
+    instance = records["pf-data"]["response"]["ItemGrantResults"][0]
+    assert instance.get("CustomData") == {"source": "store", "campaign": "winter"}
+    assert records["pf-bad-data"]["status"] == "rejected" and "'!'" in records["pf-bad-data"]["error"]
+    assert records["pf-half"]["status"] == "rejected" and "whole item instances" in records["pf-half"]["error"]

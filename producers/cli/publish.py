@@ -38,7 +38,8 @@ def run(args: argparse.Namespace, settings) -> int:
         print("grants publish: --project-id must be a positive integer", file=sys.stderr)
         return 2
     try:
-        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+        # utf-8-sig: a byte-order mark (editors on Windows write one) is not data.
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8-sig")
     except OSError as exc:
         print(f"grants publish: {exc}", file=sys.stderr)
         return 2

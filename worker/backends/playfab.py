@@ -3,7 +3,9 @@
 - Grants: ``POST {base}/Admin/GrantItemsToUsers``. Each purchased item becomes
   ``quantity`` ItemGrants for the user (PlayFabId = the command's user id,
   ItemId = the SKU), each annotated with the purchase id, so every instance
-  says which purchase made it. The answer's order may differ from the
+  says which purchase made it. PlayFab's own ItemGrant fields travel in the
+  operation's ``custom_parameters.playfab``: ``CharacterId``, ``Data``,
+  ``KeysToRemove`` (per grant) and ``CustomTags`` (per call). The answer's order may differ from the
   request's: results are matched by (PlayFabId, ItemId, Annotation), never by
   position. ``Result: false`` fails that command only.
 - Revokes: ``POST {base}/Admin/RevokeInventoryItems`` with the instance ids
@@ -26,12 +28,16 @@ from typing import Any
 import httpx
 import orjson
 
+from pydantic import ValidationError
+
 from schemas.playfab import (
     MAX_ITEM_GRANTS_PER_CALL,
     MAX_REVOKE_ITEMS_PER_CALL,
     RETRYABLE_ERROR_CODES,
     AccountNotFound,
     CatalogNotConfigured,
+    GrantItemsToUsersRequest,
+    ItemGrant,
     ProductDisabledForTitle,
 )
 from worker import errors
@@ -134,7 +140,13 @@ class PlayFab:
 
     def _grant(self, commands: list[dict[str, Any]]) -> list[OpResult]:
         results: list[OpResult | None] = [None] * len(commands)
-        todo = list(range(len(commands)))
+        todo = []
+        for i, c in enumerate(commands):
+            problem = grant_problem(c)
+            if problem:
+                results[i] = OpResult("rejected", error=problem)
+            else:
+                todo.append(i)
         # AccountNotFound fails the whole call and applies nothing: reject that
         # user's commands and send the others again (at most once per user).
         for _round in range(len(commands) + 1):
@@ -147,6 +159,9 @@ class PlayFab:
             body: dict[str, Any] = {"ItemGrants": grants}
             if self.catalog_version:
                 body["CatalogVersion"] = self.catalog_version
+            tags = {k: v for i in todo for k, v in (playfab_extras(commands[i]).get("CustomTags") or {}).items()}
+            if tags:
+                body["CustomTags"] = tags
             try:
                 data = self._call("GrantItemsToUsers", body)
             except AccountsNotFound as exc:
@@ -190,6 +205,11 @@ class PlayFab:
             inventories[user] = data.get("Inventory") or []
         out: list[OpResult | None] = []
         for c in commands:
+            if playfab_extras(c).get("CharacterId"):
+                # A character's items are not in the player's inventory read:
+                # absence proves nothing, so the outcome stays unknown.
+                out.append(OpResult("in_doubt", error="answer lost; a character's grant cannot be read back"))
+                continue
             epid = c["operation"]["purchase"]["external_purchase_id"]
             found = [i for i in inventories[user_of(c)] if i.get("Annotation") == epid]
             expected = Counter((g["ItemId"]) for g in item_grants(c))
@@ -218,12 +238,40 @@ def user_of(command: dict[str, Any]) -> str:
     return command["operation"]["user"]["id"]
 
 
+def playfab_extras(command: dict[str, Any]) -> dict[str, Any]:
+    """PlayFab's own fields for a grant, from ``custom_parameters.playfab``."""
+    extras = (command["operation"].get("custom_parameters") or {}).get("playfab")
+    return extras if isinstance(extras, dict) else {}
+
+
+def grant_problem(command: dict[str, Any]) -> str | None:
+    """Why this purchase cannot become ItemGrants, or None."""
+    for item in command["operation"]["items"]:
+        if item["quantity"] != int(item["quantity"]):
+            return f"PlayFab grants whole item instances: quantity {item['quantity']} of {item['sku']}"
+    extras = playfab_extras(command)
+    unknown = set(extras) - {"CharacterId", "Data", "KeysToRemove", "CustomTags"}
+    if unknown:
+        return f"custom_parameters.playfab: unknown fields {sorted(unknown)}"
+    try:
+        for g in item_grants(command)[:1]:
+            ItemGrant.model_validate(g)
+        if "CustomTags" in extras:
+            GrantItemsToUsersRequest.model_validate({"ItemGrants": [item_grants(command)[0]],
+                                                     "CustomTags": extras["CustomTags"]})
+    except ValidationError as exc:
+        return "custom_parameters.playfab: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+    return None
+
+
 def item_grants(command: dict[str, Any]) -> list[dict[str, Any]]:
     """The ItemGrants of one purchase: ``quantity`` instances per item."""
     op = command["operation"]
     epid = op["purchase"]["external_purchase_id"]
+    extras = {k: v for k, v in playfab_extras(command).items() if k in ("CharacterId", "Data", "KeysToRemove")}
     return [
-        {"PlayFabId": op["user"]["id"], "ItemId": item["sku"], "Annotation": epid}
+        {"PlayFabId": op["user"]["id"], "ItemId": item["sku"], "Annotation": epid, **extras}
         for item in op["items"]
         for _ in range(int(item["quantity"]))
     ]

@@ -58,11 +58,7 @@ class Backends:
         config = self.settings.backend_of(project_id)
         backend = self._built.get(config)
         if backend is None:
-            cls = CLASSES[config.backend]
-            if cls is XsollaInventory:
-                backend = XsollaInventory.from_settings(self.settings, self.transport, project=config)
-            else:
-                backend = cls.from_settings(self.settings, config, self.transport)
+            backend = CLASSES[config.backend].from_settings(self.settings, config, self.transport)
             self._built[config] = backend
         return backend
 

@@ -49,7 +49,7 @@ class XsollaInventory:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, transport: httpx.BaseTransport | None = None, project: ProjectBackend | None = None
+        cls, settings: Settings, project: ProjectBackend | None = None, transport: httpx.BaseTransport | None = None
     ) -> "XsollaInventory":
         key = (project.secret_file.read_text().strip() if project and project.secret_file
                else settings.xsolla_api_key.get_secret_value())

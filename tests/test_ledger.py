@@ -311,3 +311,28 @@ def test_a_grant_cancelled_after_its_batch_was_taken_is_never_sent(ledger, resul
     assert revoke(ledger, ["c3"]) == ["cancelled"]
     assert ledger.begin(bid2, "tok", lease_ms=5000, idempotent=False) is None  # nothing left to send
     assert results.get(1, "c1")["status"] == "cancelled"
+
+
+def test_replay_selection_filters(ledger, results):
+    from worker import replay as rp
+
+    ids = ["f-a", "f-b", "f-c", "f-d"]
+    ledger.ingest([(command(1, "f-a", sku="gem", user="ana"), 1), (command(1, "f-b", sku="sword", user="ana"), 1),
+                   (command(1, "f-c", sku="gem", user="bo"), 1), (command(2, "f-d", sku="gem", user="ana"), 1)], "s")
+    for project in (1, 2):
+        (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
+        work = ledger.begin(bid, f"t{project}", lease_ms=5000, idempotent=False)
+        ledger.complete(work, [Outcome(p, "failed", error="503") for p in work.purchase_ids])
+    failed = rp.Filters(Status.failed)
+
+    def chosen(**kw):
+        return [r["external_purchase_id"] for r in rp.select(results, rp.Filters(Status.failed, **kw))]
+
+    assert sorted(chosen()) == ids
+    assert sorted(chosen(sku="gem")) == ["f-a", "f-c", "f-d"]
+    assert sorted(chosen(user="ana", project_id=1)) == ["f-a", "f-b"]
+    assert len(chosen(limit=2)) == 2
+    assert chosen(since_ms=2**62) == [] and sorted(chosen(until_ms=2**62)) == ids
+    assert failed.status is Status.failed
+    with pytest.raises(ValueError):
+        rp.Filters(Status.granted)  # never replayable

@@ -7,40 +7,16 @@ their model is defined here from the same parts (User, Item, limits).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from schemas.xsolla import (
-    MAX_COMMENT_LENGTH,
-    MAX_CUSTOM_PARAMETERS,
-    MAX_ITEMS_PER_OPERATION,
-    Item,
-    Platform,
-    PurchaseOperation,
-    User,
-)
+# Reward and revoke bodies take the operation fields every Xsolla inventory
+# call shares; purchase bodies add the purchase.
+from schemas.xsolla import ItemsOperation, PurchaseOperation
 
 # Xsolla: "Only 50 operations can be processed at once. Operations that exceed
 # this limit will be ignored."
 MAX_OPERATIONS_PER_CALL = 50
-
-
-class ItemsOperation(BaseModel):
-    """One reward or revoke operation: a user and the items to add or remove."""
-
-    # Same strictness as PurchaseOperation: a misspelt field is an error.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    user: User
-    items: Annotated[list[Item], Field(min_length=1, max_length=MAX_ITEMS_PER_OPERATION)]
-    comment: Annotated[
-        str | None, Field(min_length=1, max_length=MAX_COMMENT_LENGTH)
-    ] = None
-    platform: Platform | None = None
-    custom_parameters: Annotated[
-        dict[str, Any] | None, Field(min_length=1, max_length=MAX_CUSTOM_PARAMETERS)
-    ] = None
 
 
 # Built once: a TypeAdapter compiles its validator, which is the costly part.

@@ -144,12 +144,12 @@ class Purchase(_Strict):
         return v
 
 
-class PurchaseOperation(_Strict):
-    """One element of the request body: a user, the items, the purchase."""
+class ItemsOperation(_Strict):
+    """A user and items, with the optional fields every inventory operation
+    shares (the body element of reward and revoke calls)."""
 
     user: User
     items: Annotated[list[Item], Field(min_length=1, max_length=MAX_ITEMS_PER_OPERATION)]
-    purchase: Purchase
     comment: Annotated[
         str | None, Field(min_length=1, max_length=MAX_COMMENT_LENGTH)
     ] = None
@@ -176,6 +176,12 @@ class PurchaseOperation(_Strict):
         if _depth(v) > MAX_CUSTOM_PARAMETERS_DEPTH:
             raise ValueError(f"must be nested at most {MAX_CUSTOM_PARAMETERS_DEPTH} levels deep")
         return v
+
+
+class PurchaseOperation(ItemsOperation):
+    """One element of the request body: a user, the items, the purchase."""
+
+    purchase: Purchase
 
     @property
     def external_purchase_id(self) -> str:

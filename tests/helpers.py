@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import re
+import select
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterable
+
+import httpx
 
 from schemas.commands import GrantCommand
 from schemas.records import FINAL_STATUSES
@@ -50,3 +59,51 @@ def wait_final(results: Results, project_id: int, purchase_ids: Iterable[str], t
         states = {p: (results.get(project_id, p) or {}).get("status") for p in pending[:10]}
         raise AssertionError(f"{len(pending)} purchases without an outcome after {timeout}s: {states}")
     return done
+
+
+@contextmanager
+def sandbox_process(tmp: Path, env: dict[str, str], *extra_args: str, secrets: tuple[str, ...] = ()):
+    """A real `python -m sandbox` on a free port; yields its URL.
+
+    Checks that it names no secret on start or exit, and that uvicorn logged
+    no error while the tests used it.
+    """
+    root = Path(__file__).resolve().parent.parent
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))}
+    stderr_path = tmp / "stderr.log"
+    with open(stderr_path, "wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sandbox", "--port", "0", "--db", str(tmp / "sandbox.sqlite3"), *extra_args],
+            cwd=root, env=env, stdout=subprocess.PIPE, stderr=stderr,
+        )
+    try:
+        # Port 0: the server binds a free port and names it in its start line.
+        ready, _, _ = select.select([proc.stdout], [], [], 15)
+        line = proc.stdout.readline().decode() if ready else ""
+        match = re.search(r"listening on (http://\S+) ", line)
+        assert match, f"no start line: {line!r}; stderr: {stderr_path.read_text()}"
+        assert not any(secret in line for secret in secrets)
+        url = match.group(1)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if httpx.get(f"{url}/sandbox/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, f"sandbox exited: {stderr_path.read_text()}"
+            assert time.monotonic() < deadline, "sandbox never became healthy"
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        rest = proc.stdout.read().decode()
+        proc.stdout.close()
+    log = stderr_path.read_text()
+    assert "ERROR" not in log, log
+    assert not any(secret in log or secret in rest for secret in secrets)

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
-import select
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.helpers import sandbox_process
 
 ROOT = Path(__file__).resolve().parent.parent
 MERCHANT_ID = "424242"
@@ -36,44 +34,9 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         **os.environ,
         "GRANTS_XSOLLA_MERCHANT_ID": MERCHANT_ID,
         "GRANTS_XSOLLA_API_KEY": API_KEY,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    stderr_path = tmp / "stderr.log"
-    with open(stderr_path, "wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sandbox", "--port", "0", "--db", str(tmp / "sandbox.sqlite3")],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr,
-        )
-    try:
-        # Port 0: the server binds a free port and names it in its start line.
-        ready, _, _ = select.select([proc.stdout], [], [], 15)
-        line = proc.stdout.readline().decode() if ready else ""
-        match = re.search(r"listening on (http://\S+) ", line)
-        assert match, f"no start line: {line!r}; stderr: {stderr_path.read_text()}"
-        assert API_KEY not in line
-        url = match.group(1)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if httpx.get(f"{url}/sandbox/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, f"sandbox exited: {stderr_path.read_text()}"
-            assert time.monotonic() < deadline, "sandbox never became healthy"
-            time.sleep(0.05)
+    with sandbox_process(tmp, env, secrets=(API_KEY,)) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-    # Nothing the tests did should have made uvicorn log an error.
-    assert "ERROR" not in stderr_path.read_text(), stderr_path.read_text()
-    assert API_KEY not in stderr_path.read_text()
 
 
 @pytest.fixture

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
-import select
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.helpers import sandbox_process
 
 from schemas.backpack import (
     CREATE_RESPONSES,
@@ -65,45 +62,9 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "GRANTS_XSOLLA_API_KEY": API_KEY,
         "GRANTS_BACKPACK_TOKEN_FILE": str(tmp / "backpack.token"),
         "GRANTS_PLAYFAB_SECRET_KEY_FILE": str(tmp / "playfab.key"),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    stderr_path = tmp / "stderr.log"
-    with open(stderr_path, "wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sandbox", "--port", "0", "--db", str(tmp / "sandbox.sqlite3"),
-             "--backpack-host-id", HOST_ID],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr,
-        )
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 15)
-        line = proc.stdout.readline().decode() if ready else ""
-        match = re.search(r"listening on (http://\S+) ", line)
-        assert match, f"no start line: {line!r}; stderr: {stderr_path.read_text()}"
-        assert not any(secret in line for secret in SECRETS)
-        url = match.group(1)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if httpx.get(f"{url}/sandbox/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, f"sandbox exited: {stderr_path.read_text()}"
-            assert time.monotonic() < deadline, "sandbox never became healthy"
-            time.sleep(0.05)
+    with sandbox_process(tmp, env, "--backpack-host-id", HOST_ID, secrets=SECRETS) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        rest = proc.stdout.read().decode()
-        proc.stdout.close()
-    log = stderr_path.read_text()
-    assert "ERROR" not in log, log
-    assert not any(secret in log or secret in rest for secret in SECRETS)
 
 
 @pytest.fixture

@@ -162,27 +162,32 @@ class GrantItemsToUsersRequest(_Request):
     CustomTags: dict[str, str] | None = None
 
 
-class GrantedItemInstance(_Response):
-    """Result of granting one item (PlayFab omits the fields that are null)."""
+class ItemInstance(_Response):
+    """An item instance in a player's inventory (PlayFab omits null fields)."""
 
     Annotation: str | None = None
     BundleContents: list[str] | None = None
     BundleParent: str | None = None
     CatalogVersion: str | None = None
-    CharacterId: str | None = None
     CustomData: dict[str, str] | None = None
     DisplayName: str | None = None
     Expiration: str | None = None
     ItemClass: str | None = None
     ItemId: str | None = None
     ItemInstanceId: str | None = None
-    PlayFabId: str | None = None
     PurchaseDate: str | None = None
     RemainingUses: int | None = None
-    Result: bool = False
     UnitCurrency: str | None = None
     UnitPrice: int | None = None
     UsesIncrementedBy: int | None = None
+
+
+class GrantedItemInstance(ItemInstance):
+    """Result of granting one item: the instance, whose it is, and whether it worked."""
+
+    CharacterId: str | None = None
+    PlayFabId: str | None = None
+    Result: bool = False
 
 
 class GrantItemsToUsersResult(_Response):
@@ -197,26 +202,6 @@ class GrantItemsToUsersResult(_Response):
 class GetUserInventoryRequest(_Request):
     PlayFabId: Id
     CustomTags: dict[str, str] | None = None
-
-
-class ItemInstance(_Response):
-    """An item in a player's inventory."""
-
-    Annotation: str | None = None
-    BundleContents: list[str] | None = None
-    BundleParent: str | None = None
-    CatalogVersion: str | None = None
-    CustomData: dict[str, str] | None = None
-    DisplayName: str | None = None
-    Expiration: str | None = None
-    ItemClass: str | None = None
-    ItemId: str | None = None
-    ItemInstanceId: str | None = None
-    PurchaseDate: str | None = None
-    RemainingUses: int | None = None
-    UnitCurrency: str | None = None
-    UnitPrice: int | None = None
-    UsesIncrementedBy: int | None = None
 
 
 class VirtualCurrencyRechargeTime(_Response):

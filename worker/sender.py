@@ -57,7 +57,7 @@ def backoff_s(attempt: int, *, base: float, cap: float, retry_after: float | Non
 
 
 class Sender:
-    """Sends batches for one backend."""
+    """Sends batches, each to the backend of its project and kind."""
 
     def __init__(
         self,

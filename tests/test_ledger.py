@@ -70,7 +70,7 @@ def test_take_cuts_batches_of_at_most_50_and_waits_for_the_interval(ledger, redi
     assert sizes == [50, 50]
     assert ledger.take(max_batches=10, **TAKE) == []
     (last,) = ledger.take(max_batches=10, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(last, "tok", lease_ms=5_000, idempotent=False)
+    work = ledger.begin(last, "tok", lease_ms=5_000, on_unknown="doubt")
     assert len(work.purchase_ids) == 20 and work.purchase_ids[0] == "p100"
 
 
@@ -82,9 +82,9 @@ def test_take_respects_the_inflight_bound(ledger):
 def test_complete_writes_outcomes_and_the_stream(ledger, results, redis_client):
     ingest(ledger, ["a", "b"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(bid, "tok", lease_ms=5_000, idempotent=False)
-    assert ledger.begin(bid, "other", lease_ms=5_000, idempotent=False) is None  # held
-    assert ledger.begin(bid, "tok", lease_ms=5_000, idempotent=False).attempt == 1  # same holder: no new attempt
+    work = ledger.begin(bid, "tok", lease_ms=5_000, on_unknown="doubt")
+    assert ledger.begin(bid, "other", lease_ms=5_000, on_unknown="doubt") is None  # held
+    assert ledger.begin(bid, "tok", lease_ms=5_000, on_unknown="doubt").attempt == 1  # same holder: no new attempt
     owned, written = ledger.complete(work, [Outcome("a", "granted", {"ok": 1}), Outcome("b", "rejected", error="bad")])
     assert (owned, written) == (True, 2)
     assert results.get(1, "a")["status"] == "granted"
@@ -100,7 +100,7 @@ def test_complete_writes_outcomes_and_the_stream(ledger, results, redis_client):
 def test_expired_sending_lease_becomes_in_doubt_and_a_late_answer_resolves_it(ledger, results):
     ingest(ledger, ["a"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(bid, "tok", lease_ms=1, idempotent=False)
+    work = ledger.begin(bid, "tok", lease_ms=1, on_unknown="doubt")
     time.sleep(0.01)
     doubted, redispatch = ledger.recover(dispatch_lease_ms=1000, max_attempts=5)
     assert (doubted, redispatch) == (1, [])
@@ -115,17 +115,17 @@ def test_expired_leased_batch_is_redispatched_and_idempotent_sending_resent(ledg
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0, "lease_ms": 1})
     time.sleep(0.01)
     assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5) == (0, [bid])
-    ledger.begin(bid, "tok", lease_ms=1, idempotent=True)
+    ledger.begin(bid, "tok", lease_ms=1, on_unknown="resend")
     time.sleep(0.01)
     assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5) == (0, [bid])
-    assert ledger.begin(bid, "tok2", lease_ms=5000, idempotent=True).attempt == 2
+    assert ledger.begin(bid, "tok2", lease_ms=5000, on_unknown="resend").attempt == 2
 
 
 def test_release_retries_then_fails_after_max_attempts(ledger, results):
     ingest(ledger, ["a"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
     for attempt in (1, 2):
-        work = ledger.begin(bid, f"t{attempt}", lease_ms=5000, idempotent=False)
+        work = ledger.begin(bid, f"t{attempt}", lease_ms=5000, on_unknown="doubt")
         assert work.attempt == attempt
         assert ledger.release(work, delay_ms=0, error="503", max_attempts=2) == ("retry" if attempt == 1 else "failed")
     rec = results.get(1, "a")
@@ -135,15 +135,15 @@ def test_release_retries_then_fails_after_max_attempts(ledger, results):
 def test_split_halves_a_refused_batch(ledger, redis_client):
     ingest(ledger, [f"p{i}" for i in range(5)])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(bid, "tok", lease_ms=5000, idempotent=False)
+    work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown="doubt")
     state, (left, right) = ledger.split(work, lease_ms=5000)
     assert state == "ok"
-    halves = [ledger.begin(b, "t", lease_ms=5000, idempotent=False).purchase_ids for b in (left, right)]
+    halves = [ledger.begin(b, "t", lease_ms=5000, on_unknown="doubt").purchase_ids for b in (left, right)]
     assert halves == [["p0", "p1", "p2"], ["p3", "p4"]]
-    single = ledger.begin(left, "t", lease_ms=5000, idempotent=False)
+    single = ledger.begin(left, "t", lease_ms=5000, on_unknown="doubt")
     ingest(ledger, ["solo"])
     (sb,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    assert ledger.split(ledger.begin(sb, "t", lease_ms=5000, idempotent=False), lease_ms=5000) == ("single", [])
+    assert ledger.split(ledger.begin(sb, "t", lease_ms=5000, on_unknown="doubt"), lease_ms=5000) == ("single", [])
     assert single.attempt == 1
 
 
@@ -158,7 +158,7 @@ def test_list_and_stats_by_status(ledger, results):
 def _fail(ledger, ids, project=1):
     ingest(ledger, ids, project=project)
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(bid, "tok", lease_ms=5000, idempotent=False)
+    work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown="doubt")
     ledger.complete(work, [Outcome(i, "failed", error="503") for i in ids[:-1]] +
                     [Outcome(ids[-1], "in_doubt", error="ReadTimeout")])
 
@@ -167,7 +167,7 @@ def test_replay_rebuffers_failed_with_history_and_guards_the_rest(ledger, result
     _fail(ledger, ["f1", "f2", "d1"])
     ingest(ledger, ["g1"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    ledger.complete(ledger.begin(bid, "t", lease_ms=5000, idempotent=False), [Outcome("g1", "granted")])
+    ledger.complete(ledger.begin(bid, "t", lease_ms=5000, on_unknown="doubt"), [Outcome("g1", "granted")])
     targets = [(1, i) for i in ("f1", "d1", "g1", "nope")]
     assert ledger.replay(targets, actor="ops@host", allow_in_doubt=False) == ["replayed", "needs_force", "granted", "missing"]
     rec = results.get(1, "f1")
@@ -179,7 +179,7 @@ def test_replay_rebuffers_failed_with_history_and_guards_the_rest(ledger, result
     assert ledger.replay([(1, "d1")], actor="ops", allow_in_doubt=True) == ["replayed"]
     # Both are back in the buffer: the next take sends them like new commands.
     (again,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(again, "t2", lease_ms=5000, idempotent=False)
+    work = ledger.begin(again, "t2", lease_ms=5000, on_unknown="doubt")
     assert sorted(work.purchase_ids) == ["d1", "f1"]
     ledger.complete(work, [Outcome("d1", "granted"), Outcome("f1", "granted")])
     assert results.get(1, "f1")["status"] == "granted" and results.get(1, "f1")["attempts"] == 2
@@ -204,7 +204,7 @@ def revoke(ledger, ids, source="r", project=1):
 
 def _send(ledger, results_by_id, kind_check=None):
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(bid, f"t-{bid}", lease_ms=5000, idempotent=False)
+    work = ledger.begin(bid, f"t-{bid}", lease_ms=5000, on_unknown="doubt")
     if kind_check:
         assert work.kind == kind_check
     ledger.complete(work, [Outcome(p, results_by_id[p], {"ok": p}) for p in work.purchase_ids])
@@ -231,7 +231,7 @@ def test_revoke_before_the_grant_arrives_leaves_a_tombstone(ledger, results):
 def test_revoke_of_a_grant_being_sent_waits_for_its_outcome(ledger, results, redis_client):
     ingest(ledger, ["s", "t"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(bid, "tok", lease_ms=5000, idempotent=False)
+    work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown="doubt")
     assert revoke(ledger, ["s", "t"]) == ["waiting", "waiting"]
     assert results.stats()["revokes"]["waiting"] == 2
     ledger.complete(work, [Outcome("s", "granted", {"instance": "i-s"}), Outcome("t", "rejected", error="bad")])
@@ -260,16 +260,16 @@ def test_revoke_of_granted_is_sent_once_and_of_failed_or_doubtful_is_not(ledger,
 def test_a_duplicate_dispatch_does_not_cut_a_backoff_short(ledger):
     ingest(ledger, ["a"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(bid, "t1", lease_ms=5000, idempotent=False)
+    work = ledger.begin(bid, "t1", lease_ms=5000, on_unknown="doubt")
     assert ledger.release(work, delay_ms=60_000, error="429", max_attempts=10) == "retry"
-    assert ledger.begin(bid, "t2", lease_ms=5000, idempotent=False) is None  # too early
+    assert ledger.begin(bid, "t2", lease_ms=5000, on_unknown="doubt") is None  # too early
     assert ledger.recover(dispatch_lease_ms=1000, max_attempts=10) == (0, [])  # not due either
 
 
 def test_answers_arriving_after_the_fence_never_make_good_commands_rejected(ledger, results):
     ingest(ledger, ["p0", "p1", "p2"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(bid, "tok", lease_ms=1, idempotent=False)
+    work = ledger.begin(bid, "tok", lease_ms=1, on_unknown="doubt")
     time.sleep(0.01)
     assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5)[0] == 3  # given up for lost: in_doubt
     assert ledger.split(work, lease_ms=5000) == ("fenced", [])
@@ -284,7 +284,7 @@ def test_idempotent_resends_stop_at_max_attempts_as_in_doubt(ledger, results):
     ingest(ledger, ["a"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
     for attempt in (1, 2):
-        ledger.begin(bid, f"t{attempt}", lease_ms=1, idempotent=True)
+        ledger.begin(bid, f"t{attempt}", lease_ms=1, on_unknown="resend")
         time.sleep(0.01)
         doubted, ids = ledger.recover(dispatch_lease_ms=1, max_attempts=2)
         assert (doubted, ids) == ((0, [bid]) if attempt == 1 else (1, []))
@@ -296,7 +296,7 @@ def test_one_backed_off_project_cannot_take_every_slot(ledger):
     ingest(ledger, [f"a{i}" for i in range(500)], project=1)   # 10 batches ready
     ingest(ledger, [f"b{i}" for i in range(50)], project=2)    # 1 batch, younger
     taken = ledger.take(max_batches=20, **{**TAKE, "max_inflight": 8}, max_inflight_per_lane=4)
-    lanes = [ledger.begin(b, f"t{b}", lease_ms=5000, idempotent=False).project_id for b in taken]
+    lanes = [ledger.begin(b, f"t{b}", lease_ms=5000, on_unknown="doubt").project_id for b in taken]
     assert lanes.count(1) == 4 and lanes.count(2) == 1
 
 
@@ -304,12 +304,12 @@ def test_a_grant_cancelled_after_its_batch_was_taken_is_never_sent(ledger, resul
     ingest(ledger, ["c1", "c2"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})  # taken, not yet begun
     assert revoke(ledger, ["c1"]) == ["cancelled"]
-    work = ledger.begin(bid, "tok", lease_ms=5000, idempotent=False)
+    work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown="doubt")
     assert work.purchase_ids == ["c2"] and len(work.commands) == 1
     ingest(ledger, ["c3"])
     (bid2,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
     assert revoke(ledger, ["c3"]) == ["cancelled"]
-    assert ledger.begin(bid2, "tok", lease_ms=5000, idempotent=False) is None  # nothing left to send
+    assert ledger.begin(bid2, "tok", lease_ms=5000, on_unknown="doubt") is None  # nothing left to send
     assert results.get(1, "c1")["status"] == "cancelled"
 
 
@@ -321,7 +321,7 @@ def test_replay_selection_filters(ledger, results):
                    (command(1, "f-c", sku="gem", user="bo"), 1), (command(2, "f-d", sku="gem", user="ana"), 1)], "s")
     for project in (1, 2):
         (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-        work = ledger.begin(bid, f"t{project}", lease_ms=5000, idempotent=False)
+        work = ledger.begin(bid, f"t{project}", lease_ms=5000, on_unknown="doubt")
         ledger.complete(work, [Outcome(p, "failed", error="503") for p in work.purchase_ids])
     failed = rp.Filters(Status.failed)
 

@@ -177,7 +177,7 @@ def test_a_slow_call_keeps_its_lease_and_is_not_given_up_for_lost(redis_client):
     ledger = Ledger(client, keys, ttl_ms=60_000, batch_limits={"grant": 50}, default_batch_limit=50)
     ledger.ingest([(command(3, "slow"), 1)], "t")
     (bid,) = ledger.take(max_batches=1, max_inflight=10, flush_ms=0, lease_ms=5000)
-    work = ledger.begin(bid, "tok", lease_ms=300, idempotent=False)
+    work = ledger.begin(bid, "tok", lease_ms=300, on_unknown="doubt")
     keeper = LeaseKeeper(ledger, lease_ms=300, max_hold_s=5)
     with keeper.holding(work):
         _time.sleep(1.0)  # more than three leases long
@@ -186,7 +186,7 @@ def test_a_slow_call_keeps_its_lease_and_is_not_given_up_for_lost(redis_client):
     # Past the cap, renewal stops and the sweeper takes over.
     ledger.ingest([(command(3, "stuck"), 1)], "t2")
     (bid2,) = ledger.take(max_batches=1, max_inflight=10, flush_ms=0, lease_ms=5000)
-    work2 = ledger.begin(bid2, "tok2", lease_ms=300, idempotent=False)
+    work2 = ledger.begin(bid2, "tok2", lease_ms=300, on_unknown="doubt")
     with LeaseKeeper(ledger, lease_ms=300, max_hold_s=0.2).holding(work2):
         _time.sleep(1.0)
         assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5)[0] == 1

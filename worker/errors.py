@@ -3,7 +3,6 @@
 questions only: may I retry, is it final, or is the outcome unknown?
 
     GrantsError
-    ├── ConfigError               settings that cannot work
     └── BackendError
         ├── Retryable             certainly NOT applied: safe to send again
         │   ├── ConnectFailed     refused, DNS, connect/pool timeout, write failed
@@ -21,10 +20,6 @@ from __future__ import annotations
 
 class GrantsError(Exception):
     """Base of every error this service raises on purpose."""
-
-
-class ConfigError(GrantsError):
-    """Configuration that cannot work (missing credentials, bad URL)."""
 
 
 class BackendError(GrantsError):

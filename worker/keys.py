@@ -16,7 +16,8 @@ One place, so that a reader can see the whole data model at once:
   ``kind:project`` (one backend endpoint of one project: ``grant:44056``,
   ``revoke:44056``); the Lua prelude builds lane names.
 - ``{p}:lanes``  sorted set lane -> received time of its oldest waiting command.
-- ``{p}:batch:{id}``  hash: a taken batch (members, state, fencing token).
+- ``{p}:batch:{id}``  hash: a taken batch (members, state, fencing token); the
+  id names its lane: ``b17|grant:44056``.
 - ``{p}:leases``  sorted set batch id -> lease deadline (ms).
 - ``{p}:seq:batch``  counter for batch ids.
 - ``{p}:outcomes``  stream of final outcomes for the purchase pipeline.
@@ -107,11 +108,15 @@ class Keys:
         return f"{self.prefix}:lock:sweeper"
 
 
-def index_member(project_id: int | str, purchase_id: str) -> str:
-    """Index member; project ids are integers, so the first ':' splits it."""
-    return f"{project_id}:{purchase_id}"
+def batch_lane(batch_id: str) -> tuple[int, str]:
+    """(project, kind) of a batch, read off its id: the Lua prelude names batches
+    ``b<n>|<kind>:<project>`` so that no reader needs the batch hash for them."""
+    kind, _, project = batch_id.partition("|")[2].partition(":")
+    return int(project), kind
 
 
 def split_member(member: str) -> tuple[int, str]:
+    """An index member ``project:purchase`` (written by the Lua scripts);
+    project ids are integers, so the first ':' splits it."""
     project, _, purchase = member.partition(":")
     return int(project), purchase

@@ -145,23 +145,13 @@ class Ledger:
             max_inflight_per_lane or max_inflight,
         )
 
-    @staticmethod
-    def lane_of(batch_id: str) -> tuple[int, str]:
-        """(project, kind) of a batch, read off its id ("b17|grant:44056")."""
-        kind, _, project = batch_id.partition("|")[2].partition(":")
-        return int(project), kind
-
-    def begin(
-        self, batch_id: str, token: str, *, lease_ms: int, idempotent: bool = False, on_unknown: str | None = None
-    ) -> BatchWork | None:
+    def begin(self, batch_id: str, token: str, *, lease_ms: int, on_unknown: str) -> BatchWork | None:
         """Hold the batch for one send; None if it is gone, held, or backing off.
 
         ``on_unknown`` is the backend's policy for a lost answer ('resend',
-        'reconcile', 'doubt'; ``idempotent=True`` means 'resend'), kept on the
-        batch for the sweeper.
+        'reconcile', 'doubt'), kept on the batch for the sweeper.
         """
-        policy = on_unknown or ("resend" if idempotent else "doubt")
-        flag = {"resend": "1", "reconcile": "r", "doubt": "0"}[policy]
+        flag = {"resend": "1", "reconcile": "r", "doubt": "0"}[on_unknown]
         reply = self._run("begin", batch_id, token, lease_ms, flag)
         if reply[0] != "ok":
             return None

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import redis
 
 from schemas.records import GRANT_STATUSES, OPERATION_STATUSES, REVOKE_STATUSES, Status
-from worker.keys import Keys, split_member
+from worker.keys import Keys, batch_lane, split_member
 
 _INT_FIELDS = {"att": "attempts", "dup": "duplicates"}
 _TIME_FIELDS = {
@@ -210,13 +210,13 @@ class Results:
     def _in_flight(self, status: Status, kind: str) -> list[tuple[int, str]]:
         """(project, id) of commands of ``kind`` waiting (pending) or in begun batches (sending)."""
         found: list[tuple[int, str]] = []
-        leases = self.redis.zrange(self.keys.leases, 0, -1)
+        batches = [b for b in self.redis.zrange(self.keys.leases, 0, -1) if batch_lane(b)[1] == kind]
         pipe = self.redis.pipeline(transaction=False)
-        for batch_id in leases:
-            pipe.hmget(self.keys.batch(batch_id), "pid", "members", "begun", "kind")
-        for pid, members, begun, batch_kind in pipe.execute():
-            if members and batch_kind == kind and (begun == "1") == (status is Status.sending):
-                found += [(int(pid), m) for m in json.loads(members)]
+        for batch_id in batches:
+            pipe.hmget(self.keys.batch(batch_id), "members", "begun")
+        for batch_id, (members, begun) in zip(batches, pipe.execute()):
+            if members and (begun == "1") == (status is Status.sending):
+                found += [(batch_lane(batch_id)[0], m) for m in json.loads(members)]
         if status is Status.pending:
             for lane in self.redis.zrange(self.keys.lanes, 0, -1):
                 lane_kind, _, pid = lane.partition(":")
@@ -246,7 +246,7 @@ class Results:
         for lane, _ in lanes:
             pipe.llen(self.keys.buffer(lane))
         for batch_id in leases:
-            pipe.hmget(self.keys.batch(batch_id), "n", "begun", "kind")
+            pipe.hmget(self.keys.batch(batch_id), "n", "begun")
         replies = pipe.execute()
         by: dict[str, dict[str, int]] = {k: {} for k in kinds}
         for (kind, s), n in zip(indexed, counts):
@@ -254,7 +254,8 @@ class Results:
         for kind in by:
             by[kind]["pending"] = sum(n for (lane, _), n in zip(lanes, replies) if lane.partition(":")[0] == kind)
             by[kind]["sending"] = 0
-        for n, begun, kind in replies[len(lanes):]:
+        for batch_id, (n, begun) in zip(leases, replies[len(lanes):]):
+            kind = batch_lane(batch_id)[1]
             if kind in by:
                 by[kind]["sending" if begun == "1" else "pending"] += int(n or 0)
         grants = {s.value: by["grant"][s.value] for s in GRANT_STATUSES}

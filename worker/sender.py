@@ -28,6 +28,7 @@ from schemas.records import APPLIED
 from worker import errors
 from worker.backends.base import Backend, OpResult
 from worker.backends.registry import Backends, unknown_outcome_policy
+from worker.keys import batch_lane
 from worker.leases import LeaseKeeper
 from worker.ledger import BatchWork, Ledger, Outcome
 from worker.settings import Settings
@@ -78,7 +79,7 @@ class Sender:
 
     def send(self, batch_id: str) -> dict[str, Any]:
         """Attempt the batch once; returns a summary for the task result."""
-        project_id, kind = self.ledger.lane_of(batch_id)
+        project_id, kind = batch_lane(batch_id)
         backend = self.backends.for_batch(kind, project_id)
         token = uuid.uuid4().hex
         work = self.ledger.begin(batch_id, token, lease_ms=self.lease_ms, on_unknown=unknown_outcome_policy(backend))

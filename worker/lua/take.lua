@@ -21,10 +21,11 @@ local taken = {}
 local inflight = redis.call('ZCARD', LEASES)
 if inflight >= max_inflight then return taken end
 local now = now_ms()
--- Batches in flight per lane, read off the leases (bounded by max_inflight).
+-- Batches in flight per lane, read off the leased ids ("b17|grant:44056"
+-- names its lane): no read of the batches themselves on this hot path.
 local per_lane = {}
 for _, id in ipairs(redis.call('ZRANGE', LEASES, 0, -1)) do
-  local l = redis.call('HGET', batch_key(id), 'lane')
+  local l = string.match(id, '|(.+)$')
   if l then per_lane[l] = (per_lane[l] or 0) + 1 end
 end
 local lanes = redis.call('ZRANGE', LANES, 0, scan - 1, 'WITHSCORES')

@@ -33,6 +33,12 @@ class ProjectBackend(BaseModel):
     # The project's credential (PlayFab title secret key; Xsolla API key), from a file.
     secret_file: Path | None = None
 
+    def secret(self, default: SecretStr) -> str:
+        """The project's credential: its secret file if it has one, else the backend's."""
+        if self.secret_file is not None:
+            return self.secret_file.read_text().strip()
+        return default.get_secret_value()
+
 
 class Settings(BaseSettings):
     """Every knob of the service. See README "Configuration"."""
@@ -151,7 +157,7 @@ class Settings(BaseSettings):
                  self.backpack_token.get_secret_value()]
         for project in self.projects.values():
             if project.secret_file is not None and project.secret_file.exists():
-                found.append(project.secret_file.read_text().strip())
+                found.append(project.secret(SecretStr("")))
         for url in (self.redis_url, self.broker_url or ""):
             password = _url_password(url)
             if password:

@@ -66,8 +66,7 @@ class PlayFab:
     def from_settings(
         cls, settings: Settings, project: ProjectBackend, transport: httpx.BaseTransport | None = None
     ) -> "PlayFab":
-        key = (project.secret_file.read_text().strip() if project.secret_file
-               else settings.playfab_secret_key.get_secret_value())
+        key = project.secret(settings.playfab_secret_key)
         client = build_client(
             (project.base_url or settings.playfab_base_url).rstrip("/") + "/",
             auth=None,

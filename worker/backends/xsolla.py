@@ -51,11 +51,10 @@ class XsollaInventory:
     def from_settings(
         cls, settings: Settings, project: ProjectBackend | None = None, transport: httpx.BaseTransport | None = None
     ) -> "XsollaInventory":
-        key = (project.secret_file.read_text().strip() if project and project.secret_file
-               else settings.xsolla_api_key.get_secret_value())
+        project = project or ProjectBackend(backend="xsolla")
         client = build_client(
-            (project.base_url if project and project.base_url else settings.xsolla_base_url),
-            auth=httpx.BasicAuth(settings.xsolla_merchant_id, key),
+            project.base_url or settings.xsolla_base_url,
+            auth=httpx.BasicAuth(settings.xsolla_merchant_id, project.secret(settings.xsolla_api_key)),
             connect_timeout=settings.http_connect_timeout_s,
             read_timeout=settings.http_read_timeout_s,
             write_timeout=settings.http_write_timeout_s,

@@ -79,10 +79,17 @@ def test_every_grants_variable_is_a_setting(service):
 
 
 def test_no_secret_values_in_compose():
+    plain = {"GRANTS_XSOLLA_API_KEY", "GRANTS_PLAYFAB_SECRET_KEY", "GRANTS_BACKPACK_TOKEN"}
+    readers = 0
     for service in SERVICES.values():
         env = service.get("environment") or {}
-        assert "GRANTS_XSOLLA_API_KEY" not in env
-        assert "xsolla_api_key" in (service.get("secrets") or ["xsolla_api_key"])
+        assert not plain & set(env), "credentials come from secret files, not the environment"
+        key_file = env.get("GRANTS_XSOLLA_API_KEY_FILE")
+        if key_file:
+            readers += 1
+            assert key_file == "/run/secrets/xsolla_api_key"
+            assert "xsolla_api_key" in service.get("secrets", [])
+    assert readers == 3  # worker, flower, sandbox
 
 
 def test_dockerfile_installs_the_packages_and_runs_the_worker():

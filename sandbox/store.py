@@ -19,7 +19,8 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 # SQLite's default cap on bound variables is 32766; 400 (user, sku) pairs per
@@ -201,6 +202,18 @@ class Store:
 
     # ----------------------------------------------------------------- writes
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction: taken at once (IMMEDIATE), committed when the
+        block ends, rolled back if anything in it raises."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def apply_purchases(
         self, project_id: int, ops: Sequence[Any], idempotent: bool
     ) -> list[dict[str, Any]]:
@@ -233,8 +246,7 @@ class Store:
     ) -> list[dict[str, Any]]:
         db = self._db
         is_purchase = kind == "purchase"
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             balances = self._load_balances(
                 project_id, {(op.user.id, item.sku) for op in ops for item in op.items}
             )
@@ -290,10 +302,6 @@ class Store:
                     "INSERT INTO applied_purchases (project_id, external_purchase_id) VALUES (?, ?)",
                     new_applied,
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         # Only advanced once the rows carrying these numbers are committed.
         self._last_operation = operation
         return results
@@ -332,8 +340,7 @@ class Store:
     def set_catalog(self, project_id: int, skus: Iterable[str] | None) -> None:
         """Give a project a catalog (only these SKUs exist), or remove it (None)."""
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             db.execute("DELETE FROM catalog WHERE project_id = ?", (project_id,))
             db.execute("DELETE FROM catalog_projects WHERE project_id = ?", (project_id,))
             if skus is not None:
@@ -342,10 +349,6 @@ class Store:
                     "INSERT OR IGNORE INTO catalog (project_id, sku) VALUES (?, ?)",
                     [(project_id, sku) for sku in skus],
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self._catalogs.pop(project_id, None)
 
     def catalog(self, project_id: int) -> frozenset[str] | None:
@@ -507,8 +510,7 @@ class Store:
         audit them (kind ``backpack.create``), in one transaction."""
         db = self._db
         now = time.time()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             operation = self._last_operation + 1
             db.executemany(
                 "INSERT INTO bp_items (item_id, merchant_id, project_id, user_id, item_type, "
@@ -521,10 +523,6 @@ class Store:
                 [(project_id, "backpack.create", operation, operation_id, user_id, it["item_sku"],
                   it.get("quantity") or 1, now, it["item_id"]) for it in items],
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self._last_operation = operation
 
     def bp_list(
@@ -543,15 +541,13 @@ class Store:
         """Delete one of the user's items (audit ``backpack.delete``); False if
         there is no such undeleted item."""
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             row = db.execute(
                 "SELECT seq, operation_id, body FROM bp_items WHERE item_id = ? AND merchant_id = ? "
                 "AND project_id = ? AND user_id = ? AND deleted_at IS NULL",
                 (item_id, merchant_id, project_id, user_id),
             ).fetchone()
             if row is None:
-                db.execute("ROLLBACK")
                 return False
             now = time.time()
             operation = self._last_operation + 1
@@ -562,10 +558,6 @@ class Store:
                 (project_id, "backpack.delete", operation, row[1], user_id, body["item_sku"],
                  body.get("quantity") or 1, now, item_id),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self._last_operation = operation
         return True
 
@@ -604,8 +596,7 @@ class Store:
         db = self._db
         now = time.time()
         ids = list(playfab_ids)
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             db.executemany(
                 "INSERT OR IGNORE INTO pf_players (playfab_id, created_at) VALUES (?, ?)",
                 [(pid, now) for pid in ids],
@@ -616,10 +607,6 @@ class Store:
                     "ON CONFLICT (playfab_id, code) DO UPDATE SET amount = excluded.amount",
                     [(pid, code, amount) for pid in ids for code, amount in currencies.items()],
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def pf_existing_players(self, playfab_ids: Iterable[str]) -> set[str]:
         """Which of ``playfab_ids`` are players."""
@@ -647,8 +634,7 @@ class Store:
         db = self._db
         now = time.time()
         instance_ids: list[str] = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             db.executemany(
                 "INSERT OR IGNORE INTO pf_players (playfab_id, created_at) VALUES (?, ?)",
                 [(pid, now) for pid in create_players],
@@ -675,10 +661,6 @@ class Store:
                                    grant["playfab_id"], grant["item_id"], 1, now, instance_id))
                 instance_ids.append(instance_id)
             db.executemany(_INSERT_AUDIT_ITEM, audit_rows)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         if audit_rows:
             self._last_operation = operation
         return instance_ids
@@ -720,8 +702,7 @@ class Store:
         db = self._db
         now = time.time()
         errors: list[tuple[int, str]] = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             operation = self._last_operation + 1
             audit_rows = []
             for index, (playfab_id, instance_id, character_id) in enumerate(items):
@@ -740,10 +721,6 @@ class Store:
                 audit_rows.append((0, "playfab.revoke", operation, row[2], playfab_id, row[1], 1,
                                    now, instance_id))
             db.executemany(_INSERT_AUDIT_ITEM, audit_rows)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         if audit_rows:
             self._last_operation = operation
         return errors

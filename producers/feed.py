@@ -9,12 +9,9 @@ never hides the good ones around it.
 from __future__ import annotations
 
 import io
-import json
-import re
 from dataclasses import dataclass
 from typing import IO, Any, Iterator
 
-import orjson
 from pydantic import ValidationError
 
 from schemas.commands import (
@@ -24,9 +21,7 @@ from schemas.commands import (
     PlayFabDeleteCommand,
     RevokeCommand,
 )
-
-# Twenty digits or more: possibly beyond a 64-bit integer.
-_LONG_INTEGER = re.compile(r"\d{20}")
+from schemas.jsontext import loads_exact, split_array
 
 # Ours: no single operation is anywhere near this; a longer line is refused
 # before parsing, and read no further than this, so a runaway line cannot blow
@@ -127,13 +122,8 @@ def read_feed(stream: IO[str], project_id: int, kind: str = "grant") -> Iterator
         if not raw.strip():
             continue
         try:
-            obj = orjson.loads(raw)
-            if _LONG_INTEGER.search(raw):
-                # orjson reads an integer beyond 64 bits as a float, silently
-                # changing the value; the standard library keeps it exact, so
-                # the schema can refuse it instead.
-                obj = json.loads(raw)
-        except (orjson.JSONDecodeError, ValueError) as exc:
+            obj = loads_exact(raw)
+        except ValueError as exc:
             yield [FeedError(line_no, "(json)", f"invalid JSON: {exc}")]
             continue
         yield validate(obj, project_id, line_no, kind)
@@ -145,47 +135,22 @@ def _chain(head: list[str], lines: Iterator[str]) -> Iterator[str]:
 
 
 def _array(text: str, project_id: int, kind: str = "grant") -> Iterator[Any]:
-    """Walk a JSON array element by element, keeping each element's line."""
-    decoder = json.JSONDecoder()
-    pos = text.index("[") + 1
-    end = len(text)
-
-    def skip_ws(p: int) -> int:
-        while p < end and text[p] in " \t\r\n":
-            p += 1
-        return p
-
-    def line_of(p: int) -> int:
-        return text.count("\n", 0, p) + 1
-
-    pos = skip_ws(pos)
-    if pos < end and text[pos] == "]":
-        return
-    while pos < end:
-        try:
-            obj, nxt = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            yield [FeedError(line_of(exc.pos), "(json)", f"invalid JSON: {exc.msg}")]
-            return
-        except RecursionError:  # [[[[... thousands deep: the stdlib decoder recurses
-            yield [FeedError(line_of(pos), "(json)", "invalid JSON: nested too deeply")]
-            return
-        except ValueError as exc:  # an integer of more than 4300 digits
-            yield [FeedError(line_of(pos), "(json)", f"invalid JSON: {str(exc).split(';')[0]}")]
-            return
-        if nxt - pos > MAX_LINE_BYTES:  # as a JSON line of that size would be
-            yield [FeedError(line_of(pos), "(operation)", f"longer than {MAX_LINE_BYTES} bytes")]
-        else:
-            yield validate(obj, project_id, line_of(pos), kind)
-        pos = skip_ws(nxt)
-        if pos < end and text[pos] == ",":
-            pos = skip_ws(pos + 1)
-        elif pos < end and text[pos] == "]":
-            rest = text[pos + 1 :].strip()
-            if rest:
-                yield [FeedError(line_of(pos + 1), "(json)", "unexpected data after the array")]
-            return
-        else:
-            yield [FeedError(line_of(pos), "(json)", "expected ',' or ']' between operations")]
-            return
-    yield [FeedError(line_of(end), "(json)", "unterminated array")]
+    """Walk a JSON array element by element, keeping each element's line; a
+    bad element is reported and the walk goes on to the next one."""
+    line, counted = 1, 0
+    try:
+        for offset, element in split_array(text):
+            line += text.count("\n", counted, offset)
+            counted = offset
+            first = line + element[: len(element) - len(element.lstrip())].count("\n")
+            if len(element) > MAX_LINE_BYTES:  # as a JSON line of that size would be
+                yield [FeedError(first, "(operation)", f"longer than {MAX_LINE_BYTES} bytes")]
+                continue
+            try:
+                obj = loads_exact(element)
+            except ValueError as exc:
+                yield [FeedError(first, "(json)", f"invalid JSON: {exc}")]
+                continue
+            yield validate(obj, project_id, first, kind)
+    except ValueError as exc:  # the array itself is broken: nothing more to read
+        yield [FeedError(text.count("\n") + 1, "(json)", str(exc))]

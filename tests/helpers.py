@@ -107,3 +107,29 @@ def sandbox_process(tmp: Path, env: dict[str, str], *extra_args: str, secrets: t
     log = stderr_path.read_text()
     assert "ERROR" not in log, log
     assert not any(secret in log or secret in rest for secret in secrets)
+
+
+def kombu_envelope(body: str, *, task: str | None, queue: str, content_type: str = "application/json",
+                   headers: Any = None) -> bytes:
+    """A broker message exactly as kombu's Redis transport stores it in the
+    queue's list (body not base64-encoded, as the worker configures it), for
+    hand-made messages."""
+    import json
+    import uuid
+
+    if headers is None:
+        headers = {"lang": "py", "task": task, "id": str(uuid.uuid4()), "retries": 0} if task else {}
+    return json.dumps({
+        "body": body,
+        "content-encoding": "utf-8",
+        "content-type": content_type,
+        "headers": headers,
+        "properties": {
+            "correlation_id": str(uuid.uuid4()),
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": None,
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }).encode()

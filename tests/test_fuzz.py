@@ -778,7 +778,8 @@ def _big_cases() -> dict[str, tuple[bytes, list[str], list[int]]]:
                                json.dumps(operation("sur-date")).replace("2026-11-21T10", "2026-11-21\\ud80010"),
                                ok[1],
                                "1" * 5000, ok[2]]) + "]",
-            ["ok-0", "ok-1"], [2, 3, 4, 5, 7]),
+            # Each element judged alone: the one after the 5,000 digits stands.
+            ["ok-0", "ok-1", "ok-2"], [2, 3, 4, 5, 7]),
     }
 
 

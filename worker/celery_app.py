@@ -10,6 +10,7 @@ from celery import Celery, signals
 from kombu import Queue
 
 from worker import logs, tasks
+from worker.broker import ON_UNUSABLE
 from worker.gc_tuning import tune_gc
 from worker.redis_conn import broker_ssl_options
 from worker.runtime import Runtime
@@ -49,6 +50,13 @@ class GrantsCelery(Celery):
                                producer=producer)
 
 
+def broker_transport(url: str) -> str:
+    """Our guarded kombu transport for the broker URL's scheme (worker/broker.py)."""
+    if url.startswith("sentinel://"):
+        return "worker.broker:SentinelTransport"
+    return "worker.broker:Transport"
+
+
 def create_app(settings: Settings) -> GrantsCelery:
     """Build the app from settings (parsed once by the entry point)."""
     app = GrantsCelery("grants", broker=settings.effective_broker_url, set_as_current=True)
@@ -68,7 +76,11 @@ def create_app(settings: Settings) -> GrantsCelery:
             # copies into the unacked hash. Consumers read the encoding from
             # each message, so old and new messages mix safely.
             "body_encoding": None,
+            # A queue entry kombu cannot deliver becomes a dead letter.
+            ON_UNUSABLE: lambda raw, queue, reason: app.grants_runtime().record_unusable(
+                raw, reason, source=f"queue {queue}"),
         },
+        broker_transport=broker_transport(settings.effective_broker_url),
         broker_use_ssl=broker_ssl_options(settings.effective_broker_url),
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

@@ -1,52 +1,79 @@
 """Celery's consumer, recording as dead letters the messages it cannot run.
 
 Celery acks (or rejects) an undecodable message, one naming an unknown task,
-and one that is not a task message at all, and only logs it. A hand-made or
-stale message is still something a producer sent: keep its raw payload and
-the reason in the results store (`grants results list --status dead`).
-Malformed *commands* inside a valid ingest message are caught by the task
-itself (worker/tasks.py).
+and one that is not a task message at all, and only logs it; a message whose
+body is not what a task message holds (``{"not": "a list"}`` where Celery
+expects ``[args, kwargs, embed]``) raises inside its request handling and
+stops the worker, and since the message is restored every worker that
+starts dies the same way. Here every such message becomes a dead letter
+(the raw bytes that arrived and the reason, `grants results list --status
+dead`) and is acked; the worker goes on. Entries that are not even kombu
+messages are caught one layer down, in :mod:`worker.broker`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 from celery.worker.consumer import Consumer
+from vine import promise
 
 log = structlog.get_logger("grants.consumer")
 
 
 def _headers_text(message: Any) -> str:
-    headers = getattr(message, "headers", None) or {}
+    headers = getattr(message, "headers", None)
+    if not isinstance(headers, dict):
+        return ""
     return ", ".join(f"{k}={headers[k]!r}" for k in ("task", "id") if k in headers)
 
 
-class GrantsConsumer(Consumer):
-    """Records unusable messages, then lets Celery ack them as it always does."""
+def raw_body(message: Any) -> str | bytes:
+    """The body as it arrived (before Celery decoded it), for a dead letter."""
+    body = getattr(message, "body", None)
+    if isinstance(body, (str, bytes)):
+        return body
+    return repr(body)
 
-    def _dead_letter(self, raw: Any, reason: str, message: Any) -> None:
+
+class GrantsConsumer(Consumer):
+    """Records unusable messages, acks them, and keeps consuming."""
+
+    def _dead_letter(self, message: Any, reason: str) -> None:
+        source = _headers_text(message) or "broker"
         try:
-            letter = self.app.grants_runtime().ledger.dead_letter(
-                raw if isinstance(raw, (str, bytes)) else repr(raw), reason, source=_headers_text(message) or "broker"
-            )
-            log.error("message refused: dead letter", dead_letter=letter, reason=reason[:300])
+            self.app.grants_runtime().record_unusable(raw_body(message), reason, source=source)
         except Exception as exc:  # never let recording break the consumer
             log.error("could not record a dead letter", reason=reason[:300], error=str(exc))
 
     def on_decode_error(self, message, exc):
-        self._dead_letter(message.body, f"undecodable message ({message.content_type}): {exc}", message)
+        self._dead_letter(message, f"undecodable message ({message.content_type}): {exc}")
         return super().on_decode_error(message, exc)
 
     def on_unknown_message(self, body, message):
-        self._dead_letter(body, "not a Celery task message (no task name)", message)
+        self._dead_letter(message, "not a Celery task message (no task name)")
         return super().on_unknown_message(body, message)
 
     def on_unknown_task(self, body, message, exc):
-        self._dead_letter(body, f"unknown task: {exc}", message)
+        self._dead_letter(message, f"unknown task: {exc}")
         return super().on_unknown_task(body, message, exc)
 
     def on_invalid_task(self, body, message, exc):
-        self._dead_letter(body, f"invalid task message: {exc}", message)
+        self._dead_letter(message, f"invalid task message: {exc}")
         return super().on_invalid_task(body, message, exc)
+
+    def create_task_handler(self, promise: Callable = promise) -> Callable[[Any], Any]:
+        """Celery's task handler, with everything it may raise turned into a dead letter."""
+        handle = super().create_task_handler(promise)
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                return handle(message)
+            except Exception as exc:  # whatever the message held
+                self._dead_letter(message, f"unusable task message: {type(exc).__name__}: {exc}"[:2000])
+                if not getattr(message, "acknowledged", True):
+                    message.ack_log_error(log, self.connection_errors)
+                return None
+
+        return on_task_received

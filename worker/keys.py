@@ -28,6 +28,7 @@ One place, so that a reader can see the whole data model at once:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # Outcome stream length cap (approximate trimming, MAXLEN ~). 1,000,000 entries
@@ -42,9 +43,10 @@ SWEEPER_LOCK_TICKS = 5
 # trimming is O(log n) per removal and there is no hurry.
 INDEX_TRIM_INTERVAL_S = 60.0
 
-# A dead letter keeps at most this much of the raw message: enough to see
-# what the sender meant, bounded so a megabyte of garbage stays out of Redis.
-DEAD_LETTER_MAX_BYTES = 64 * 1024
+# A dead letter keeps at most this much of the raw message (one element of a
+# chunk, one stream entry): a valid command is well under this (a feed line
+# may be 1 MiB), and a bound keeps a flood of garbage from filling Redis.
+DEAD_LETTER_MAX_BYTES = 1 << 20
 
 # Lanes the take script looks at per call (oldest first). Keeps one script call
 # short (it blocks Redis) however many projects are waiting.
@@ -106,6 +108,14 @@ class Keys:
     @property
     def sweeper_lock(self) -> str:
         return f"{self.prefix}:lock:sweeper"
+
+
+_BATCH_ID = re.compile(r"b\d+\|[a-z.]+:\d+")
+
+
+def is_batch_list(value: object) -> bool:
+    """Whether ``value`` is a list of batch ids as the Lua prelude makes them."""
+    return isinstance(value, list) and all(isinstance(v, str) and _BATCH_ID.fullmatch(v) for v in value)
 
 
 def batch_lane(batch_id: str) -> tuple[int, str]:

@@ -9,6 +9,7 @@ from functools import cached_property
 from typing import Callable
 
 import httpx
+import structlog
 
 from worker.backends.registry import Backends
 from worker.keys import Keys
@@ -17,6 +18,8 @@ from worker.redis_conn import connect
 from worker.results import Results
 from worker.sender import Sender
 from worker.settings import Settings
+
+log = structlog.get_logger("grants.runtime")
 
 
 class Runtime:
@@ -55,6 +58,12 @@ class Runtime:
     @cached_property
     def sender(self) -> Sender:
         return Sender(self.ledger, self.backends, self.settings, self.dispatch)
+
+    def record_unusable(self, raw: str | bytes, reason: str, *, source: str) -> str:
+        """Record a message nobody can use as a dead letter (raw bytes kept); returns its id."""
+        letter = self.ledger.dead_letter(raw, reason, source=source)
+        log.error("message refused: dead letter", dead_letter=letter, source=source, reason=reason[:300])
+        return letter
 
     def take(self, max_batches: int, dispatch: bool = True) -> list[str]:
         """Take ready batches (and dispatch them, unless the caller sends them itself)."""

@@ -11,16 +11,17 @@ is spent, so the fixed price is paid once per second of work, not per call.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import structlog
 from pydantic import ValidationError
 
 from schemas.commands import parse_command
+from schemas.jsontext import loads_exact, split_array
+from worker.keys import is_batch_list
 from worker.runtime import Runtime
 
 log = structlog.get_logger("grants.worker")
@@ -61,16 +62,46 @@ def _raw(value: Any) -> str:
         return repr(value)
 
 
-def _decode_chunk(chunk: str | bytes | list) -> list:
-    """The chunk's elements. orjson first (fast); the standard library when
-    orjson refuses (lone surrogates, huge integers), so that each element is
-    judged, and dead-lettered, on its own instead of sinking the chunk."""
-    if not isinstance(chunk, (str, bytes)):
-        return chunk
+def chunk_elements(chunk: str | bytes | list) -> list[tuple[Any, Callable[[], str]]]:
+    """Each element of a chunk as (decoded, raw text on demand); decoded is a
+    ``ValueError`` for an element that is not JSON.
+
+    The whole chunk is decoded at once when it can be (fast); otherwise its
+    elements are split off unparsed and decoded one by one, so a 1,100-deep
+    or 5,000-digit element is refused alone and its neighbours go on. The raw
+    text, for a dead letter, is the element exactly as it arrived. Raises
+    ``ValueError`` only when the chunk is not a JSON array at all.
+    """
+    if isinstance(chunk, list):
+        return [(element, lambda e=element: _raw(e)) for element in chunk]
+    text = chunk.decode("utf-8", errors="surrogateescape") if isinstance(chunk, bytes) else chunk
     try:
-        return orjson.loads(chunk)
-    except orjson.JSONDecodeError:
-        return json.loads(chunk)
+        decoded = loads_exact(text)
+    except ValueError:
+        pass
+    else:
+        if not isinstance(decoded, list):
+            return [(decoded, lambda: text)]
+        raws: list[str] = []
+
+        def raw_of(position: int) -> str:
+            if not raws:
+                raws.extend(raw.strip() for _, raw in split_array(text))
+            return raws[position]
+
+        return [(element, lambda i=i: raw_of(i)) for i, element in enumerate(decoded)]
+    elements: list[tuple[Any, Callable[[], str]]] = []
+    try:
+        for _offset, raw in split_array(text):
+            try:
+                value: Any = loads_exact(raw)
+            except ValueError as exc:
+                value = exc
+            elements.append((value, lambda r=raw.strip(): r))
+    except ValueError:
+        if not elements:
+            raise
+    return elements
 
 
 def _purchase_id_of(message: Any) -> str:
@@ -97,23 +128,23 @@ def ingest(task, chunk: Any = None, *extra: Any, **unexpected: Any) -> dict[str,
         log.error("message refused: not a chunk of commands", task_id=source)
         return {"dead": 1}
     try:
-        messages = _decode_chunk(chunk)
-    except ValueError as exc:
-        rt.ledger.dead_letter(chunk, f"the chunk is not JSON: {exc}", source=source)
-        log.error("message refused: chunk is not JSON", task_id=source, reason=str(exc))
+        elements = chunk_elements(chunk)
+    except ValueError as exc:  # not an array: nothing in it can be told apart
+        rt.record_unusable(chunk if isinstance(chunk, (str, bytes)) else _raw(chunk),
+                           f"the chunk is not JSON, or not an array of commands: {exc}", source=source)
         return {"dead": 1}
-    if not isinstance(messages, list):
-        messages = [messages]
     parsed = []
     dead = 0
-    for position, message in enumerate(messages):
+    for position, (message, raw) in enumerate(elements):
         try:
+            if isinstance(message, ValueError):
+                raise ValueError(f"not JSON: {message}")
             parsed.append(parse_command(message))
-        except (ValidationError, ValueError, TypeError) as exc:
+        except (ValidationError, ValueError, TypeError, RecursionError) as exc:
             dead += 1
             reason = _brief(exc)
             epid = _purchase_id_of(message)
-            letter = rt.ledger.dead_letter(_raw(message), reason, source=f"{source}:{position}", purchase_id=epid)
+            letter = rt.ledger.dead_letter(raw(), reason, source=f"{source}:{position}", purchase_id=epid)
             log.error("command refused: dead letter", task_id=source, position=position, dead_letter=letter,
                       external_purchase_id=epid or None, reason=reason[:300])
     results = rt.ledger.ingest(parsed, source=source)
@@ -135,9 +166,13 @@ def ingest(task, chunk: Any = None, *extra: Any, **unexpected: Any) -> dict[str,
     return {"dead": dead, **counts}
 
 
-def send_batches(task, batch_ids: list[str]) -> dict[str, Any]:
+def send_batches(task, batch_ids: Any = None, *extra: Any, **unexpected: Any) -> dict[str, Any]:
     """Send the given batches, then drain ready ones until the budget is spent."""
     rt: Runtime = task.app.grants_runtime()
+    if extra or unexpected or not is_batch_list(batch_ids):
+        rt.record_unusable(_raw({"args": [batch_ids, *extra], "kwargs": unexpected}),
+                           "grants.send_batches takes one argument: a list of batch ids", source=task.request.id or "")
+        return {"dead": 1}
     deadline = time.monotonic() + DRAIN_BUDGET_S
     outcomes: Counter = Counter()
     sent = []

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.paths import PathId
 from schemas.xsolla import MAX_COMMENT_LENGTH, MAX_ID_LENGTH, PurchaseOperation
 
 # Bumped when the envelope changes shape; workers refuse versions they do not know.
@@ -148,7 +149,7 @@ class BackpackCreateCommand(_Operation):
     virtual currency packages or promo codes (one call, up to 100 items)."""
 
     kind: Literal["backpack.create"] = "backpack.create"
-    user_id: OperationId
+    user_id: PathId
     item_type: Literal["game_keys", "virtual_items", "virtual_currency", "promo_codes"]
     items: list[dict[str, Any]]
 
@@ -176,8 +177,8 @@ class BackpackDeleteCommand(_Operation):
     """Delete one item from a user's Backpack."""
 
     kind: Literal["backpack.delete"] = "backpack.delete"
-    user_id: OperationId
-    item_id: OperationId
+    user_id: PathId
+    item_id: PathId
 
 
 class PlayFabDeleteCommand(_Operation):

@@ -133,3 +133,14 @@ def kombu_envelope(body: str, *, task: str | None, queue: str, content_type: str
             "delivery_tag": str(uuid.uuid4()),
         },
     }).encode()
+
+
+def publish_raw(redis_client: Any, messages: list[Any]) -> None:
+    """Publish command messages as another program would, bypassing our
+    producer's validation: each element is a dict (sent as JSON) or the raw
+    JSON text of one message."""
+    import json
+
+    chunk = "[" + ",".join(m if isinstance(m, str) else json.dumps(m) for m in messages) + "]"
+    redis_client.lpush("grants.ingest", kombu_envelope(json.dumps([[chunk], {}, {}]), task="grants.ingest",
+                                                       queue="grants.ingest"))

@@ -12,6 +12,7 @@ import pytest
 
 from producers.localstack import REPO_ROOT
 from schemas.commands import BackpackCreateCommand, BackpackDeleteCommand
+from schemas.records import Status
 from tests.helpers import wait_final
 
 pytestmark = pytest.mark.integration
@@ -85,3 +86,76 @@ def test_publish_kinds_validate_their_lines(stack, project_id):
     out = grants(stack, "publish", "--project-id", str(project_id), "--kind", "revoke", "-",
                  stdin=json.dumps({"external_purchase_id": "r-1", "comment": "Refund"}) + "\n")
     assert "published 1 commands" in out.stdout
+
+
+PATH_ATTACKS = ["../../2222/user/bob", "alice#frag", "carol/../dave", ".", "..", "a\\b", "a?b=1", "a%2Fb",
+                "tab\there", "nul\x00", "del\x7f", ""]
+
+
+def test_ids_that_would_change_the_url_path_are_refused_everywhere(stack, results, project_id):
+    """Refused by the producer, refused again at ingestion (a hand-made
+    message), refused by `grants backpack items`: never routed elsewhere.
+    Anything else in an id is percent-encoded into one path segment."""
+    from tests.helpers import publish_raw
+    from worker.redis_conn import connect
+
+    def create(op, user):
+        return {"operation_id": op, "user_id": user, "item_type": "virtual_items", "items": ITEMS["virtual_items"]}
+
+    lines = [json.dumps(create(f"pa-{i}", bad)) for i, bad in enumerate(PATH_ATTACKS)]
+    lines.append(json.dumps(create("pa-ok", "ana maría+1")))
+    out = grants(stack, "publish", "--project-id", str(project_id), "--kind", "backpack-create", "-",
+                 stdin="\n".join(lines) + "\n", expect=1)
+    for n in range(1, len(PATH_ATTACKS) + 1):
+        assert f"line {n}: user_id" in out.stderr, out.stderr
+    assert "published 1 commands" in out.stdout
+
+    # The same ids in a hand-made message (no producer validation): dead letters.
+    publish_raw(connect(stack.redis.url), [
+        {"v": 1, "kind": "backpack.create", "project_id": project_id, **create(f"raw-{i}", bad)}
+        for i, bad in enumerate(PATH_ATTACKS)
+    ] + [{"v": 1, "kind": "backpack.delete", "project_id": project_id, "operation_id": "raw-del",
+          "user_id": "ok-user", "item_id": "../../x"}])
+    assert wait_kind(results, project_id, "pa-ok", "backpack.create")["status"] == "granted"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        dead = [d for d in results.list(Status.dead, limit=1000) if "raw-" in (d["raw"] or "")]
+        if len(dead) == len(PATH_ATTACKS) + 1:
+            break
+        time.sleep(0.1)
+    assert len(dead) == len(PATH_ATTACKS) + 1
+    assert all("URL path" in d["reason"] or "path segment" in d["reason"] or "at least 1" in d["reason"]
+               for d in dead), [d["reason"] for d in dead]
+    for i in range(len(PATH_ATTACKS)):
+        assert results.get(project_id, f"raw-{i}", "backpack.create") is None
+
+    # Only the good create reached the backend, under its own (encoded) user.
+    counts = stack.sandbox_get("/sandbox/backpack/counts", kind="backpack.create", by="operation_id")["counts"]
+    assert not any(op.startswith(("pa-", "raw-")) and op != "pa-ok" for op in counts)
+    listed = json.loads(grants(stack, "backpack", "items", "--project-id", str(project_id), "--user", "ana maría+1",
+                               "--json").stdout)
+    assert [i["item_sku"] for i in listed] == ["sword.gold"]
+    for bad in ("../../2222/user/bob", "carol/../dave", "alice#frag"):
+        out = grants(stack, "backpack", "items", "--project-id", str(project_id), "--user", bad, expect=2)
+        assert "URL path" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_failed_backpack_delete_is_replayed(stack, publisher, results, project_id, sandbox_faults):
+    cmd = BackpackCreateCommand(project_id=project_id, operation_id="bpr-create", user_id="user-r",
+                                item_type="virtual_items", items=ITEMS["virtual_items"])
+    publisher.publish(cmd)
+    item = wait_kind(results, project_id, "bpr-create", "backpack.create")["response"]["items"][0]
+    sandbox_faults(script=[{"status": 503}] * 6)
+    publisher.publish(BackpackDeleteCommand(project_id=project_id, operation_id="bpr-del", user_id="user-r",
+                                            item_id=item["item_id"]))
+    assert wait_kind(results, project_id, "bpr-del", "backpack.delete")["status"] == "failed"
+    out = grants(stack, "replay", "--kind", "backpack-delete", "--status", "failed", "--project-id",
+                 str(project_id)).stdout
+    assert "replayed 1 of 1 selected" in out
+    deadline = time.monotonic() + 20
+    while results.get(project_id, "bpr-del", "backpack.delete")["status"] != "revoked":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    listed = json.loads(grants(stack, "backpack", "items", "--project-id", str(project_id), "--user", "user-r",
+                               "--json").stdout)
+    assert listed == []

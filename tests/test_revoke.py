@@ -86,3 +86,39 @@ def test_revoke_the_inventory_cannot_cover_is_rejected_alone(stack, publisher, r
     assert recs["rc-used"]["revoke"]["status"] == "rejected"
     assert "Failed to remove this number of items" in recs["rc-used"]["revoke"]["error"]
     assert recs["rc-kept"]["revoke"]["status"] == "revoked"
+
+
+def test_a_failed_refund_is_replayed_once_and_takes_the_items_back(stack, publisher, results, project_id,
+                                                                   sandbox_faults):
+    import subprocess
+    import sys
+
+    from producers.localstack import REPO_ROOT
+
+    def grants(*argv):
+        out = subprocess.run([sys.executable, "-m", "producers.cli", *argv], env=stack.env(), cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    publisher.publish(command(project_id, "rf-1", quantity=2))
+    wait_final(results, project_id, ["rf-1"])
+    sandbox_faults(script=[{"status": 503}] * 6)  # more than the stack's 6 attempts allow
+    publisher.publish(RevokeCommand(project_id=project_id, external_purchase_id="rf-1", comment="Refund"))
+    rec = wait_revokes(results, project_id, ["rf-1"])["rf-1"]
+    assert rec["revoke"]["status"] == "failed"
+    balance = stack.sandbox_get("/sandbox/balances", project_id=project_id)["balances"]
+    assert [b["quantity"] for b in balance] == [2]  # the player still has the items
+
+    out = grants("replay", "--kind", "revoke", "--status", "failed", "--project-id", str(project_id), "--actor", "ops")
+    assert "replayed 1 of 1 selected" in out
+    deadline = time.monotonic() + 20
+    while results.get(project_id, "rf-1")["revoke"]["status"] != "revoked" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rec = results.get(project_id, "rf-1")
+    assert rec["revoke"]["status"] == "revoked"
+    assert [h["by"] for h in rec["revoke"]["history"]] == ["ops"]
+    assert [b["quantity"] for b in stack.sandbox_get("/sandbox/balances", project_id=project_id)["balances"]] == [0]
+    # Guarded like grants: a revoked refund is never replayed again.
+    assert "replayed 0 of 0 selected" in grants("replay", "--kind", "revoke", "--status", "failed",
+                                                "--project-id", str(project_id))

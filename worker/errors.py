@@ -7,15 +7,23 @@ questions only: may I retry, is it final, or is the outcome unknown?
         ├── Retryable             certainly NOT applied: safe to send again
         │   ├── ConnectFailed     refused, DNS, connect/pool timeout, write failed
         │   ├── RateLimited       429 (carries Retry-After)
-        │   └── ServerError       503, 408
+        │   ├── ServerError       503, 408
+        │   └── EndpointRefused   3xx, or 404/405 naming no item or operation: the
+        │                         base URL or configuration is wrong, not the command
         ├── Permanent             the backend refused; resending cannot help
-        │   ├── InvalidRequest    400/404/409/413/422: split the batch to find the bad one
-        │   └── AuthFailed        401/403: fix credentials, then replay
+        │   ├── InvalidRequest    400/409/413/422, 404 naming an item: split the batch
+        │   │                     to find the bad one
+        │   ├── AuthFailed        401/403: fix credentials, then replay
+        │   └── NotSent           the request could not even be built: nothing left
+        │                         us (certainly not applied; replay after a fix)
         └── OutcomeUnknown        sent, no usable answer (read timeout, dropped
                                   connection, 500/502/504: may have applied)
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class GrantsError(Exception):
@@ -53,16 +61,44 @@ class ServerError(Retryable):
     """HTTP 503 or 408: the backend did not take the request on."""
 
 
+class EndpointRefused(Retryable):
+    """A redirect, or a 404/405 that names no item or operation: the endpoint
+    or the configuration is wrong, for every command of the lane alike.
+    Nothing was applied; the lane backs off, and after the retries its
+    commands end ``failed`` (replayable once the configuration is fixed)."""
+
+
 class Permanent(BackendError):
     """The backend refused the request; the same request will be refused again."""
 
 
 class InvalidRequest(Permanent):
-    """The request (or one operation in it) is invalid: 400/404/409/413/422."""
+    """The request (or one operation in it) is invalid: 400/409/413/422, or a
+    404 whose body names an item or operation."""
 
 
 class AuthFailed(Permanent):
     """Credentials refused (401/403). Nothing was applied."""
+
+
+class NotSent(Permanent):
+    """Building the request failed before anything was sent: certainly not applied."""
+
+
+@contextmanager
+def building(what: str) -> Iterator[None]:
+    """Turn any failure while a request is built into :class:`NotSent`.
+
+    Code before the first byte leaves us cannot have applied anything, so a
+    defect there (or input that slipped past validation) must never count
+    as an unknown outcome.
+    """
+    try:
+        yield
+    except BackendError:
+        raise
+    except Exception as exc:
+        raise NotSent(f"{what}: request not built, nothing sent ({type(exc).__name__}: {exc})") from None
 
 
 class OutcomeUnknown(BackendError):

@@ -21,6 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Callable
 from importlib import resources
 
 import orjson
@@ -81,8 +82,12 @@ class Ledger:
         ttl_ms: int,
         batch_limits: dict[str, int],
         default_batch_limit: int,
+        scrub: Callable[[str], str] = str,
     ):
         self.redis = client
+        # Removes secrets from every text written to Redis (a backend may
+        # echo our credentials in an error body).
+        self.scrub = scrub
         self.keys = keys
         self.ttl_ms = ttl_ms
         self.batch_limits_json = json.dumps(batch_limits)
@@ -168,8 +173,8 @@ class Ledger:
             args += [
                 o.purchase_id,
                 o.status,
-                b"" if o.result is None else orjson.dumps(o.result),
-                o.error,
+                "" if o.result is None else self.scrub(orjson.dumps(o.result).decode()),
+                self.scrub(o.error),
             ]
         state, written = self._run("complete", *args)
         return state == "ok", int(written)
@@ -180,7 +185,7 @@ class Ledger:
 
     def release(
         self, work: BatchWork, *, delay_ms: int, error: str, max_attempts: int, final: str = "failed",
-        reconcile: bool = False,
+        reconcile: bool = False, lane_wide: bool = False,
     ) -> str:
         """Retry later (``'retry'``); past max attempts end as ``final`` ('failed'
         when nothing can have applied, 'in_doubt' when the last answer was
@@ -190,12 +195,13 @@ class Ledger:
             work.batch_id,
             work.token,
             delay_ms,
-            error,
+            self.scrub(error),
             max_attempts,
             self.ttl_ms,
             K.OUTCOME_STREAM_MAXLEN,
             final,
             int(reconcile),
+            int(lane_wide),
         )[0]
 
     def split(self, work: BatchWork, *, lease_ms: int) -> tuple[str, list[str]]:
@@ -212,15 +218,16 @@ class Ledger:
 
     # --- ops ----------------------------------------------------------------
 
-    def replay(self, targets: list[tuple[int, str]], *, actor: str, allow_in_doubt: bool) -> list[str]:
-        """Re-buffer failed (and, if allowed, in_doubt) grants; one code per target.
+    def replay(self, targets: list[tuple[int, str]], *, actor: str, allow_in_doubt: bool,
+               kind: str = "grant") -> list[str]:
+        """Re-buffer failed (and, if allowed, in_doubt) commands of ``kind``; one code per target.
 
-        ``targets`` are (project_id, external_purchase_id). Codes: replayed,
-        missing, granted, rejected, revoked, needs_force, busy.
+        ``targets`` are (project_id, record id). Codes: replayed, missing,
+        granted, revoked, rejected, noop, refunded, needs_force, busy.
         """
         if not targets:
             return []
-        args: list = [actor, int(allow_in_doubt), self.ttl_ms]
+        args: list = [actor, int(allow_in_doubt), self.ttl_ms, kind]
         for project_id, purchase_id in targets:
             args += [project_id, purchase_id]
         return self._run("replay", *args)
@@ -234,6 +241,7 @@ class Ledger:
         """
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", errors="replace")
+        raw, reason = self.scrub(raw), self.scrub(reason)
         cut = len(raw) > K.DEAD_LETTER_MAX_BYTES
         letter_id = uuid.uuid4().hex[:16]
         now_ms = time.time_ns() // 1_000_000

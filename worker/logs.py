@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Any, Iterable
+import time
+from typing import Any, Callable, Iterable
 
 import structlog
 
@@ -87,6 +88,25 @@ def configure(settings, *, stream=None) -> None:
     root.setLevel(max(level, logging.INFO))
     # httpx logs every request at INFO, with the URL: noise at our volume.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+class Throttle:
+    """Lets one line per key through per interval: a condition that hits every
+    batch (a wrong endpoint, Redis out of memory) is said loudly once per
+    interval by each process, not once per command."""
+
+    def __init__(self, interval_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last: dict[str, float] = {}
+
+    def __call__(self, key: str) -> bool:
+        """True if a line for ``key`` may be written now."""
+        now = self.clock()
+        if now - self._last.get(key, -self.interval_s) < self.interval_s:
+            return False
+        self._last[key] = now
+        return True
 
 
 class _StdlibRedactFilter(logging.Filter):

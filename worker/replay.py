@@ -1,17 +1,21 @@
-"""Replay: send failed (or in_doubt) grants again, guarded by the ledger.
+"""Replay: send failed (or in_doubt) commands again, guarded by the ledger.
 
 Selection and planning happen here, in Python; the decision that counts is
 taken again atomically by the ledger's replay script, so a purchase granted
 in the meantime, or replayed by someone else a moment earlier, is never sent
-twice. A replayed command goes back into its project's buffer: the same
+twice. A replayed command goes back into its lane's buffer: the same
 batching, sending and outcome path as a new one. Each replay is written into
 the record's history (who, when, from which status, after how many attempts).
+
+:func:`replay` is the one orchestration; ``grants replay`` and the
+``grants.replay`` task both call it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
 from schemas.records import REPLAYABLE, Status
@@ -29,11 +33,34 @@ IN_DOUBT_RISK = (
 REPLAY_CHUNK = 500
 
 
+def parse_time(text: str) -> int:
+    """An ISO 8601 time as epoch milliseconds; a time without a zone is UTC."""
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1000)
+
+
+def record_user(record: dict[str, Any]) -> str | None:
+    """The user a record's command is for, whatever its kind."""
+    command = record.get("command") or {}
+    operation = command.get("operation") or {}
+    return (operation.get("user") or {}).get("id") or command.get("user_id") or command.get("playfab_id")
+
+
+def record_skus(record: dict[str, Any]) -> set[str]:
+    """The SKUs a record's command carries (grants: items; Backpack: item_sku)."""
+    command = record.get("command") or {}
+    items = (command.get("operation") or {}).get("items") or command.get("items") or []
+    return {i.get("sku") or i.get("item_sku") for i in items if isinstance(i, dict)}
+
+
 @dataclass(frozen=True)
 class Filters:
     """Which outcomes to replay."""
 
     status: Status
+    kind: str = "grant"
     project_id: int | None = None
     since_ms: int | None = None
     until_ms: int | None = None
@@ -44,14 +71,13 @@ class Filters:
     def __post_init__(self) -> None:
         if self.status not in REPLAYABLE:
             raise ValueError(f"only {sorted(s.value for s in REPLAYABLE)} can be replayed, not {self.status.value}")
+        if self.limit < 1:
+            raise ValueError(f"limit must be at least 1, not {self.limit}")
 
     def matches(self, record: dict[str, Any]) -> bool:
-        operation = (record.get("command") or {}).get("operation") or {}
-        if self.user is not None and (operation.get("user") or {}).get("id") != self.user:
+        if self.user is not None and record_user(record) != self.user:
             return False
-        if self.sku is not None and self.sku not in {i.get("sku") for i in operation.get("items") or []}:
-            return False
-        return True
+        return self.sku is None or self.sku in record_skus(record)
 
 
 @dataclass(frozen=True)
@@ -63,14 +89,40 @@ class Planned:
     why: str
 
     @property
+    def record_id(self) -> str:
+        return self.record.get("external_purchase_id") or self.record.get("operation_id") or ""
+
+    @property
     def name(self) -> str:
-        return f"{self.record['project_id']}/{self.record['external_purchase_id']}"
+        return f"{self.record['project_id']}/{self.record_id}"
+
+
+@dataclass
+class Summary:
+    """What a replay chose, refused and did."""
+
+    planned: list[Planned]
+    verdicts: Counter = field(default_factory=Counter)
+    needs_force: bool = False
+    done: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as the Celery task returns it (Flower shows it)."""
+        out: dict[str, Any] = {
+            "candidates": len(self.planned),
+            "plan": [f"{'replay' if p.replay else 'skip'} {p.name}: {p.why}" for p in self.planned[:50]],
+        }
+        if self.needs_force:
+            out["risk"] = IN_DOUBT_RISK
+        if self.done:
+            out["verdicts"] = dict(self.verdicts)
+        return out
 
 
 def select(results: Results, filters: Filters) -> Iterator[dict[str, Any]]:
     """Records matching the filters, oldest first, at most ``filters.limit``."""
     found = 0
-    for record in results.iter(filters.status, project_id=filters.project_id,
+    for record in results.iter(filters.status, kind=filters.kind, project_id=filters.project_id,
                                since_ms=filters.since_ms, until_ms=filters.until_ms):
         if filters.matches(record):
             yield record
@@ -95,25 +147,55 @@ def execute(
     ledger: Ledger,
     planned: list[Planned],
     *,
+    kind: str,
     actor: str,
     on_progress: Callable[[int], None] | None = None,
 ) -> Counter:
     """Replay the planned records; counts of the ledger's verdicts.
 
-    Verdicts: replayed; granted / rejected (changed since planning: left
-    alone); revoked (refunded: never replayed); needs_force; busy (already
-    pending or sending); missing (expired).
+    Verdicts: replayed; granted / revoked / rejected / noop (changed since
+    planning: left alone); refunded (a grant with a revoke: never replayed);
+    needs_force; busy (already pending or sending); missing (expired).
     """
     todo = [p for p in planned if p.replay]
     verdicts: Counter = Counter(skipped=len(planned) - len(todo))
     done = 0
     for start in range(0, len(todo), REPLAY_CHUNK):
         chunk = todo[start : start + REPLAY_CHUNK]
-        targets = [(p.record["project_id"], p.record["external_purchase_id"]) for p in chunk]
+        targets = [(p.record["project_id"], p.record_id) for p in chunk]
         # The plan already refused in_doubt without --force (or an idempotent
         # backend); the script re-checks everything else at the last moment.
-        verdicts.update(ledger.replay(targets, actor=actor, allow_in_doubt=True))
+        verdicts.update(ledger.replay(targets, kind=kind, actor=actor, allow_in_doubt=True))
         done += len(chunk)
         if on_progress:
             on_progress(done)
     return verdicts
+
+
+def replay(
+    ledger: Ledger,
+    results: Results,
+    filters: Filters,
+    *,
+    actor: str,
+    force: bool,
+    dry_run: bool,
+    idempotent: Callable[[int], bool],
+    on_planned: Callable[[Summary], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Summary:
+    """Select, plan and (unless a dry run, or in_doubt without ``force``) replay.
+
+    ``on_planned`` sees the plan before anything changes (the CLI prints it
+    and sizes its progress bar there).
+    """
+    planned = plan(select(results, filters), force=force, idempotent=idempotent)
+    summary = Summary(planned, needs_force=filters.status is Status.in_doubt and not force
+                      and any(not p.replay for p in planned))
+    if on_planned:
+        on_planned(summary)
+    if dry_run or summary.needs_force:
+        return summary
+    summary.verdicts = execute(ledger, planned, kind=filters.kind, actor=actor, on_progress=on_progress)
+    summary.done = True
+    return summary

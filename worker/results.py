@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import redis
 
 from schemas.records import GRANT_STATUSES, OPERATION_STATUSES, REVOKE_STATUSES, Status
-from worker.keys import Keys, batch_lane, split_member
+from worker.keys import RECORD_NAMESPACES, Keys, batch_lane, split_member
 
 _INT_FIELDS = {"att": "attempts", "dup": "duplicates"}
 _TIME_FIELDS = {
@@ -284,6 +284,7 @@ class Results:
         (sec, _usec) = self.redis.time()
         cutoff = sec * 1000 - retention_ms
         pipe = self.redis.pipeline(transaction=False)
-        for s in Status:
-            pipe.zremrangebyscore(self.keys.index(s.value), "-inf", cutoff)
+        for kind in RECORD_NAMESPACES:
+            for s in Status:
+                pipe.zremrangebyscore(self.keys.index(s.value, kind), "-inf", cutoff)
         return sum(pipe.execute())

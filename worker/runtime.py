@@ -14,6 +14,7 @@ import structlog
 from worker.backends.registry import Backends
 from worker.keys import Keys
 from worker.ledger import Ledger
+from worker.logs import Redactor
 from worker.redis_conn import connect
 from worker.results import Results
 from worker.sender import Sender
@@ -42,6 +43,10 @@ class Runtime:
         return connect(self.settings.redis_url)
 
     @cached_property
+    def redactor(self) -> Redactor:
+        return Redactor(self.settings.secrets())
+
+    @cached_property
     def backends(self) -> Backends:
         return Backends(self.settings, self._transport)
 
@@ -49,7 +54,7 @@ class Runtime:
     def ledger(self) -> Ledger:
         limits, default = self.backends.batch_limits()
         return Ledger(self.redis, self.keys, ttl_ms=self.settings.result_ttl_ms,
-                      batch_limits=limits, default_batch_limit=default)
+                      batch_limits=limits, default_batch_limit=default, scrub=self.redactor.scrub)
 
     @cached_property
     def results(self) -> Results:

@@ -4,10 +4,13 @@ The decision table, which is the whole point of this module:
 
     answer                         -> batch / commands
     200                            -> each command granted (or in_doubt if unreported)
-    Retryable (connect, 429, 5xx)  -> back off; after max attempts: failed
+    Retryable (connect, 429, 503)  -> back off; after max attempts: failed
+      429, wrong endpoint (3xx,    -> the whole lane backs off, not just this batch
+      404/405 naming nothing)
     InvalidRequest, >1 command     -> split in two; each half tried on its own
     InvalidRequest, 1 command      -> rejected
     AuthFailed                     -> failed (nothing applied; replay after fixing)
+    NotSent (request not built)    -> failed (nothing left us; replay after fixing)
     Permanent (whole call)         -> rejected (e.g. PlayFab CatalogNotConfigured)
     OutcomeUnknown                 -> idempotent backend: back off and resend
                                       reconcilable backend: back off, read the
@@ -30,6 +33,7 @@ from worker.backends.base import Backend, OpResult
 from worker.backends.registry import Backends, unknown_outcome_policy
 from worker.keys import batch_lane
 from worker.leases import LeaseKeeper
+from worker.logs import Throttle
 from worker.ledger import BatchWork, Ledger, Outcome
 from worker.settings import Settings
 
@@ -73,6 +77,7 @@ class Sender:
         self.settings = settings
         self.dispatch = dispatch
         self.rng = rng or random.Random()
+        self.throttle = Throttle()
         self.lease_ms = int((settings.http_call_budget_s + SEND_LEASE_MARGIN_S) * 1000)
         self.keeper = LeaseKeeper(ledger, lease_ms=self.lease_ms,
                                   max_hold_s=MAX_HOLD_FACTOR * settings.http_call_budget_s)
@@ -95,8 +100,9 @@ class Sender:
             return self._retry_later(work, exc, blog)
         except errors.InvalidRequest as exc:
             return self._split_or_reject(work, exc, blog)
-        except errors.AuthFailed as exc:
-            blog.error("batch refused: credentials", error=str(exc))
+        except (errors.AuthFailed, errors.NotSent) as exc:
+            blog.error("batch not applied: " + ("credentials" if isinstance(exc, errors.AuthFailed) else "not sent"),
+                       error=str(exc))
             return self._finish(work, [Outcome(p, "failed", error=str(exc)) for p in work.purchase_ids], blog)
         except errors.Permanent as exc:
             return self._finish(work, [Outcome(p, "rejected", error=str(exc)) for p in work.purchase_ids], blog)
@@ -164,10 +170,15 @@ class Sender:
             retry_after=getattr(exc, "retry_after", None) or floor,
             rng=self.rng,
         )
+        # A 429 or a wrong endpoint concerns the lane, not this batch: hold it.
+        lane_wide = isinstance(exc, (errors.RateLimited, errors.EndpointRefused))
+        if isinstance(exc, errors.EndpointRefused) and self.throttle(f"endpoint:{work.kind}:{work.project_id}"):
+            blog.error("lane backing off: the backend endpoint refused the call; check its base URL and "
+                       "configuration (said once per 30 s)", kind=work.kind, error=str(exc))
         state = self.ledger.release(
             work, delay_ms=int(delay * 1000), error=str(exc), max_attempts=self.settings.retry_max_attempts,
             final="failed" if certainly_not_applied else "in_doubt",
-            reconcile=reconcile or (work.reconcile and certainly_not_applied),
+            reconcile=reconcile or (work.reconcile and certainly_not_applied), lane_wide=lane_wide,
         )
         if state == "fenced":
             # The sweeper gave the batch up for lost while we waited. This

@@ -6,6 +6,7 @@ Nothing else in the code base reads the environment: entry points build a
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Literal
 
@@ -152,12 +153,17 @@ class Settings(BaseSettings):
         return self.http_connect_timeout_s + self.http_write_timeout_s + self.http_read_timeout_s
 
     def secrets(self) -> list[str]:
-        """Values that must never be printed (for the log redactor)."""
-        found = [self.xsolla_api_key.get_secret_value(), self.playfab_secret_key.get_secret_value(),
-                 self.backpack_token.get_secret_value()]
+        """Values that must never be printed or stored, in every form a backend
+        might echo them back: raw, and the base64 of an HTTP Basic credential
+        (``Bearer <token>`` and ``X-SecretKey: <key>`` hold the raw value)."""
+        xsolla_keys = [self.xsolla_api_key.get_secret_value()]
+        found = [self.playfab_secret_key.get_secret_value(), self.backpack_token.get_secret_value()]
         for project in self.projects.values():
             if project.secret_file is not None and project.secret_file.exists():
-                found.append(project.secret(SecretStr("")))
+                (xsolla_keys if project.backend == "xsolla" else found).append(project.secret(SecretStr("")))
+        for key in filter(None, xsolla_keys):
+            found.append(key)
+            found.append(base64.b64encode(f"{self.xsolla_merchant_id}:{key}".encode()).decode())
         for url in (self.redis_url, self.broker_url or ""):
             password = _url_password(url)
             if password:

@@ -190,6 +190,7 @@ def send_batches(task, batch_ids: Any = None, *extra: Any, **unexpected: Any) ->
 def replay(
     task,
     status: str,
+    kind: str = "grant",
     project_id: int | None = None,
     since: str | None = None,
     until: str | None = None,
@@ -201,30 +202,16 @@ def replay(
     actor: str = "celery-task",
 ) -> dict[str, Any]:
     """``grants replay`` as a task (e.g. from Flower's task API); returns a summary."""
-    from datetime import datetime
-
     from schemas.records import Status
     from worker import replay as rp
     from worker.backends.registry import project_is_idempotent
 
-    def ms(text: str | None) -> int | None:
-        return None if text is None else int(datetime.fromisoformat(text).timestamp() * 1000)
-
     rt: Runtime = task.app.grants_runtime()
-    filters = rp.Filters(Status(status), project_id=project_id, since_ms=ms(since), until_ms=ms(until),
-                         sku=sku, user=user, limit=limit)
-    def idempotent(project_id: int) -> bool:
-        return project_is_idempotent(rt.settings, project_id)
-
-    planned = rp.plan(rp.select(rt.results, filters), force=force, idempotent=idempotent)
-    summary: dict[str, Any] = {
-        "candidates": len(planned),
-        "plan": [f"{'replay' if p.replay else 'skip'} {p.name}: {p.why}" for p in planned[:50]],
-    }
-    if status == Status.in_doubt.value and not force and any(not p.replay for p in planned):
-        summary["risk"] = rp.IN_DOUBT_RISK
-    if not dry_run:
-        verdicts = rp.execute(rt.ledger, planned, actor=actor)
-        summary["verdicts"] = dict(verdicts)
-        log.warning("replay", actor=actor, status=status, **verdicts)
-    return summary
+    filters = rp.Filters(Status(status), kind=kind, project_id=project_id,
+                         since_ms=None if since is None else rp.parse_time(since),
+                         until_ms=None if until is None else rp.parse_time(until), sku=sku, user=user, limit=limit)
+    summary = rp.replay(rt.ledger, rt.results, filters, actor=actor, force=force, dry_run=dry_run,
+                        idempotent=lambda p: project_is_idempotent(rt.settings, p))
+    if summary.done:
+        log.warning("replay", actor=actor, status=status, kind=kind, **summary.verdicts)
+    return summary.as_dict()

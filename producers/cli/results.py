@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime, timezone
 
 from redis.exceptions import RedisError
 
 from schemas.records import Status
 from worker.keys import RECORD_NAMESPACES, Keys
 from worker.redis_conn import connect
+from worker.replay import parse_time
 from worker.results import Results
 from worker.tasks import INGEST_QUEUE, SEND_QUEUE
 
@@ -25,17 +25,18 @@ def add_parser(sub) -> None:
     g.add_argument("external_purchase_id", metavar="EXTERNAL_PURCHASE_ID",
                    help="the purchase id (or, with --kind, the operation id)")
     g.add_argument("--project-id", type=int, required=True)
-    g.add_argument("--kind", default="grant", choices=sorted(RECORD_NAMESPACES),
+    g.add_argument("--kind", default="grant", type=kind_name, metavar="KIND",
                    help="grant (default: shown with its revoke), or a kind keyed by operation id")
     g.set_defaults(run=run_get)
 
     ls = rsub.add_parser("list", help="list records in a status, oldest first")
     ls.add_argument("--status", required=True, choices=[s.value for s in Status])
-    ls.add_argument("--kind", default="grant", choices=sorted(RECORD_NAMESPACES), help="which commands (default grant)")
+    ls.add_argument("--kind", default="grant", type=kind_name, metavar="KIND",
+                    help=f"which commands: {', '.join(RECORD_NAMESPACES)} (default grant)")
     ls.add_argument("--project-id", type=int)
     ls.add_argument("--since", type=_when, help="ISO 8601 time (entered the status at or after)")
     ls.add_argument("--until", type=_when, help="ISO 8601 time (entered the status at or before)")
-    ls.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    ls.add_argument("--limit", type=positive_int, default=100, help="at most this many (default 100)")
     ls.add_argument("--json", action="store_true", help="print a JSON array")
     ls.set_defaults(run=run_list)
 
@@ -46,12 +47,28 @@ def add_parser(sub) -> None:
 
 def _when(text: str) -> int:
     try:
-        dt = datetime.fromisoformat(text)
+        return parse_time(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp() * 1000)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def kind_name(text: str) -> str:
+    """An argparse type: a command kind, in its wire spelling or with dashes."""
+    name = text.replace("-", ".")
+    if name not in RECORD_NAMESPACES:
+        raise argparse.ArgumentTypeError(f"unknown kind {text!r}: one of {', '.join(RECORD_NAMESPACES)}")
+    return name
 
 
 def _results(settings) -> Results:

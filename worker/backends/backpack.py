@@ -22,9 +22,17 @@ import httpx
 import orjson
 
 from schemas.backpack import HOST_ID_HEADER, OPERATION_ID_HEADER
+from schemas.paths import segment
+from worker import errors
 from worker.backends.base import OpResult
-from worker.backends.http import build_client, check_status, translated
+from worker.backends.http import build_client, request, check_status, error_message, translated
 from worker.settings import Settings
+
+
+def names_item(response: httpx.Response) -> bool:
+    """Whether an error is Backpack's own about an item or user ("Item not found")."""
+    message = error_message(response, "message")
+    return message is not None and ("item" in message.lower() or "user" in message.lower())
 
 
 class XsollaBackpack:
@@ -54,35 +62,45 @@ class XsollaBackpack:
         return cls(client, merchant_id=settings.backpack_merchant_id or settings.xsolla_merchant_id)
 
     def _base(self, project_id: int) -> str:
-        return f"/web/backpack/merchants/{self.merchant_id}/projects/{project_id}"
+        return f"/web/backpack/merchants/{segment(self.merchant_id)}/projects/{project_id}"
 
     def send(self, kind: str, project_id: int, commands: list[dict[str, Any]]) -> list[OpResult]:
         """One call per command (a create carries its user's items)."""
         return [self._one(kind, project_id, c) for c in commands]
 
     def _one(self, kind: str, project_id: int, c: dict[str, Any]) -> OpResult:
-        headers = {OPERATION_ID_HEADER: c["operation_id"]}
-        if kind == "backpack.create":
-            path = f"{self._base(project_id)}/user/{c['user_id']}/{c['item_type']}"
-            what = f"POST {path} ({len(c['items'])} items)"
-            with translated(what):
-                response = self.client.post(path, content=orjson.dumps(c["items"]),
-                                            headers={**headers, "content-type": "application/json"})
-            check_status(response, what)
-            return OpResult("applied", response={"items": orjson.loads(response.content or b"[]")})
-        path = f"{self._base(project_id)}/users/{c['user_id']}/items/{c['item_id']}"
-        what = f"DELETE {path}"
+        with errors.building(kind):
+            headers = {OPERATION_ID_HEADER: c["operation_id"]}
+            if kind == "backpack.create":
+                path = f"{self._base(project_id)}/user/{segment(c['user_id'])}/{c['item_type']}"
+                what = f"POST {path} ({len(c['items'])} items)"
+                content = orjson.dumps(c["items"])
+            else:
+                path = f"{self._base(project_id)}/users/{segment(c['user_id'])}/items/{segment(c['item_id'])}"
+                what = f"DELETE {path}"
         with translated(what):
-            response = self.client.delete(path, headers=headers)
-        check_status(response, what)
-        return OpResult("applied", response={"deleted": c["item_id"]})
+            if kind == "backpack.create":
+                response = request(self.client, "POST", path, content=content,
+                                   headers={**headers, "content-type": "application/json"})
+            else:
+                response = request(self.client, "DELETE", path, headers=headers)
+        check_status(response, what, names_command=names_item)
+        if kind != "backpack.create":
+            return OpResult("applied", response={"deleted": c["item_id"]})
+        # A 2xx means created; an answer we cannot read does not undo that.
+        try:
+            created = orjson.loads(response.content or b"[]")
+        except orjson.JSONDecodeError:
+            return OpResult("applied", response={"items": None, "answer": "not readable JSON"})
+        return OpResult("applied", response={"items": created})
 
     def list_items(self, project_id: int, user_id: str) -> list[dict[str, Any]]:
         """A user's Backpack items (raises worker.errors on failure)."""
-        path = f"{self._base(project_id)}/users/{user_id}/items"
+        with errors.building("GET items"):
+            path = f"{self._base(project_id)}/users/{segment(user_id)}/items"
         with translated(f"GET {path}"):
-            response = self.client.get(path)
-        check_status(response, f"GET {path}")
+            response = request(self.client, "GET", path)
+        check_status(response, f"GET {path}", names_command=names_item)
         body = orjson.loads(response.content or b"[]")
         return body if isinstance(body, list) else body.get("items", [])
 

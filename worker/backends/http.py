@@ -9,6 +9,9 @@ downstream, so the mapping is explicit:
   did not take the request on (timed out waiting for it; unavailable)
 - 500, 502, 504 and other 5xx -> ``OutcomeUnknown``: a server that failed while
   working, or a gateway that gave up on an upstream that may have applied it
+- 3xx (httpx follows no redirect), and 404/405 whose body names no item or
+  operation (the backend's ``names_command`` says) -> ``EndpointRefused``: the
+  base URL or configuration is wrong, not the command; nothing applied
 - 401/403 -> ``AuthFailed``; other 4xx -> ``InvalidRequest``
 - sent but no (complete) answer -> ``OutcomeUnknown``
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 
@@ -26,6 +29,11 @@ from worker import errors
 
 # Error bodies are kept for the record and logs, cut to this many characters.
 MAX_ERROR_BODY = 500
+# The most of an answer we read: a 50-operation Xsolla answer is ~20 KB and
+# 100 PlayFab ItemGrantResults ~40 KB; a 50 MB answer (a broken or hostile
+# backend) is cut here instead of landing in memory, Redis and the AOF. A cut
+# answer is unreadable JSON, which each backend treats as an unknown outcome.
+MAX_RESPONSE_BYTES = 4 << 20
 
 
 def build_client(
@@ -75,6 +83,31 @@ def translated(what: str) -> Iterator[None]:
         raise errors.OutcomeUnknown(f"{what}: sent, unusable answer ({type(exc).__name__}: {exc})") from None
 
 
+def request(client: httpx.Client, method: str, url: str, **kwargs: object) -> httpx.Response:
+    """Send one request and read at most MAX_RESPONSE_BYTES of its answer.
+
+    Call it inside :func:`translated`. The response returned is fully read;
+    ``response.extensions["truncated"]`` is True when the answer was longer.
+    """
+    sent = client.build_request(method, url, **kwargs)  # type: ignore[arg-type]
+    response = client.send(sent, stream=True)
+    body = bytearray()
+    truncated = False
+    try:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > MAX_RESPONSE_BYTES:
+                truncated = True
+                break
+    finally:
+        response.close()
+    # Decoded already: the copy must not be decoded again.
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-encoding"]
+    read = httpx.Response(response.status_code, headers=headers, content=bytes(body[:MAX_RESPONSE_BYTES]),
+                          request=sent, extensions={"truncated": truncated})
+    return read
+
+
 def retry_after_s(value: str | None) -> float | None:
     """Retry-After as seconds: delta-seconds or an HTTP date."""
     if not value:
@@ -90,13 +123,29 @@ def retry_after_s(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
-def check_status(response: httpx.Response, what: str) -> None:
-    """Raise the matching error for a non-2xx response."""
+def check_status(
+    response: httpx.Response, what: str, names_command: Callable[[httpx.Response], bool] = lambda _r: True
+) -> None:
+    """Raise the matching error for a non-2xx response.
+
+    ``names_command(response)`` tells, for a 404/405, whether the body is the
+    backend's own refusal of an item or operation (split the batch to find
+    it) rather than a proxy's or a wrong path's (the endpoint is wrong).
+    """
     status = response.status_code
     if status < 300:
         return
     body = response.text[:MAX_ERROR_BODY]
     message = f"{what}: HTTP {status}: {body}"
+    if status < 400:
+        where = response.headers.get("location", "")
+        raise errors.EndpointRefused(
+            f"{what}: HTTP {status} redirect{' to ' + where if where else ''}: the base URL or configuration "
+            "is wrong (redirects are not followed)", status=status, body=body)
+    if status in (404, 405) and not names_command(response):
+        raise errors.EndpointRefused(
+            f"{what}: HTTP {status} naming no item or operation: the base URL or configuration is wrong: {body}",
+            status=status, body=body)
     if status == 429:
         raise errors.RateLimited(
             message, retry_after=retry_after_s(response.headers.get("retry-after")), status=status, body=body
@@ -108,3 +157,17 @@ def check_status(response: httpx.Response, what: str) -> None:
     if status in (401, 403):
         raise errors.AuthFailed(message, status=status, body=body)
     raise errors.InvalidRequest(message, status=status, body=body)
+
+
+def error_message(response: httpx.Response, *fields: str) -> str | None:
+    """The text of the first of ``fields`` in a JSON error body, if it has one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    for field in fields:
+        if isinstance(body.get(field), str):
+            return body[field]
+    return None

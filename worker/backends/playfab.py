@@ -34,6 +34,7 @@ from schemas.playfab import (
     MAX_ITEM_GRANTS_PER_CALL,
     MAX_REVOKE_ITEMS_PER_CALL,
     RETRYABLE_ERROR_CODES,
+    ServiceUnavailable,
     AccountNotFound,
     CatalogNotConfigured,
     GrantItemsToUsersRequest,
@@ -42,7 +43,7 @@ from schemas.playfab import (
 )
 from worker import errors
 from worker.backends.base import OpResult
-from worker.backends.http import build_client, retry_after_s, translated
+from worker.backends.http import build_client, request, retry_after_s, translated
 from worker.settings import ProjectBackend, Settings
 
 # Commands per revoke batch: one purchase's instances per call keeps each
@@ -84,8 +85,10 @@ class PlayFab:
     def _call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST Admin/{method}; the ``data`` of a success, else a mapped error."""
         what = f"POST Admin/{method}"
+        with errors.building(what):
+            content = orjson.dumps(body)
         with translated(what):
-            response = self.client.post(f"Admin/{method}", content=orjson.dumps(body),
+            response = request(self.client, "POST", f"Admin/{method}", content=content,
                                         headers={"content-type": "application/json"})
         try:
             payload = orjson.loads(response.content)
@@ -101,7 +104,15 @@ class PlayFab:
         message = f"{what}: HTTP {status} {wrapper.get('error', '')} ({code}): {wrapper.get('errorMessage', '')}"
         if status == 200:  # a 200 without the envelope: applied or not, we cannot tell
             return errors.OutcomeUnknown(f"{what}: unreadable answer", status=status)
-        if status == 429 or code in RETRYABLE_ERROR_CODES or status == 503:
+        if 300 <= status < 400 or (status in (404, 405) and code is None):
+            # A redirect, or a path PlayFab does not know (no error envelope):
+            # the base URL is wrong, not the command.
+            where = response.headers.get("location", "")
+            return errors.EndpointRefused(f"{what}: HTTP {status}{' to ' + where if where else ''} without a "
+                                          "PlayFab error: the base URL or configuration is wrong", status=status)
+        if status == 503 or code == ServiceUnavailable:
+            return errors.ServerError(message, status=status)
+        if status == 429 or code in RETRYABLE_ERROR_CODES:
             retry = retry_after_s(response.headers.get("retry-after")) or wrapper.get("retryAfterSeconds")
             return errors.RateLimited(message, retry_after=retry, status=status)
         if status in (401, 403):
@@ -149,7 +160,8 @@ class PlayFab:
         # AccountNotFound fails the whole call and applies nothing: reject that
         # user's commands and send the others again (at most once per user).
         for _round in range(len(commands) + 1):
-            grants = [g for i in todo for g in item_grants(commands[i])]
+            with errors.building("GrantItemsToUsers"):
+                grants = [g for i in todo for g in item_grants(commands[i])]
             if not grants:
                 break
             if len(grants) > MAX_ITEM_GRANTS_PER_CALL:
@@ -178,7 +190,8 @@ class PlayFab:
         return [r or OpResult("rejected", error="not sent") for r in results]
 
     def _revoke(self, command: dict[str, Any]) -> OpResult:
-        instances = granted_instances(command.get("grant_result"))
+        with errors.building("RevokeInventoryItems"):
+            instances = granted_instances(command.get("grant_result"))
         if not instances:
             return OpResult("rejected", error="the grant's answer lists no item instances to revoke")
         errors_seen = []

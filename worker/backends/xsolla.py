@@ -18,7 +18,7 @@ import orjson
 
 from worker import errors
 from worker.backends.base import OpResult
-from worker.backends.http import build_client, check_status, translated
+from worker.backends.http import build_client, request, check_status, error_message, translated
 from worker.settings import XSOLLA_MAX_BATCH, ProjectBackend, Settings
 
 _PATHS = {"grant": "purchase", "revoke": "revoke"}
@@ -71,18 +71,25 @@ class XsollaInventory:
             raise errors.InvalidRequest(
                 f"{len(commands)} operations in one call; Xsolla takes {self.max_batch[kind]}: not sent"
             )
-        operations = [request_body(kind, c) for c in commands]
         path = f"/v2/project/{project_id}/inventory/{_PATHS[kind]}"
-        what = f"POST {path} ({len(operations)} operations)"
+        what = f"POST {path} ({len(commands)} operations)"
+        with errors.building(what):
+            operations = [request_body(kind, c) for c in commands]
+            content = orjson.dumps(operations)
         with translated(what):
-            response = self.client.post(
-                path, content=orjson.dumps(operations), headers={"content-type": "application/json"}
-            )
-        check_status(response, what)
+            response = request(self.client, "POST", path, content=content, headers={"content-type": "application/json"})
+        check_status(response, what, names_command=names_item)
         return match_operations(operations, _json(response))
 
     def close(self) -> None:
         self.client.close()
+
+
+def names_item(response: httpx.Response) -> bool:
+    """Whether an error is Xsolla's own about an item: "Item with sku = 'x' not
+    found", "Failed to remove this number of items"."""
+    message = error_message(response, "errorMessage")
+    return message is not None and ("item" in message.lower() or "sku" in message.lower())
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
@@ -97,8 +104,9 @@ def match_operations(sent: list[dict[str, Any]], body: dict[str, Any]) -> list[O
     """Pair the answer's operations with what was sent.
 
     By external_purchase_id when the answer carries it, else by position
-    (Xsolla answers in request order). An operation the answer does not
-    mention was not confirmed: it is in doubt, never assumed granted.
+    (Xsolla answers in request order), and always with the same user. An
+    operation the answer does not mention, or names for another user, was
+    not confirmed: it is in doubt, never assumed granted.
     """
     answered = body.get("operations") if isinstance(body.get("operations"), list) else []
     # Grants are matched by purchase id; revokes carry none, so by position.
@@ -112,9 +120,13 @@ def match_operations(sent: list[dict[str, Any]], body: dict[str, Any]) -> list[O
         epid = (op.get("purchase") or {}).get("external_purchase_id")
         match = by_id.get(epid) if epid else None
         if match is None and not by_id and i < len(answered) and isinstance(answered[i], dict):
-            candidate = answered[i]
-            if candidate.get("user", {}).get("id") == op["user"]["id"]:
-                match = candidate
+            match = answered[i]
+        # Whichever way it was found, it must be this operation's user: an
+        # answer naming someone else for our purchase confirms nothing.
+        if match is not None and (match.get("user") or {}).get("id") != op["user"]["id"]:
+            results.append(OpResult("in_doubt", error="the backend answered 200 for this operation naming "
+                                                      f"another user ({(match.get('user') or {}).get('id')!r})"))
+            continue
         if match is None:
             results.append(OpResult("in_doubt", error="the backend answered 200 but did not report this operation"))
         else:

@@ -8,6 +8,8 @@ if redis.replicate_commands then redis.replicate_commands() end
 local P = ARGV[1]
 local LEASES = P .. ':leases'
 local LANES = P .. ':lanes'
+-- Lanes backing off as a whole (429, a wrong endpoint): lane -> until (ms).
+local HOLDS = P .. ':lanes:hold'
 -- Only outcomes (and conflicts) are indexed per command. 'pending' and
 -- 'sending' are read off the buffers and batches, which saves two index
 -- writes per command on the hot path.

@@ -5,13 +5,15 @@
 -- ARGV: prefix, batch_id, token, delay_ms, error, max_attempts, ttl_ms, stream_maxlen,
 --       final status past max attempts ('failed' when nothing can have applied,
 --       'in_doubt' when the last answer was lost), reconcile first (1/0: the
---       answer was lost and the backend can be read back)
+--       answer was lost and the backend can be read back), lane-wide (1/0: the
+--       refusal concerns the whole lane, as a 429 or a wrong endpoint does, so
+--       no new batch of the lane is taken before the retry time either)
 -- Returns {'retry'|'failed'|'in_doubt'|'fenced'}
 local id, token, delay_ms, err = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local max_attempts, ttl, maxlen = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local final, reconcile = ARGV[9], ARGV[10] or '0'
+local final, reconcile, lane_wide = ARGV[9], ARGV[10] or '0', ARGV[11] == '1'
 local bk = batch_key(id)
-local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'att', 'kind')
+local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'att', 'kind', 'lane')
 if not (b[1] == 'sending' and b[2] == token) then return {'fenced'} end
 local now = now_ms()
 if tonumber(b[5]) >= max_attempts then
@@ -24,4 +26,7 @@ end
 -- (not before) keeps a duplicate dispatch from cutting the backoff short.
 redis.call('HSET', bk, 'st', 'leased', 'tok', '', 'err', err, 'nbf', now + delay_ms, 'rec', reconcile)
 redis.call('ZADD', LEASES, now + delay_ms, id)
+if lane_wide and (tonumber(redis.call('HGET', HOLDS, b[7])) or 0) < now + delay_ms then
+  redis.call('HSET', HOLDS, b[7], now + delay_ms)
+end
 return {'retry'}

@@ -28,13 +28,19 @@ for _, id in ipairs(redis.call('ZRANGE', LEASES, 0, -1)) do
   local l = string.match(id, '|(.+)$')
   if l then per_lane[l] = (per_lane[l] or 0) + 1 end
 end
+-- Lanes backing off as a whole are skipped until their time; expired holds go.
+local held = {}
+local holds = redis.call('HGETALL', HOLDS)
+for i = 1, #holds, 2 do
+  if tonumber(holds[i + 1]) > now then held[holds[i]] = true else redis.call('HDEL', HOLDS, holds[i]) end
+end
 local lanes = redis.call('ZRANGE', LANES, 0, scan - 1, 'WITHSCORES')
 for i = 1, #lanes, 2 do
   local lane, oldest = lanes[i], tonumber(lanes[i + 1])
   local kind, pid = string.match(lane, '^([^:]+):(.+)$')
   local limit = tonumber(limits[lane]) or tonumber(limits[kind]) or default_limit
   local buf = P .. ':buf:' .. lane
-  while #taken < max_batches and inflight < max_inflight and (per_lane[lane] or 0) < lane_cap do
+  while not held[lane] and #taken < max_batches and inflight < max_inflight and (per_lane[lane] or 0) < lane_cap do
     local n = redis.call('LLEN', buf)
     if n == 0 then break end
     if n < limit and now - oldest < flush_ms then break end

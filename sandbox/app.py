@@ -23,7 +23,6 @@ import base64
 import binascii
 import hmac
 import time
-from http import HTTPStatus
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,8 +35,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sandbox.common import json_response
-from sandbox.faults import FaultConfig, Faults
+from sandbox.common import json_response, padded, phrase, shaped_fault
+from sandbox.faults import WRONG_USER_ID, FaultConfig, Faults
 from sandbox.operations import (
     ITEMS_OPERATIONS,
     MAX_OPERATIONS_PER_CALL,
@@ -80,16 +79,16 @@ def _xsolla_error(status: int, code: int, message: str,
     )
 
 
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return f"HTTP {status}"
-
-
 def _xsolla_fault(status: int, retry_after: int | None) -> Response:
     headers = None if retry_after is None else {"Retry-After": str(retry_after)}
-    return _xsolla_error(status, _CODE_INJECTED, f"{_phrase(status)} (sandbox fault)", headers)
+    return _xsolla_error(status, _CODE_INJECTED, f"{phrase(status)} (sandbox fault)", headers)
+
+
+def _wrong_user(response: Response) -> Response:
+    data = orjson.loads(response.body)
+    for op in data["operations"]:
+        op["user"]["id"] = WRONG_USER_ID
+    return _json(data, response.status_code)
 
 
 def _admin_error(status: int, message: str) -> Response:
@@ -176,12 +175,15 @@ class _Sandbox:
         authorize: Callable[[Request], Response | None],
         fault_response: Callable[[int, int | None], Response],
         apply: Callable[[], Awaitable[Response]],
+        misattribute: Callable[[Response], Response] | None = None,
     ) -> Response:
         """One API call of any backend: latency, auth, faults, apply.
 
         ``authorize`` returns None or the refusal; ``fault_response(status,
         retry_after)`` shapes an injected error the backend's way; ``apply``
-        validates and applies the request and returns the answer.
+        validates and applies the request and returns the answer;
+        ``misattribute`` rewrites a success answer to name another user (the
+        ``wrong_user`` fault; None: the backend has no such answer).
         """
         stats = self.stats
         stats.calls += 1
@@ -192,19 +194,28 @@ class _Sandbox:
         denied = authorize(request)
         if denied is not None:
             return self._count(denied)
-        injection = faults.next()
-        if injection is not None and injection.status is not None:
+        injection = faults.next(request.scope["path"])
+        if injection is None:
+            return self._count(await apply())
+        action = injection.action
+        if action == "answer":
             # Before anything is applied: the client may safely retry.
-            return self._count(fault_response(injection.status, injection.retry_after))
+            return self._count(shaped_fault(request, injection, fault_response))
         response = await apply()
-        if injection is not None:
-            # Applied already: now make the client believe it may not have been.
-            if injection.drop:
-                request.scope[_CONTROL_KEY].drop = True
-                stats.responses["dropped"] += 1
-                return response
-            if injection.hang_s:
-                await asyncio.sleep(injection.hang_s)
+        # Applied already: now make the client believe it may not have been,
+        # or answer something it must not trust.
+        if action == "drop":
+            request.scope[_CONTROL_KEY].drop = True
+            stats.responses["dropped"] += 1
+            return response
+        if action == "hang":
+            await asyncio.sleep(injection.hang_s)
+        elif action == "apply":
+            response = shaped_fault(request, injection, fault_response)
+        elif action == "pad":
+            response = padded(response, injection.pad_bytes)
+        elif action == "wrong_user" and misattribute is not None and 200 <= response.status_code < 300:
+            response = misattribute(response)
         return self._count(response)
 
     async def api(self, request: Request, kind: str) -> Response:
@@ -216,7 +227,7 @@ class _Sandbox:
         async def apply() -> Response:
             return self._apply(request.path_params["project_id"], kind, await request.body())
 
-        return await self.call(request, "xsolla", authorize, _xsolla_fault, apply)
+        return await self.call(request, "xsolla", authorize, _xsolla_fault, apply, _wrong_user)
 
     def _apply(self, project_id: int, kind: str, body: bytes) -> Response:
         adapter = PURCHASES if kind == "purchase" else ITEMS_OPERATIONS

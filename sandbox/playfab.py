@@ -77,7 +77,10 @@ import hmac
 import random
 from datetime import datetime, timezone
 from http import HTTPStatus
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import orjson
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.requests import Request
@@ -85,6 +88,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from sandbox.common import json_response
+from sandbox.faults import WRONG_USER_ID
 from schemas.playfab import (
     MAX_ID_LENGTH,
     GetUserInventoryRequest,
@@ -215,6 +219,13 @@ def _fault(status: int, retry_after: int | None) -> Response:
                          retry_after=retry_after if status == 429 else None)
 
 
+def _wrong_user(response: Response) -> Response:
+    data = orjson.loads(response.body)
+    for result in data["data"]["ItemGrantResults"]:
+        result["PlayFabId"] = WRONG_USER_ID
+    return json_response(data, response.status_code)
+
+
 def _invalid_params(exc: ValidationError | None, message: str = "Invalid input parameters") -> Response:
     details: dict[str, list[str]] = {}
     if exc is not None:
@@ -295,14 +306,15 @@ class PlayFabApi:
 
     # ------------------------------------------------------------------- API
 
-    async def _call(self, request: Request, handler: Any) -> Response:
+    async def _call(self, request: Request, handler: Any,
+                    misattribute: Callable[[Response], Response] | None = None) -> Response:
         async def apply() -> Response:
             return handler(await request.body())
 
-        return await self.sb.call(request, "playfab", self.authorize, _fault, apply)
+        return await self.sb.call(request, "playfab", self.authorize, _fault, apply, misattribute)
 
     async def grant_items_to_users(self, request: Request) -> Response:
-        return await self._call(request, self._grant)
+        return await self._call(request, self._grant, _wrong_user)
 
     async def get_user_inventory(self, request: Request) -> Response:
         return await self._call(request, self._inventory)

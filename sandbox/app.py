@@ -35,6 +35,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sandbox.backpack import (
+    DEFAULT_BACKPACK_HOST_ID,
+    DEFAULT_BACKPACK_TOKEN,
+    BackpackApi,
+)
 from sandbox.common import json_response, padded, phrase, shaped_fault
 from sandbox.faults import WRONG_USER_ID, FaultConfig, Faults
 from sandbox.operations import (
@@ -43,7 +48,6 @@ from sandbox.operations import (
     PURCHASES,
     describe_error,
 )
-from sandbox.backpack import DEFAULT_BACKPACK_HOST_ID, DEFAULT_BACKPACK_TOKEN, BackpackApi
 from sandbox.playfab import DEFAULT_PLAYFAB_SECRET_KEY, PlayFabApi, PlayFabConfig
 from sandbox.store import NotEnough, Store
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -94,7 +94,7 @@ def _fault(status: int, retry_after: int | None) -> Response:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class BackpackApi:

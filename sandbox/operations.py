@@ -7,7 +7,6 @@ their model is defined here from the same parts (User, Item, limits).
 
 from __future__ import annotations
 
-
 from pydantic import TypeAdapter, ValidationError
 
 # Reward and revoke bodies take the operation fields every Xsolla inventory
@@ -35,6 +34,5 @@ def describe_error(exc: ValidationError) -> str:
     path = ".".join(str(part) for part in err["loc"]) or "body"
     reason = err["msg"]
     # Our own validators raise ValueError; pydantic prefixes their text.
-    if reason.startswith("Value error, "):
-        reason = reason[len("Value error, ") :]
+    reason = reason.removeprefix("Value error, ")
     return f"{path}: {reason}"

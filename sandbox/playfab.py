@@ -75,13 +75,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import random
-from datetime import datetime, timezone
-from http import HTTPStatus
 from collections.abc import Callable
+from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
-
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -234,15 +233,14 @@ def _invalid_params(exc: ValidationError | None, message: str = "Invalid input p
             for part in err["loc"]:
                 path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
             reason = err["msg"]
-            if reason.startswith("Value error, "):
-                reason = reason[len("Value error, "):]
+            reason = reason.removeprefix("Value error, ")
             details.setdefault(path or "Request", []).append(reason)
     return playfab_error(400, PlayFabErrorCode.InvalidParams, message, details or None)
 
 
 def _purchase_date() -> str:
     # PlayFab's timestamps: ISO 8601 UTC with milliseconds and a "Z".
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _shuffled(n: int, seed: int, body: bytes) -> list[int]:

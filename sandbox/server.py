@@ -2,9 +2,11 @@
 
 ``serve`` is the programmatic entry point; ``add_arguments`` and ``run`` let a
 CLI (``grants sandbox ...`` or ``python -m sandbox ...``) expose it. Credentials
-come from flags or, failing those, from the environment, read only in ``run``.
-No credential (Xsolla API key, Backpack token or host id, PlayFab secret key)
-is ever printed or logged.
+come from flags or, failing those, from the environment. This module is the
+only place in the sandbox that reads the environment, and only ``run`` (through
+``_credentials`` and ``_secret``) does: everything else takes its settings as
+arguments. No credential (Xsolla API key, Backpack token or host id, PlayFab
+secret key) is ever printed or logged.
 
 Backpack and PlayFab credentials have defaults for local use
 (``sandbox.backpack.DEFAULT_BACKPACK_*``, ``sandbox.playfab.DEFAULT_PLAYFAB_SECRET_KEY``);
@@ -41,6 +43,9 @@ ENV_BACKPACK_TOKEN_FILE = "GRANTS_BACKPACK_TOKEN_FILE"
 ENV_BACKPACK_HOST_ID = "GRANTS_BACKPACK_HOST_ID"
 ENV_PLAYFAB_SECRET_KEY = "GRANTS_PLAYFAB_SECRET_KEY"
 ENV_PLAYFAB_SECRET_KEY_FILE = "GRANTS_PLAYFAB_SECRET_KEY_FILE"
+# The fault options: FaultConfig field -> argparse destination.
+_FAULT_OPTIONS = {"latency_ms": "latency_ms", "rate_5xx": "rate_5xx", "rate_429": "rate_429",
+                  "retry_after_s": "retry_after", "rate_drop": "rate_drop", "seed": "seed"}
 
 
 def serve(
@@ -153,6 +158,24 @@ def _secret(flag_file: str | None, env_file: str, env_value: str, default: str, 
 
 def run(args: argparse.Namespace) -> None:
     """Entry point behind the CLI: resolve credentials, build faults, serve."""
+    credentials = _credentials(args)
+    serve(
+        host=args.host,
+        port=args.port,
+        db_path=args.db,
+        idempotent=args.idempotent,
+        faults=_faults(args),
+        playfab_config=PlayFabConfig(
+            auto_create_players=bool(getattr(args, "playfab_auto_create_players", False)),
+            shuffle_results=not getattr(args, "playfab_no_shuffle", False),
+            shuffle_seed=args.seed,
+        ),
+        **credentials,
+    )
+
+
+def _credentials(args: argparse.Namespace) -> dict[str, str]:
+    """Every credential ``serve`` takes, from flags, files or the environment."""
     merchant_id = args.merchant_id or os.environ.get(ENV_MERCHANT_ID)
     api_key_file = args.api_key_file or os.environ.get(ENV_API_KEY_FILE)
     if api_key_file:
@@ -166,41 +189,25 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit(f"sandbox: give --merchant-id or set {ENV_MERCHANT_ID}")
     if not api_key:
         raise SystemExit(f"sandbox: give --api-key-file or set {ENV_API_KEY}")
+    return {
+        "merchant_id": merchant_id,
+        "api_key": api_key,
+        "backpack_token": _secret(getattr(args, "backpack_token_file", None),
+                                  ENV_BACKPACK_TOKEN_FILE, ENV_BACKPACK_TOKEN,
+                                  DEFAULT_BACKPACK_TOKEN, "Backpack token"),
+        "backpack_host_id": (getattr(args, "backpack_host_id", None)
+                             or os.environ.get(ENV_BACKPACK_HOST_ID) or DEFAULT_BACKPACK_HOST_ID),
+        "playfab_secret_key": _secret(getattr(args, "playfab_secret_key_file", None),
+                                      ENV_PLAYFAB_SECRET_KEY_FILE, ENV_PLAYFAB_SECRET_KEY,
+                                      DEFAULT_PLAYFAB_SECRET_KEY, "PlayFab secret key"),
+    }
+
+
+def _faults(args: argparse.Namespace) -> Faults:
+    """The fault config the options give."""
     try:
-        faults = Faults(
-            latency_ms=args.latency_ms,
-            rate_5xx=args.rate_5xx,
-            rate_429=args.rate_429,
-            retry_after_s=args.retry_after,
-            rate_drop=args.rate_drop,
-            seed=args.seed,
-        )
+        return Faults(**{name: getattr(args, dest) for name, dest in _FAULT_OPTIONS.items()})
     except ValidationError as exc:
         # Only the field and reason: nothing here can contain the key.
         first = exc.errors(include_url=False, include_input=False)[0]
         raise SystemExit(f"sandbox: bad fault option {first['loc'][0]}: {first['msg']}") from None
-    backpack_token = _secret(getattr(args, "backpack_token_file", None), ENV_BACKPACK_TOKEN_FILE,
-                             ENV_BACKPACK_TOKEN, DEFAULT_BACKPACK_TOKEN, "Backpack token")
-    backpack_host_id = (getattr(args, "backpack_host_id", None)
-                        or os.environ.get(ENV_BACKPACK_HOST_ID) or DEFAULT_BACKPACK_HOST_ID)
-    playfab_secret_key = _secret(getattr(args, "playfab_secret_key_file", None),
-                                 ENV_PLAYFAB_SECRET_KEY_FILE, ENV_PLAYFAB_SECRET_KEY,
-                                 DEFAULT_PLAYFAB_SECRET_KEY, "PlayFab secret key")
-    playfab_config = PlayFabConfig(
-        auto_create_players=bool(getattr(args, "playfab_auto_create_players", False)),
-        shuffle_results=not getattr(args, "playfab_no_shuffle", False),
-        shuffle_seed=args.seed,
-    )
-    serve(
-        host=args.host,
-        port=args.port,
-        db_path=args.db,
-        merchant_id=merchant_id,
-        api_key=api_key,
-        idempotent=args.idempotent,
-        faults=faults,
-        backpack_token=backpack_token,
-        backpack_host_id=backpack_host_id,
-        playfab_secret_key=playfab_secret_key,
-        playfab_config=playfab_config,
-    )

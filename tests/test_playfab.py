@@ -180,3 +180,47 @@ def test_playfab_fields_travel_in_custom_parameters(pf, results):
     assert instance.get("CustomData") == {"source": "store", "campaign": "winter"}
     assert records["pf-bad-data"]["status"] == "rejected" and "'!'" in records["pf-bad-data"]["error"]
     assert records["pf-half"]["status"] == "rejected" and "whole item instances" in records["pf-half"]["error"]
+
+
+@pytest.mark.parametrize("then", ["400", "503 until retries run out"])
+def test_what_a_read_back_proved_applied_is_final_whatever_the_rest_meets(pf, results, then):
+    """Purchases A and B for one player in one call: A applies, B gets
+    Result: false, and the answer is lost. The read-back finds A; B is sent
+    again and meets a 400 (split) or 503s (retries exhausted). A stays
+    granted once: never sent again, never marked failed, never replayed."""
+    a, b = f"pf-part-a-{then[:3]}", f"pf-part-b-{then[:3]}"
+    follow_up = [{"path": "GrantItemsToUsers", "status": 400}] if then == "400" else \
+        [{"path": "GrantItemsToUsers", "status": 503}] * 8
+    pf.sandbox_put("/sandbox/playfab/catalog", {"CatalogVersion": "main", "Catalog": ["sword"]})
+    pf.sandbox_put("/sandbox/faults", {"script": [{"path": "GrantItemsToUsers", "action": "drop"}, *follow_up]})
+    try:
+        Publisher(settings_for(pf)).publish_many([command(PF, a, user="PF-ANA", sku="sword"),
+                                                  command(PF, b, user="PF-ANA", sku="not.in.catalog")])
+        records = wait_final(results, PF, [a, b], timeout=60)
+    finally:
+        pf.sandbox_put("/sandbox/faults", {})
+        pf.sandbox_put("/sandbox/playfab/catalog", None)
+    assert records[a]["status"] == "granted" and records[a]["response"]["reconciled"] is True
+    assert records[b]["status"] == ("rejected" if then == "400" else "failed")
+    assert counts(pf)["rows"][a] == 1
+    assert len([i for i in inventory(pf, "PF-ANA")["Inventory"] if i.get("Annotation") == a]) == 1
+    if then != "400":
+        # Replaying what failed touches B only (and B is refused: not in the catalog).
+        import subprocess
+        import sys
+
+        from producers.localstack import REPO_ROOT
+
+        pf.sandbox_put("/sandbox/playfab/catalog", {"CatalogVersion": "main", "Catalog": ["sword"]})
+        try:
+            out = subprocess.run([sys.executable, "-m", "producers.cli", "replay", "--status", "failed",
+                                  "--project-id", str(PF)], env=pf.env(), cwd=REPO_ROOT, capture_output=True,
+                                 text=True, timeout=60)
+            assert out.returncode == 0 and "replayed 1 of 1 selected" in out.stdout, out.stdout + out.stderr
+            deadline = time.monotonic() + 20
+            while results.get(PF, b)["status"] not in ("rejected", "granted") and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            pf.sandbox_put("/sandbox/playfab/catalog", None)
+        assert results.get(PF, b)["status"] == "rejected"
+        assert counts(pf)["rows"][a] == 1

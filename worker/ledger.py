@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Callable
 from importlib import resources
@@ -166,9 +166,14 @@ class Ledger:
             reconcile=bool(int(reconcile)),
         )
 
-    def complete(self, work: BatchWork, outcomes: list[Outcome]) -> tuple[bool, int]:
-        """Write outcomes and release the batch. Returns (still owned, written)."""
-        args: list = [work.batch_id, work.token, work.project_id, work.kind, self.ttl_ms, K.OUTCOME_STREAM_MAXLEN]
+    def complete(self, work: BatchWork, outcomes: list[Outcome], *, partial: bool = False) -> tuple[bool, int]:
+        """Write outcomes and release the batch. Returns (still owned, written).
+
+        ``partial``: the batch stays held; only these members leave it (see
+        :meth:`settle`).
+        """
+        args: list = [work.batch_id, work.token, work.project_id, work.kind, self.ttl_ms, K.OUTCOME_STREAM_MAXLEN,
+                      int(partial)]
         for o in outcomes:
             args += [
                 o.purchase_id,
@@ -178,6 +183,20 @@ class Ledger:
             ]
         state, written = self._run("complete", *args)
         return state == "ok", int(written)
+
+    def settle(self, work: BatchWork, outcomes: list[Outcome]) -> BatchWork | None:
+        """Make some members' outcomes final now and take them out of the batch.
+
+        Returns the batch as it goes on (the other members), or None if it is
+        no longer ours.
+        """
+        owned, _written = self.complete(work, outcomes, partial=True)
+        if not owned:
+            return None
+        done = {o.purchase_id for o in outcomes}
+        kept = [i for i, p in enumerate(work.purchase_ids) if p not in done]
+        return replace(work, purchase_ids=[work.purchase_ids[i] for i in kept],
+                       commands=[work.commands[i] for i in kept])
 
     def renew(self, work: BatchWork, *, lease_ms: int) -> bool:
         """Extend the lease of a call in progress; False if the batch is no longer ours."""
@@ -205,8 +224,11 @@ class Ledger:
         )[0]
 
     def split(self, work: BatchWork, *, lease_ms: int) -> tuple[str, list[str]]:
-        """Halve the batch: ('ok', [two ids]), ('single', []) or ('fenced', [])."""
-        reply = self._run("split", work.batch_id, work.token, lease_ms)
+        """Halve the batch: ('ok', [two ids]), ('single', []) or ('fenced', []).
+
+        Halves of a batch that had to be read back first are read back too.
+        """
+        reply = self._run("split", work.batch_id, work.token, lease_ms, int(work.reconcile))
         return reply[0], reply[1:]
 
     def recover(self, *, dispatch_lease_ms: int, max_attempts: int) -> tuple[int, list[str]]:

@@ -61,6 +61,10 @@ def backoff_s(attempt: int, *, base: float, cap: float, retry_after: float | Non
     return delay
 
 
+class _Fenced(Exception):
+    """The batch was taken from us (the sweeper gave it up) mid-attempt."""
+
+
 class Sender:
     """Sends batches, each to the backend of its project and kind."""
 
@@ -95,7 +99,13 @@ class Sender:
         blog.info("batch sending", backend=backend.name, kind=work.kind, reconcile=work.reconcile or None)
         try:
             with self.keeper.holding(work):
-                results = self._call(backend, work, blog)
+                if work.reconcile:
+                    # What the read-back proves is final now, whatever the
+                    # rest of the batch meets next (a 400, 503s, a split).
+                    work = self._read_back(backend, work, blog)
+                    if not work.purchase_ids:
+                        return {"batch_id": batch_id, "reconciled": True}
+                results = backend.send(work.kind, work.project_id, work.commands)
         except errors.Retryable as exc:
             return self._retry_later(work, exc, blog)
         except errors.InvalidRequest as exc:
@@ -108,6 +118,9 @@ class Sender:
             return self._finish(work, [Outcome(p, "rejected", error=str(exc)) for p in work.purchase_ids], blog)
         except errors.OutcomeUnknown as exc:
             return self._unknown(backend, work, exc, blog)
+        except _Fenced:
+            blog.warning("batch lease lost during its read-back")
+            return {"batch_id": batch_id, "owned": False}
         except Exception as exc:  # a defect, or a library error nobody mapped
             # It may have happened after the request left: treat it as an
             # unknown outcome rather than leave the batch stuck in 'sending'.
@@ -120,23 +133,24 @@ class Sender:
         ]
         return self._finish(work, outcomes, blog)
 
-    def _call(self, backend: Backend, work: BatchWork, blog) -> list[OpResult]:
-        """The backend call, after reading back what a lost answer may have applied."""
-        if not work.reconcile:
-            return backend.send(work.kind, work.project_id, work.commands)
+    def _read_back(self, backend: Backend, work: BatchWork, blog) -> BatchWork:
+        """After a lost answer: settle what the inventory shows applied (or
+        cannot tell), and return the batch of what is certainly absent."""
         try:
             found = backend.reconcile(work.kind, work.project_id, work.commands)
         except errors.BackendError as exc:
             # The answer was lost and the inventory cannot be read either.
             raise errors.OutcomeUnknown(f"answer lost, and reading the inventory back failed: {exc}") from None
-        absent = [i for i, r in enumerate(found) if r is None]
-        blog.info("batch reconciled", applied=len(found) - len(absent), absent=len(absent))
-        results = list(found)
-        if absent:
-            sent = backend.send(work.kind, work.project_id, [work.commands[i] for i in absent])
-            for i, r in zip(absent, sent):
-                results[i] = r
-        return results
+        applied = APPLIED[work.kind].value
+        settled = [Outcome(p, applied if r.status == "applied" else r.status, result=r.response, error=r.error)
+                   for p, r in zip(work.purchase_ids, found) if r is not None]
+        blog.info("batch reconciled", settled=len(settled), absent=len(found) - len(settled))
+        if not settled:
+            return work
+        rest = self.ledger.settle(work, settled)
+        if rest is None:
+            raise _Fenced()
+        return rest
 
     def _unknown(self, backend: Backend, work: BatchWork, exc: errors.OutcomeUnknown, blog) -> dict[str, Any]:
         policy = unknown_outcome_policy(backend)

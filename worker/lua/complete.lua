@@ -2,17 +2,21 @@
 -- the batch and its lease. Fencing: if the batch is no longer ours (the
 -- sweeper declared it lost), only commands it marked in_doubt from this very
 -- batch take the answer (a late but definite answer resolves the doubt).
+-- With `partial` set, the batch stays (its lease too) and only the given
+-- members leave it: what a read-back proved applied is final at once,
+-- whatever later happens to the rest of the batch.
 -- ARGV: prefix, batch_id, token, project_id, kind, ttl_ms, stream_maxlen,
---       then per command: epid, status, result_json, error
+--       partial (1/0), then per command: epid, status, result_json, error
 -- Returns {'ok'|'fenced', commands written}
 local id, token, pid, kind = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local ttl, maxlen = tonumber(ARGV[6]), tonumber(ARGV[7])
+local ttl, maxlen, partial = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8] == '1'
 local bk = batch_key(id)
-local b = redis.call('HMGET', bk, 'st', 'tok')
+local b = redis.call('HMGET', bk, 'st', 'tok', 'members')
 local owned = b[1] == 'sending' and b[2] == token
 local now = now_ms()
 local written = 0
-for i = 8, #ARGV, 4 do
+local settled = {}
+for i = 9, #ARGV, 4 do
   local epid, st, res, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local cur = redis.call('HMGET', rec_key(kind, pid, epid), 'st', 'bat')
   if cur[2] == id and ((owned and cur[1] == 'sending') or
@@ -20,10 +24,19 @@ for i = 8, #ARGV, 4 do
     finalize(kind, pid, epid, cur[1], st, res, err, now, ttl, maxlen)
     written = written + 1
   end
+  settled[epid] = true
 end
-if owned then
-  redis.call('DEL', bk)
-  redis.call('ZREM', LEASES, id)
-  return {'ok', written}
+if not owned then return {'fenced', written} end
+if partial then
+  local rest = {}
+  for _, epid in ipairs(cjson.decode(b[3])) do
+    if not settled[epid] then rest[#rest + 1] = epid end
+  end
+  if #rest > 0 then
+    redis.call('HSET', bk, 'members', cjson.encode(rest), 'n', #rest)
+    return {'ok', written}
+  end
 end
-return {'fenced', written}
+redis.call('DEL', bk)
+redis.call('ZREM', LEASES, id)
+return {'ok', written}

@@ -1,9 +1,10 @@
 -- Split a batch the backend refused as a whole (4xx) into two halves, each a
 -- new leased batch, so the good commands are not sunk with the bad one.
 -- Nothing was applied, so attempts start again.
--- ARGV: prefix, batch_id, token, lease_ms
+-- ARGV: prefix, batch_id, token, lease_ms, reconcile (1/0: an answer of this
+--       batch was lost, so each half is read back before it is sent)
 -- Returns {'fenced'} | {'single'} | {'ok', id1, id2}
-local id, token, lease_ms = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local id, token, lease_ms, reconcile = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5] or '0' 
 local bk = batch_key(id)
 local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'lane', 'kind')
 if not (b[1] == 'sending' and b[2] == token) then return {'fenced'} end
@@ -20,7 +21,8 @@ for part = 0, 1 do
   end
   local child = new_batch_id(b[5])
   redis.call('HSET', batch_key(child), 'lane', b[5], 'kind', b[6], 'pid', pid, 'n', #chunk,
-    'members', cjson.encode(chunk), 'st', 'leased', 'att', 0, 'begun', 1, 'created', now, 'parent', id)
+    'members', cjson.encode(chunk), 'st', 'leased', 'att', 0, 'begun', 1, 'created', now, 'parent', id,
+    'rec', reconcile)
   redis.call('ZADD', LEASES, now + lease_ms, child)
   -- The child owns these commands now (begin and complete check it).
   for _, epid in ipairs(chunk) do redis.call('HSET', rec_key(b[6], pid, epid), 'bat', child) end

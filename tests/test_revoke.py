@@ -122,3 +122,63 @@ def test_a_failed_refund_is_replayed_once_and_takes_the_items_back(stack, publis
     # Guarded like grants: a revoked refund is never replayed again.
     assert "replayed 0 of 0 selected" in grants("replay", "--kind", "revoke", "--status", "failed",
                                                 "--project-id", str(project_id))
+
+
+def test_expiry_of_a_record_is_not_never_seen_refunds_within_the_window_and_rejected_past_it(tmp_path, project_id):
+    """Records live 2 s, the refund window 6 s, claims 120 s: a refund after
+    the record expired still takes the items back; past the window it is
+    rejected with a reason; a repeat after expiry is still a duplicate."""
+    from producers.publisher import Publisher
+    from tests.conftest import make_stack, settings_for
+    from worker.keys import Keys
+    from worker.redis_conn import connect
+    from worker.results import Results
+
+    day = 86_400
+    stack = make_stack(tmp_path, env={"GRANTS_RESULT_RETENTION_DAYS": str(2 / day),
+                                      "GRANTS_REFUND_WINDOW_DAYS": str(6 / day),
+                                      "GRANTS_DEDUPE_RETENTION_DAYS": str(120 / day)})
+    try:
+        publisher = Publisher(settings_for(stack))
+        results = Results(connect(stack.redis.url), Keys())
+
+        def balance(user):
+            rows = stack.sandbox_get("/sandbox/balances", project_id=project_id, user_id=user)["balances"]
+            return sum(r["quantity"] for r in rows)
+
+        def revoke_outcome(epid, timeout=20):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                rec = results.get(project_id, epid) or {}
+                if (rec.get("revoke") or {}).get("status") in ("revoked", "noop", "rejected", "failed", "in_doubt"):
+                    return rec["revoke"]
+                time.sleep(0.1)
+            raise AssertionError(f"no revoke outcome for {epid}")
+
+        publisher.publish_many([command(project_id, "ex-a", user="ua", quantity=2),
+                                command(project_id, "ex-b", user="ub", quantity=2),
+                                command(project_id, "ex-c", user="uc", quantity=2)])
+        wait_final(results, project_id, ["ex-a", "ex-b", "ex-c"])
+        time.sleep(3)  # the records are gone, the refund data and the claims are not
+        assert results.get(project_id, "ex-a") is None
+
+        publisher.publish(RevokeCommand(project_id=project_id, external_purchase_id="ex-a", comment="Refund"))
+        assert revoke_outcome("ex-a")["status"] == "revoked"
+        assert balance("ua") == 0
+
+        # A repeat after the record expired is still the same purchase: not granted again.
+        publisher.publish(command(project_id, "ex-c", user="uc", quantity=2))
+        publisher.publish(command(project_id, "ex-c", user="uc", quantity=99))  # and a conflict
+        time.sleep(1.5)
+        assert stack.audit_counts(project_id)["ex-c"] == 1 and balance("uc") == 2
+        assert results.get(project_id, "ex-c")["conflicts"]["count"] == 1
+
+        time.sleep(4)  # past the refund window
+        publisher.publish(RevokeCommand(project_id=project_id, external_purchase_id="ex-b", comment="Chargeback"))
+        revoke = revoke_outcome("ex-b")
+        assert revoke["status"] == "rejected" and "refund window" in revoke["error"], revoke
+        assert balance("ub") == 2  # nothing was sent
+        revokes_sent = stack.sandbox_get("/sandbox/stats")["calls_by_api"]
+        assert revokes_sent  # (the sandbox answered the one refund of ex-a)
+    finally:
+        stack.stop()

@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 from importlib import resources
 
 import orjson
@@ -30,6 +30,9 @@ import redis
 from schemas.commands import GrantCommand
 from worker import keys as K
 from worker.keys import Keys
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 _SCRIPTS = ("ingest", "take", "begin", "complete", "release", "split", "recover", "replay", "renew")
 
@@ -80,6 +83,8 @@ class Ledger:
         keys: Keys,
         *,
         ttl_ms: int,
+        refund_ttl_ms: int | None = None,
+        claim_ttl_ms: int | None = None,
         batch_limits: dict[str, int],
         default_batch_limit: int,
         scrub: Callable[[str], str] = str,
@@ -90,8 +95,19 @@ class Ledger:
         self.scrub = scrub
         self.keys = keys
         self.ttl_ms = ttl_ms
+        # What every script writes lives this long (worker/lua/_lib.lua).
+        self.retention = (f"{ttl_ms}:{refund_ttl_ms or ttl_ms}:{max(claim_ttl_ms or 0, ttl_ms)}"
+                          f":{K.OUTCOME_STREAM_MAXLEN}")
         self.batch_limits_json = json.dumps(batch_limits)
         self.default_batch_limit = default_batch_limit
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: "Settings", **kw: Any) -> "Ledger":
+        """A ledger with the settings' retentions (results, refund window, dedupe)."""
+        kw.setdefault("batch_limits", {})
+        kw.setdefault("default_batch_limit", settings.batch_size)
+        return cls(client, Keys(settings.key_prefix), ttl_ms=settings.result_ttl_ms,
+                   refund_ttl_ms=settings.refund_ttl_ms, claim_ttl_ms=settings.claim_ttl_ms, **kw)
 
     @cached_property
     def _scripts(self) -> dict:
@@ -99,7 +115,7 @@ class Ledger:
         return {n: self.redis.register_script(lib + "\n" + _load_lua(n)) for n in _SCRIPTS}
 
     def _run(self, name: str, *args) -> list:
-        return self._scripts[name](args=[self.keys.prefix, *args])
+        return self._scripts[name](args=[self.keys.prefix, self.retention, *args])
 
     # --- write path -------------------------------------------------------
 
@@ -125,7 +141,7 @@ class Ledger:
                 str(enqueued_at or 0),
                 f"{source}:{position}",
             ))
-        results = self._run("ingest", self.ttl_ms, K.OUTCOME_STREAM_MAXLEN, orjson.dumps(rows))
+        results = self._run("ingest", orjson.dumps(rows))
         return [Ingested(c, r) for (c, _), r in zip(commands, results)]
 
     def take(
@@ -172,8 +188,7 @@ class Ledger:
         ``partial``: the batch stays held; only these members leave it (see
         :meth:`settle`).
         """
-        args: list = [work.batch_id, work.token, work.project_id, work.kind, self.ttl_ms, K.OUTCOME_STREAM_MAXLEN,
-                      int(partial)]
+        args: list = [work.batch_id, work.token, work.project_id, work.kind, int(partial)]
         for o in outcomes:
             args += [
                 o.purchase_id,
@@ -216,8 +231,6 @@ class Ledger:
             delay_ms,
             self.scrub(error),
             max_attempts,
-            self.ttl_ms,
-            K.OUTCOME_STREAM_MAXLEN,
             final,
             int(reconcile),
             int(lane_wide),
@@ -233,9 +246,7 @@ class Ledger:
 
     def recover(self, *, dispatch_lease_ms: int, max_attempts: int) -> tuple[int, list[str]]:
         """Handle expired leases. Returns (commands marked in_doubt, batches to dispatch)."""
-        doubted, *ids = self._run(
-            "recover", K.RECOVER_PER_TICK, dispatch_lease_ms, self.ttl_ms, K.OUTCOME_STREAM_MAXLEN, max_attempts
-        )
+        doubted, *ids = self._run("recover", K.RECOVER_PER_TICK, dispatch_lease_ms, max_attempts)
         return int(doubted), ids
 
     # --- ops ----------------------------------------------------------------
@@ -249,7 +260,7 @@ class Ledger:
         """
         if not targets:
             return []
-        args: list = [actor, int(allow_in_doubt), self.ttl_ms, kind]
+        args: list = [actor, int(allow_in_doubt), kind]
         for project_id, purchase_id in targets:
             args += [project_id, purchase_id]
         return self._run("replay", *args)

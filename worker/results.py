@@ -122,7 +122,7 @@ class Results:
         pipe.hgetall(self.keys.conflict(project_id, purchase_id))
         pipe.hgetall(self.keys.record(project_id, purchase_id, "revoke"))
         raw, conflict, revoke = pipe.execute()
-        if not raw and not conflict:
+        if not raw and not conflict and not revoke:
             return None
         view = self._view(raw, "grant") if raw else {
             "project_id": project_id, "external_purchase_id": purchase_id, "status": None,

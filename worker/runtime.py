@@ -53,8 +53,8 @@ class Runtime:
     @cached_property
     def ledger(self) -> Ledger:
         limits, default = self.backends.batch_limits()
-        return Ledger(self.redis, self.keys, ttl_ms=self.settings.result_ttl_ms,
-                      batch_limits=limits, default_batch_limit=default, scrub=self.redactor.scrub)
+        return Ledger.from_settings(self.redis, self.settings, batch_limits=limits, default_batch_limit=default,
+                                    scrub=self.redactor.scrub)
 
     @cached_property
     def results(self) -> Results:

@@ -113,6 +113,13 @@ class Settings(BaseSettings):
 
     # --- Results.
     result_retention_days: float = Field(30.0, gt=0)
+    # How long a refund or chargeback can arrive after its grant: what a
+    # revoke needs of a granted purchase is kept this long (chargebacks come
+    # months later); past it a revoke is refused as rejected, never a noop.
+    refund_window_days: float = Field(180.0, gt=0)
+    # How long a purchase id is remembered (a compact claim, outliving the
+    # record): a repeat published within it is a duplicate, never a new grant.
+    dedupe_retention_days: float = Field(400.0, gt=0)
 
     # --- Producers.
     publish_chunk_size: int = Field(1000, ge=1, le=10_000)
@@ -146,6 +153,15 @@ class Settings(BaseSettings):
     @property
     def result_ttl_ms(self) -> int:
         return int(self.result_retention_days * 86_400_000)
+
+    @property
+    def refund_ttl_ms(self) -> int:
+        return int(self.refund_window_days * 86_400_000)
+
+    @property
+    def claim_ttl_ms(self) -> int:
+        """Never shorter than the records: a claim must outlive its record."""
+        return int(max(self.dedupe_retention_days, self.result_retention_days) * 86_400_000)
 
     @property
     def http_call_budget_s(self) -> float:

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace, settings) -> int:
     actor = args.actor or f"{getpass.getuser()}@{socket.gethostname()}"
     client = connect(settings.redis_url, patient=False)
     keys = Keys(settings.key_prefix)
-    ledger = Ledger(client, keys, ttl_ms=settings.result_ttl_ms, batch_limits={}, default_batch_limit=settings.batch_size)
+    ledger = Ledger.from_settings(client, settings)
     filters = rp.Filters(Status(args.status), kind=args.kind, project_id=args.project_id, since_ms=args.since,
                          until_ms=args.until, sku=args.sku, user=args.user, limit=args.limit)
     progress = Progress("replayed")

@@ -1,11 +1,11 @@
 -- Mark a batch as being sent, under the caller's fencing token, and return
 -- what to send. Called right before the HTTP request: only a batch in state
 -- 'sending' can have reached the backend, and its commands say so.
--- ARGV: prefix, batch_id, token, lease_ms, unknown-outcome policy of the backend
+-- ARGV: prefix, retention, batch_id, token, lease_ms, unknown-outcome policy of the backend
 --       ('1' resend, 'r' reconcile, '0' in_doubt), kept for the sweeper
 -- Returns {'gone'} | {'busy'} | {'early'} (backing off) |
 --         {'ok', project_id, attempt, kind, members_json, cmds_json, reconcile_first (1/0)}
-local id, token, lease_ms, idem = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local id, token, lease_ms, idem = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local bk = batch_key(id)
 local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'kind', 'nbf', 'rec')
 if not b[1] then return {'gone'} end

@@ -3,10 +3,10 @@
 -- * sending, backend idempotent: send again; reconcilable: read it back first.
 -- * sending otherwise: the worker died or stalled mid-call; the request may
 --   have applied. Mark its commands in_doubt; never resend silently.
--- ARGV: prefix, max, dispatch_lease_ms, ttl_ms, stream_maxlen, max_attempts
+-- ARGV: prefix, retention, max, dispatch_lease_ms, max_attempts
 -- Returns {in_doubt_count, batch ids to dispatch...}
-local max, lease_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
-local ttl, maxlen, max_attempts = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local max, lease_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
+local max_attempts = tonumber(ARGV[5])
 local now = now_ms()
 local out = {0}
 local doubted = 0
@@ -27,7 +27,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0,
     -- (also an idempotent backend's batch past its attempts: still unknown)
     finalize_members(b[6], b[2], cjson.decode(b[3]), 'in_doubt',
       'lease ' .. id .. ' expired during the backend call: the worker died or stalled; the grant may or may not be applied',
-      now, ttl, maxlen)
+      now)
     doubted = doubted + tonumber(b[5])
     redis.call('DEL', bk)
     redis.call('ZREM', LEASES, id)

@@ -2,22 +2,22 @@
 -- the backend is idempotent): state 'leased' with the lease ending at the retry
 -- time, so the sweeper dispatches it then. Past max attempts, every command
 -- fails (certainly not applied: safe to replay).
--- ARGV: prefix, batch_id, token, delay_ms, error, max_attempts, ttl_ms, stream_maxlen,
+-- ARGV: prefix, retention, batch_id, token, delay_ms, error, max_attempts,
 --       final status past max attempts ('failed' when nothing can have applied,
 --       'in_doubt' when the last answer was lost), reconcile first (1/0: the
 --       answer was lost and the backend can be read back), lane-wide (1/0: the
 --       refusal concerns the whole lane, as a 429 or a wrong endpoint does, so
 --       no new batch of the lane is taken before the retry time either)
 -- Returns {'retry'|'failed'|'in_doubt'|'fenced'}
-local id, token, delay_ms, err = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local max_attempts, ttl, maxlen = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local final, reconcile, lane_wide = ARGV[9], ARGV[10] or '0', ARGV[11] == '1'
+local id, token, delay_ms, err = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local max_attempts = tonumber(ARGV[7])
+local final, reconcile, lane_wide = ARGV[8], ARGV[9] or '0', ARGV[10] == '1'
 local bk = batch_key(id)
 local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'att', 'kind', 'lane')
 if not (b[1] == 'sending' and b[2] == token) then return {'fenced'} end
 local now = now_ms()
 if tonumber(b[5]) >= max_attempts then
-  finalize_members(b[6], b[3], cjson.decode(b[4]), final, err, now, ttl, maxlen)
+  finalize_members(b[6], b[3], cjson.decode(b[4]), final, err, now)
   redis.call('DEL', bk)
   redis.call('ZREM', LEASES, id)
   return {final}

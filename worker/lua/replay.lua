@@ -2,13 +2,13 @@
 -- buffer, the same path a new command takes, with the decision and the
 -- history entry in the same atomic step (two operators replaying at once
 -- replay once).
--- ARGV: prefix, actor, allow_in_doubt (1/0), ttl_ms, kind, then per command:
+-- ARGV: prefix, retention, actor, allow_in_doubt (1/0), kind, then per command:
 --       project_id, record id (external_purchase_id, or the operation id)
 -- Returns one code per command:
 --   replayed | missing | granted | revoked | rejected | noop (applied, refused
 --   or with nothing to do: never again) | refunded (a grant with a revoke:
 --   never again) | needs_force | busy (pending/sending/waiting)
-local actor, allow_in_doubt, kind = ARGV[2], ARGV[3] == '1', ARGV[5]
+local actor, allow_in_doubt, kind = ARGV[3], ARGV[4] == '1', ARGV[5]
 local now = now_ms()
 local out = {}
 for i = 6, #ARGV, 2 do

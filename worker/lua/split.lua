@@ -1,10 +1,10 @@
 -- Split a batch the backend refused as a whole (4xx) into two halves, each a
 -- new leased batch, so the good commands are not sunk with the bad one.
 -- Nothing was applied, so attempts start again.
--- ARGV: prefix, batch_id, token, lease_ms, reconcile (1/0: an answer of this
+-- ARGV: prefix, retention, batch_id, token, lease_ms, reconcile (1/0: an answer of this
 --       batch was lost, so each half is read back before it is sent)
 -- Returns {'fenced'} | {'single'} | {'ok', id1, id2}
-local id, token, lease_ms, reconcile = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5] or '0' 
+local id, token, lease_ms, reconcile = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6] or '0'
 local bk = batch_key(id)
 local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'lane', 'kind')
 if not (b[1] == 'sending' and b[2] == token) then return {'fenced'} end

@@ -3,19 +3,19 @@
 -- sending: a command cancelled in between is dropped there.)
 -- A lane is taken when it holds a full batch, or when its oldest command has
 -- waited flush_ms. Oldest lanes first; bounded by max_inflight leases overall.
--- ARGV: prefix, max_inflight, flush_ms, lease_ms, max_batches, scan_lanes,
+-- ARGV: prefix, retention, max_inflight, flush_ms, lease_ms, max_batches, scan_lanes,
 --       limits (JSON lane or kind -> batch limit), default_limit, max_inflight_per_lane
 -- The per-lane cap keeps one project (say, rate limited and backing off) from
 -- holding every in-flight slot while the others wait.
 -- Returns the new batch ids.
-local max_inflight = tonumber(ARGV[2])
-local flush_ms = tonumber(ARGV[3])
-local lease_ms = tonumber(ARGV[4])
-local max_batches = tonumber(ARGV[5])
-local scan = tonumber(ARGV[6])
-local limits = cjson.decode(ARGV[7])
-local default_limit = tonumber(ARGV[8])
-local lane_cap = tonumber(ARGV[9])
+local max_inflight = tonumber(ARGV[3])
+local flush_ms = tonumber(ARGV[4])
+local lease_ms = tonumber(ARGV[5])
+local max_batches = tonumber(ARGV[6])
+local scan = tonumber(ARGV[7])
+local limits = cjson.decode(ARGV[8])
+local default_limit = tonumber(ARGV[9])
+local lane_cap = tonumber(ARGV[10])
 
 local taken = {}
 local inflight = redis.call('ZCARD', LEASES)

@@ -194,6 +194,8 @@ class Stack:
         self.playfab_key = "pf-" + os.urandom(12).hex()
         self.backpack_token = "bp-" + os.urandom(12).hex()
         self.backpack_host_id = "host-" + os.urandom(4).hex()
+        # Flower's basic auth (user, password): made here, printed by the demo.
+        self.flower_auth = ("ops", os.urandom(9).hex())
         self.idempotent_backend = idempotent_backend
         self.settings_env = settings_env or {}
         self.redis: RedisServer | None = None
@@ -272,12 +274,18 @@ class Stack:
         return worker
 
     def start_flower(self, port: int | None = None) -> Service:
+        """Flower on 127.0.0.1 behind basic auth (``flower_auth``, generated).
+
+        Never with an unauthenticated API: Flower then answers any origin
+        (``Access-Control-Allow-Origin: *``) and any web page the operator
+        opens could drive our tasks. With basic auth Flower refuses
+        cross-site requests. The credentials travel in the environment, not
+        on the command line (``ps`` shows arguments).
+        """
         self.flower_port = port or free_port()
         argv = [sys.executable, "-m", "celery", "-A", "worker", "flower",
                 f"--port={self.flower_port}", "--address=127.0.0.1"]
-        # Flower's HTTP API (tests, scripts) without auth: this Flower listens
-        # on 127.0.0.1 only. deploy/ runs it behind basic auth.
-        env = self.env(FLOWER_UNAUTHENTICATED_API="true")
+        env = self.env(FLOWER_BASIC_AUTH=":".join(self.flower_auth))
         self.flower = Service("flower", argv, env, self.workdir / "flower.log").start()
         # Up once its event receiver is connected: events sent before are lost to it.
         wait_until(lambda: self.flower.alive() and "Connected to" in self.flower.log_text(), 60, "flower")

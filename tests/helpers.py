@@ -144,3 +144,34 @@ def publish_raw(redis_client: Any, messages: list[Any]) -> None:
     chunk = "[" + ",".join(m if isinstance(m, str) else json.dumps(m) for m in messages) + "]"
     redis_client.lpush("grants.ingest", kombu_envelope(json.dumps([[chunk], {}, {}]), task="grants.ingest",
                                                        queue="grants.ingest"))
+
+
+def redis_text(client: Any, pattern: str = "*") -> str:
+    """Every value stored under ``pattern`` (hashes, strings, lists, streams,
+    sets, sorted sets) as one text, to look for what must never be stored."""
+    parts: list[str] = []
+    for key in client.scan_iter(pattern):
+        kind = client.type(key)
+        if kind == "hash":
+            parts += client.hvals(key)
+        elif kind == "string":
+            parts.append(client.get(key) or "")
+        elif kind == "list":
+            parts += client.lrange(key, 0, -1)
+        elif kind == "stream":
+            parts += [v for _, fields in client.xrange(key) for v in fields.values()]
+        elif kind == "zset":
+            parts += client.zrange(key, 0, -1)
+        elif kind == "set":
+            parts += list(client.smembers(key))
+    return "\n".join(str(p) for p in parts)
+
+
+def secret_forms(merchant_id: str, *secrets: str) -> list[str]:
+    """Each secret raw, and the Xsolla key as an HTTP Basic credential."""
+    import base64
+
+    forms = [s for s in secrets if s]
+    if secrets and secrets[0]:
+        forms.append(base64.b64encode(f"{merchant_id}:{secrets[0]}".encode()).decode())
+    return forms

@@ -217,7 +217,7 @@ def test_flower_shows_the_tasks_and_no_secret(stack, publisher, results, project
         publisher.publish_many([command(project_id, i) for i in pair])
         wait_final(results, project_id, pair)
         time.sleep(1)
-        tasks = httpx.get(api, params={"limit": 5000}, timeout=10).json()
+        tasks = httpx.get(api, params={"limit": 5000}, auth=stack.flower_auth, timeout=10).json()
         seen = [t for t in tasks.values()
                 if t["name"] == "grants.ingest" and any(i in (t.get("args") or "") for i in sent)]
     assert seen, "Flower did not see an ingest task"
@@ -226,6 +226,31 @@ def test_flower_shows_the_tasks_and_no_secret(stack, publisher, results, project
     assert "2 commands" in seen[0]["args"] and len(seen[0]["args"]) < 300
     assert any(t["name"] == "grants.send_batches" and t["state"] == "SUCCESS" for t in tasks.values())
     assert stack.api_key not in json.dumps(tasks)
+
+
+def test_flower_cannot_be_driven_cross_site(stack, publisher, results, project_id):
+    """No Flower of ours runs with an unauthenticated API, and with its basic
+    auth it refuses what a hostile web page could send: a cross-site
+    text/plain POST applying grants.replay or grants.ingest (a browser would
+    attach the cached credentials), and no wildcard CORS answer."""
+    import httpx
+
+    if stack.flower is None:
+        stack.start_flower()
+    base = f"http://127.0.0.1:{stack.flower_port}"
+    body = json.dumps({"kwargs": {"status": "failed", "project_id": project_id, "force": True, "actor": "attacker"}})
+    assert httpx.post(f"{base}/api/task/async-apply/grants.replay", content=body, timeout=10).status_code == 401
+    for headers in ({"Origin": "https://evil.example", "Content-Type": "text/plain"},
+                    {"Sec-Fetch-Site": "cross-site", "Content-Type": "text/plain"}):
+        answer = httpx.post(f"{base}/api/task/async-apply/grants.replay", content=body, headers=headers,
+                            auth=stack.flower_auth, timeout=10)
+        assert answer.status_code == 403, answer.text
+        assert answer.headers.get("access-control-allow-origin") is None
+    # The operator's own call (same origin, with the credentials) is served.
+    ok = httpx.get(f"{base}/api/workers", auth=stack.flower_auth, timeout=10)
+    assert ok.status_code == 200 and ok.headers.get("access-control-allow-origin") is None
+    time.sleep(1)
+    assert "attacker" not in (stack.workers[0].log_text())
 
 
 def test_no_secret_in_logs_or_results_store(stack, results):
@@ -237,3 +262,120 @@ def test_no_secret_in_logs_or_results_store(stack, results):
         kind = client.type(key)
         values = client.hvals(key) if kind == "hash" else [client.get(key)] if kind == "string" else []
         assert not any(stack.api_key in (v or "") for v in values), key
+
+
+def test_secrets_echoed_by_a_backend_are_stored_and_logged_nowhere(stack, publisher, results, project_id,
+                                                                   sandbox_faults):
+    """A 500 and a 400 whose bodies echo our request headers (Basic auth,
+    Backpack's bearer token): the records keep the error, never a secret in
+    any form (raw, base64 Basic, bearer); nor do the logs or `results get`."""
+    from schemas.commands import BackpackCreateCommand
+    from tests.helpers import redis_text, secret_forms
+
+    sandbox_faults(script=[{"status": 500, "echo_headers": True}, {"status": 400, "echo_headers": True},
+                           {"path": "/virtual_items", "status": 500, "echo_headers": True}])
+    publisher.publish(command(project_id, "echo-500"))
+    wait_final(results, project_id, ["echo-500"])
+    publisher.publish(command(project_id, "echo-400"))
+    wait_final(results, project_id, ["echo-400"])
+    publisher.publish(BackpackCreateCommand(project_id=project_id, operation_id="echo-bp", user_id="u-echo",
+                                            item_type="virtual_items", items=[{"item_sku": "s", "item_name": "S", "image_url": "https://cdn.example/s.png",
+                                                                   "external_game_id": "g"}]))
+    deadline = time.monotonic() + 20
+    while (results.get(project_id, "echo-bp", "backpack.create") or {}).get("status") in (None, "pending", "sending"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    errors = [results.get(project_id, "echo-500")["error"], results.get(project_id, "echo-400")["error"],
+              results.get(project_id, "echo-bp", "backpack.create")["error"]]
+    assert all("authorization" in e.lower() for e in errors), errors  # the echo itself is kept...
+    forms = secret_forms(stack.merchant_id, stack.api_key, stack.backpack_token)
+    shown = subprocess.run([sys.executable, "-m", "producers.cli", "results", "get", "echo-500", "--project-id",
+                            str(project_id)], env=stack.env(), cwd=REPO_ROOT, capture_output=True, text=True,
+                           timeout=30).stdout
+    logs = "".join(p.read_text(errors="replace") for p in stack.workdir.glob("w*.log"))
+    for text in (*errors, shown, logs, redis_text(results.redis, "grants:*")):
+        for secret in forms:  # ...without any secret in it
+            assert secret not in text
+
+
+@pytest.mark.parametrize("refusal", [
+    {"status": 302, "location": "https://elsewhere.example/api"},
+    {"status": 301},
+    {"status": 307},
+    {"status": 404, "body": "Not Found"},
+    {"status": 405, "body": "<html>Method Not Allowed</html>"},
+], ids=["302", "301", "307", "404-proxy", "405"])
+def test_a_redirect_or_an_endpoint_wide_refusal_fails_the_lane_replayably_without_splitting(
+        stack, publisher, results, project_id, sandbox_faults, refusal):
+    """The endpoint or configuration is wrong, not the commands: nothing is
+    split (each purchase is not sent 4-7 times), the lane backs off, one loud
+    log line says so, and after the retries every command is failed (safe to
+    replay), never rejected."""
+    stack.sandbox_put("/sandbox/reset", {})
+    sandbox_faults(script=[refusal] * 6)  # the stack's GRANTS_RETRY_MAX_ATTEMPTS
+    ids = [f"ep-{i}" for i in range(3)]
+    publisher.publish_many(command(project_id, i) for i in ids)
+    records = wait_final(results, project_id, ids, timeout=40)
+    assert {r["status"] for r in records.values()} == {"failed"}, records
+    assert all("configuration is wrong" in r["error"] for r in records.values())
+    assert stack.sandbox_get("/sandbox/stats")["calls"] == 6  # one call per attempt, never split
+    assert stack.audit_counts(project_id) == {}
+    logs = "".join(w.log_text() for w in stack.workers)
+    loud = [line for line in logs.splitlines() if "lane backing off" in line and f'"project_id": {project_id}' in line]
+    assert 1 <= len(loud) <= 2, loud  # once per interval per pool process, not per attempt or command
+    # Fixed configuration: the replay grants them.
+    out = subprocess.run([sys.executable, "-m", "producers.cli", "replay", "--status", "failed", "--project-id",
+                          str(project_id)], env=stack.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert "replayed 3 of 3 selected" in out.stdout, out.stdout + out.stderr
+    assert {r["status"] for r in wait_final(results, project_id, ids, timeout=30).values()} == {"granted"}
+
+
+def test_413_splits_and_only_a_single_command_still_too_large_is_rejected(stack, publisher, results, project_id,
+                                                                          sandbox_faults):
+    sandbox_faults(script=[{"status": 413, "body": "Request Entity Too Large"}])
+    ids = [f"big-{i}" for i in range(4)]
+    publisher.publish_many(command(project_id, i) for i in ids)
+    assert {r["status"] for r in wait_final(results, project_id, ids).values()} == {"granted"}
+    sandbox_faults(script=[{"status": 413, "body": "Request Entity Too Large"}])
+    publisher.publish(command(project_id, "big-alone"))
+    record = wait_final(results, project_id, ["big-alone"])["big-alone"]
+    assert record["status"] == "rejected" and "413" in record["error"]
+
+
+def test_a_404_naming_an_item_still_isolates_it_by_splitting(stack, publisher, results, project_id, sandbox_faults):
+    sandbox_faults(script=[{"status": 404, "body": json.dumps(
+        {"statusCode": 404, "errorCode": 4001, "errorMessage": "[0401]: Item with sku = 'x' not found"})}] * 3)
+    ids = [f"sku404-{i}" for i in range(2)]
+    publisher.publish_many(command(project_id, i) for i in ids)
+    records = wait_final(results, project_id, ids)
+    # Split down to single commands (the script refused the whole batch, then each half).
+    assert {r["status"] for r in records.values()} == {"rejected"}
+    assert all(r["attempts"] >= 1 for r in records.values())
+
+
+def test_a_huge_answer_is_cut_at_the_edge_and_never_stored(stack, publisher, results, project_id, sandbox_faults):
+    """A 50 MB success body neither lands in Redis nor in its AOF: the answer
+    is read up to 4 MiB; unreadable, it confirms nothing (in_doubt)."""
+    client = results.redis
+    before = client.info("memory")["used_memory"]
+    aof_before = client.info("persistence").get("aof_current_size", 0)
+    sandbox_faults(script=[{"action": "pad", "bytes": 50_000_000}])
+    publisher.publish(command(project_id, "huge-1"))
+    record = wait_final(results, project_id, ["huge-1"], timeout=30)["huge-1"]
+    assert record["status"] == "in_doubt" and "did not report" in record["error"]
+    assert client.info("memory")["used_memory"] - before < 5_000_000
+    assert client.info("persistence").get("aof_current_size", 0) - aof_before < 5_000_000
+
+
+def test_an_answer_naming_another_user_confirms_nothing(stack, publisher, results, project_id, sandbox_faults):
+    sandbox_faults(script=[{"action": "wrong_user"}])
+    publisher.publish(command(project_id, "who-1", user="the-buyer"))
+    record = wait_final(results, project_id, ["who-1"])["who-1"]
+    assert record["status"] == "in_doubt" and "another user" in record["error"]
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_replay_limit_must_be_positive(stack, limit):
+    out = subprocess.run([sys.executable, "-m", "producers.cli", "replay", "--status", "failed", "--limit", limit],
+                         env=stack.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "at least 1" in out.stderr and "Traceback" not in out.stderr

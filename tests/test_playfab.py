@@ -224,3 +224,18 @@ def test_what_a_read_back_proved_applied_is_final_whatever_the_rest_meets(pf, re
             pf.sandbox_put("/sandbox/playfab/catalog", None)
         assert results.get(PF, b)["status"] == "rejected"
         assert counts(pf)["rows"][a] == 1
+
+
+def test_an_echoed_secret_key_is_stored_nowhere(pf, results):
+    from tests.helpers import redis_text
+
+    pf.sandbox_put("/sandbox/faults", {"script": [{"path": "GrantItemsToUsers", "status": 400, "echo_headers": True}]})
+    try:
+        Publisher(settings_for(pf)).publish(command(PF, "pf-echo", user="PF-ANA", sku="gem"))
+        record = wait_final(results, PF, ["pf-echo"])["pf-echo"]
+    finally:
+        pf.sandbox_put("/sandbox/faults", {})
+    assert "x-secretkey" in record["error"].lower()
+    logs = "".join(w.log_text() for w in pf.workers)
+    for text in (record["error"], logs, redis_text(results.redis, "grants:*")):
+        assert pf.playfab_key not in text

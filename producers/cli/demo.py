@@ -102,7 +102,8 @@ def run(args: argparse.Namespace, settings) -> int:
         _say(f"   worker:  celery -A worker worker (log: {stack.workers[0].log_path})")
         flower_port = args.flower_port if args.flower_port and _port_free(args.flower_port) else free_port()
         stack.start_flower(flower_port)
-        _say(f"   flower:  http://127.0.0.1:{flower_port}")
+        _say(f"   flower:  http://127.0.0.1:{flower_port} (basic auth: user {stack.flower_auth[0]}, "
+             f"password {stack.flower_auth[1]}, made for this run)")
 
         redis_url = settings.redis_url if real_redis else stack.redis.url
         pub_settings = settings.model_copy(update={"redis_url": redis_url, "broker_url": settings.broker_url})
@@ -132,7 +133,8 @@ def run(args: argparse.Namespace, settings) -> int:
             _backpack(publisher, results, stack, settings, args.project_id)
 
         keep = sys.stdout.isatty() if args.keep is None else args.keep
-        _say(f"\nFlower (tasks, workers, queues): http://127.0.0.1:{flower_port}")
+        _say(f"\nFlower (tasks, workers, queues): http://127.0.0.1:{flower_port} "
+             f"(user {stack.flower_auth[0]}, password {stack.flower_auth[1]})")
         if keep:
             _say(f"Look a purchase up: GRANTS_REDIS_URL={_mask(redis_url)} .venv/bin/grants results get "
                  f"{unique[0]} --project-id {args.project_id}")

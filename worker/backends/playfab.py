@@ -43,7 +43,7 @@ from schemas.playfab import (
 )
 from worker import errors
 from worker.backends.base import OpResult
-from worker.backends.http import build_client, request, retry_after_s, translated
+from worker.backends.http import MAX_ERROR_BODY, build_client, request, retry_after_s, translated
 from worker.settings import ProjectBackend, Settings
 
 # Commands per revoke batch: one purchase's instances per call keeps each
@@ -101,7 +101,10 @@ class PlayFab:
     @staticmethod
     def _error(what: str, response: httpx.Response, wrapper: dict[str, Any]) -> errors.BackendError:
         status, code = response.status_code, wrapper.get("errorCode")
-        message = f"{what}: HTTP {status} {wrapper.get('error', '')} ({code}): {wrapper.get('errorMessage', '')}"
+        if wrapper:
+            message = f"{what}: HTTP {status} {wrapper.get('error', '')} ({code}): {wrapper.get('errorMessage', '')}"
+        else:  # not PlayFab's envelope (a proxy, a load balancer): keep what it said
+            message = f"{what}: HTTP {status}: {response.text[:MAX_ERROR_BODY]}"
         if status == 200:  # a 200 without the envelope: applied or not, we cannot tell
             return errors.OutcomeUnknown(f"{what}: unreadable answer", status=status)
         if 300 <= status < 400 or (status in (404, 405) and code is None):

@@ -190,3 +190,32 @@ def test_a_slow_call_keeps_its_lease_and_is_not_given_up_for_lost(redis_client):
     with LeaseKeeper(ledger, lease_ms=300, max_hold_s=0.2).holding(work2):
         _time.sleep(1.0)
         assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5)[0] == 1
+
+
+def test_a_request_that_cannot_be_built_is_failed_not_in_doubt(harness, monkeypatch):
+    """Nothing left us: a failure while building the body (a defect, or a
+    stored command a backend cannot turn into a request) is certainly not
+    applied, so failed (replayable), never in_doubt."""
+    from worker.backends import xsolla
+
+    bid = harness.batch(["a"])
+
+    def broken(kind, command):
+        raise TypeError("'NoneType' object is not subscriptable")
+
+    monkeypatch.setattr(xsolla, "request_body", broken)
+    harness.build().send(bid)
+    rec = harness.results.get(3, "a")
+    assert rec["status"] == "failed" and "nothing sent" in rec["error"]
+    assert harness.calls == []
+
+
+def test_trim_drops_old_index_entries_of_every_kind(redis_client):
+    client, keys = redis_client
+    from worker.keys import RECORD_NAMESPACES
+
+    for kind in RECORD_NAMESPACES:
+        client.zadd(keys.index("failed", kind), {"1:old": 1, "1:new": 2**50})
+    Results(client, keys).trim(retention_ms=1000)
+    for kind in RECORD_NAMESPACES:
+        assert client.zrange(keys.index("failed", kind), 0, -1) == ["1:new"], kind

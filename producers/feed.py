@@ -14,13 +14,9 @@ from typing import IO, Any, Iterator
 
 from pydantic import ValidationError
 
-from schemas.commands import (
-    BackpackCreateCommand,
-    BackpackDeleteCommand,
-    GrantCommand,
-    PlayFabDeleteCommand,
-    RevokeCommand,
-)
+from schemas.commands import MODELS, GrantCommand
+from schemas.kinds import GRANT
+from schemas.kinds import kind as kind_of
 from schemas.jsontext import loads_exact, split_array
 
 # Ours: no single operation is anywhere near this; a longer line is refused
@@ -61,27 +57,16 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return out or "(operation)"
 
 
-# What one feed line holds, per `grants publish --kind`: a grant line is an
-# Xsolla purchase operation; the others are the command's own fields.
-KINDS = {
-    "grant": GrantCommand,
-    "revoke": RevokeCommand,
-    "backpack-create": BackpackCreateCommand,
-    "backpack-delete": BackpackDeleteCommand,
-    "playfab-delete": PlayFabDeleteCommand,
-}
-
-
-def validate(obj: Any, project_id: int, line: int, kind: str = "grant") -> Any:
-    """A command from one decoded element, or its errors."""
+def validate(obj: Any, project_id: int, line: int, kind: str = GRANT) -> Any:
+    """A command of ``kind`` (its name in schemas/kinds.py) from one decoded element, or its errors."""
     if not isinstance(obj, dict):
         return [FeedError(line, "(operation)", f"must be a JSON object, got {type(obj).__name__}")]
     try:
-        if kind == "grant":
+        if kind == GRANT:
             return GrantCommand(project_id=project_id, operation=obj)
         if "kind" in obj or "project_id" in obj:
             raise ValueError("kind and project_id come from the command line, not the feed")
-        return KINDS[kind](project_id=project_id, **obj)
+        return MODELS[kind_of(kind).name](project_id=project_id, **obj)
     except ValueError as exc:
         if not isinstance(exc, ValidationError):
             return [FeedError(line, "(operation)", str(exc))]

@@ -1,9 +1,12 @@
-"""Publishing commands: in chunks (one broker message carries up to
-``GRANTS_PUBLISH_CHUNK_SIZE`` commands), with the broker's retry policy, and
-loudly: a chunk that cannot be published raises :class:`PublishFailed`.
+"""Publishing commands: one entry per command on the command stream.
 
-Publishing is at-least-once: publishing the same purchases again after a
-failure is safe, the workers de-duplicate them.
+``publish(command)`` is one round trip (``XADD``) and returns only once Redis
+has the command; ``publish_many`` pipelines them. Nothing of Celery or the
+worker is loaded: a purchase pipeline embedding this library needs only
+``schemas``, the settings and redis-py. Publishing is at-least-once:
+publishing the same purchase again after a failure is safe, the workers
+de-duplicate it by its id, and the earliest-published payload is the one
+that counts.
 """
 
 from __future__ import annotations
@@ -11,90 +14,131 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable
 
-import orjson
 import structlog
+from redis.exceptions import RedisError
 
-from schemas.commands import GrantCommand
-from worker.celery_app import GrantsCelery, create_app
-from worker.settings import Settings
-from worker.tasks import INGEST, INGEST_QUEUE
+from schemas.commands import AnyCommand
+from schemas.kinds import GRANT, KINDS
+from schemas.records import FINAL_STATUSES
+from schemas.stream import COMMAND_FIELD, Outcome, command_stream, outcome_stream
+from worker.settings import Settings, connect
 
 log = structlog.get_logger("grants.producer")
 
-# Broker publish retries: ~30 s of broker outage is ridden out (a Redis
-# restart), then the publisher gives up and says so.
-PUBLISH_RETRY_POLICY = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
+_FINAL = {s.value for s in FINAL_STATUSES}
 
 
 class PublishFailed(Exception):
-    """The broker refused or was unreachable; ``published`` commands got through."""
+    """Redis refused or was unreachable; ``published`` commands got through."""
 
-    def __init__(self, message: str, published: int):
+    def __init__(self, message: str, published: int = 0):
         super().__init__(message)
         self.published = published
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+def describe(exc: RedisError) -> str:
+    """What went wrong with Redis, in words an operator acts on."""
+    text = str(exc)
+    if text.startswith("OOM"):
+        return f"Redis is out of memory (maxmemory reached): {text}"
+    return f"could not publish to Redis: {type(exc).__name__}: {text}"
 
 
 class Publisher:
-    """Publishes grant commands to the workers."""
+    """Publishes commands to the workers (thread-safe; one per process is enough)."""
 
-    def __init__(self, settings: Settings, app: GrantsCelery | None = None):
+    def __init__(self, settings: Settings, client=None):
         self.settings = settings
-        self.app = app or create_app(settings)
-        self.chunk_size = settings.publish_chunk_size
+        # Patient: a Redis restart (a few seconds with AOF) is ridden out
+        # inside the call, ~40 s, before publish raises PublishFailed.
+        self.redis = client or connect(settings.redis_url)
+        self.stream = command_stream(settings.key_prefix)
+        self.pipeline_size = settings.publish_chunk_size
 
-    def publish(self, command: GrantCommand) -> None:
-        """Publish one command."""
-        self.publish_many([command])
+    def publish(self, command: AnyCommand) -> str:
+        """Publish one command; returns its stream entry id once Redis has it."""
+        try:
+            return self.redis.xadd(self.stream, {COMMAND_FIELD: command.wire()})
+        except RedisError as exc:
+            raise PublishFailed(describe(exc), 0) from exc
 
-    def publish_many(
-        self, commands: Iterable[GrantCommand], on_progress: Callable[[int], None] | None = None
-    ) -> int:
-        """Publish commands in chunks; returns how many were published."""
+    def publish_many(self, commands: Iterable[AnyCommand], on_progress: Callable[[int], None] | None = None) -> int:
+        """Publish commands in order, ``GRANTS_PUBLISH_CHUNK_SIZE`` per round trip; returns how many."""
         published = 0
-        chunk: list[GrantCommand] = []
-        with self.app.producer_or_acquire() as producer:
-            for command in commands:
-                chunk.append(command)
-                if len(chunk) >= self.chunk_size:
-                    published += self._send(chunk, producer, published)
-                    chunk = []
-                    if on_progress:
-                        on_progress(published)
-            if chunk:
-                published += self._send(chunk, producer, published)
+        pending: list[AnyCommand] = []
+        for command in commands:
+            pending.append(command)
+            if len(pending) >= self.pipeline_size:
+                published += self._pipelined(pending, published)
+                pending = []
                 if on_progress:
                     on_progress(published)
+        if pending:
+            published += self._pipelined(pending, published)
+            if on_progress:
+                on_progress(published)
         return published
 
-    def _send(self, chunk: list[GrantCommand], producer, published: int) -> int:
-        stamp = now_ms()
-        # One JSON string, not a list of objects: the worker's main process
-        # decodes every message body (kombu's decoder calls back into Python for
-        # each nested object); a string costs it one call, and the pool process
-        # parses it once with orjson.
-        payload = orjson.dumps([c.to_message(stamp) for c in chunk]).decode()
-        projects = sorted({c.project_id for c in chunk})
-        # What Flower shows instead of the whole chunk.
-        summary = (
-            f"{len(chunk)} commands, project {','.join(map(str, projects[:3]))}"
-            f"{'…' if len(projects) > 3 else ''}: "
-            f"{chunk[0].external_purchase_id} … {chunk[-1].external_purchase_id}"
-        )
+    def _pipelined(self, commands: list[AnyCommand], published: int) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.xadd(self.stream, {COMMAND_FIELD: command.wire()})
         try:
-            self.app.send_task(
-                INGEST,
-                args=[payload],
-                queue=INGEST_QUEUE,
-                producer=producer,
-                retry=True,
-                retry_policy=PUBLISH_RETRY_POLICY,
-                argsrepr=f"[<{summary}>]",
-            )
-        except Exception as exc:  # kombu raises OperationalError and friends
-            raise PublishFailed(f"could not publish to the broker: {exc}", published) from exc
-        log.debug("chunk published", commands=len(chunk), projects=projects)
-        return len(chunk)
+            pipe.execute()
+        except RedisError as exc:
+            # Some of this round trip may have been appended: publishing the
+            # same commands again is safe (they are de-duplicated).
+            raise PublishFailed(describe(exc), published) from exc
+        return len(commands)
+
+    def outcome(self, project_id: int, external_purchase_id: str, timeout: float, *, kind: str = GRANT) -> Outcome:
+        """Wait for a command's final outcome (following the outcome stream);
+        ``TimeoutError`` after ``timeout`` seconds. For the kinds keyed by an
+        operation id, ``external_purchase_id`` is that id."""
+        return wait_outcome(self.redis, self.settings.key_prefix, project_id, external_purchase_id, timeout,
+                            kind=kind)
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+def record_key(prefix: str, kind: str, project_id: int, record_id: str) -> str:
+    """Where a command's record is (its ``st`` field is its status)."""
+    return f"{prefix}:{KINDS[kind].namespace}:{project_id}:{record_id}"
+
+
+def wait_outcome(client, prefix: str, project_id: int, record_id: str, timeout: float, *,
+                 kind: str = GRANT) -> Outcome:
+    """The outcome of one command, from its record if final, else from the
+    outcome stream (read from a point taken before the record was looked at,
+    so an outcome written in between is not missed)."""
+    stream = outcome_stream(prefix)
+    deadline = time.monotonic() + timeout
+    last = client.xrevrange(stream, count=1)
+    cursor = last[0][0] if last else "0-0"
+    status = client.hget(record_key(prefix, kind, project_id, record_id), "st")
+    if status in _FINAL:
+        return Outcome(project_id, record_id, kind, status, 0)
+    while True:
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            raise TimeoutError(f"no outcome for {kind} {project_id}/{record_id} within {timeout} s")
+        reply = client.xread({stream: cursor}, count=1000, block=min(left_ms, 1000))
+        cursor, found = scan_outcomes(reply, cursor, project_id, record_id, kind)
+        if found is not None:
+            return found
+
+
+def scan_outcomes(reply: list | None, cursor: str, project_id: int, record_id: str,
+                  kind: str) -> tuple[str, Outcome | None]:
+    """Look through one XREAD reply of the outcome stream for a command's
+    outcome; returns the new cursor and the outcome, if it was there."""
+    wanted = (str(project_id), record_id, kind)
+    for _stream, entries in reply or []:
+        for entry_id, fields in entries:
+            cursor = entry_id
+            if (fields.get("project_id"), fields.get("external_purchase_id"), fields.get("kind", GRANT)) == wanted:
+                found = Outcome.from_entry(fields)
+                if found is not None:
+                    return cursor, found
+    return cursor, None

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.kinds import BACKPACK_CREATE, BACKPACK_DELETE, GRANT, KINDS, PLAYFAB_DELETE, REVOKE
 from schemas.paths import PathId
 from schemas.xsolla import MAX_COMMENT_LENGTH, MAX_ID_LENGTH, PurchaseOperation
 
@@ -54,6 +55,21 @@ class _Canonical:
         """Short digest of :attr:`canonical`; equal hashes mean the same command."""
         return hashlib.blake2b(self.canonical, digest_size=16).hexdigest()
 
+    def to_message(self, enqueued_at_ms: int | None = None) -> dict[str, Any]:
+        """The envelope as it travels (JSON-safe): version, kind, project, fields.
+
+        ``enqueued_at`` is optional: on the command stream the entry id is
+        the publish time.
+        """
+        message = {"v": ENVELOPE_VERSION, **self.model_dump(mode="json", exclude_none=True)}  # type: ignore[attr-defined]
+        if enqueued_at_ms is not None:
+            message["enqueued_at"] = enqueued_at_ms
+        return message
+
+    def wire(self) -> bytes:
+        """The envelope as one stream entry's ``command`` field holds it."""
+        return orjson.dumps(self.to_message())
+
     @model_validator(mode="after")
     def _encodable(self):
         # Anything we cannot encode we cannot store, hash or send: integers
@@ -71,7 +87,7 @@ class GrantCommand(_Canonical, BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["grant"] = "grant"
+    kind: Literal[GRANT] = GRANT
     # Xsolla's project_id is an integer path parameter.
     project_id: Annotated[StrictInt, Field(gt=0, lt=2**63)]
     operation: PurchaseOperation
@@ -91,15 +107,6 @@ class GrantCommand(_Canonical, BaseModel):
     def _identity_body(self) -> dict[str, Any]:
         return {"operation": self.body()}
 
-    def to_message(self, enqueued_at_ms: int) -> dict[str, Any]:
-        """The broker representation (JSON-safe)."""
-        return {
-            "v": ENVELOPE_VERSION,
-            "kind": self.kind,
-            "project_id": self.project_id,
-            "operation": self.body(),
-            "enqueued_at": enqueued_at_ms,
-        }
 
 
 class RevokeCommand(_Canonical, BaseModel):
@@ -107,7 +114,7 @@ class RevokeCommand(_Canonical, BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["revoke"] = "revoke"
+    kind: Literal[REVOKE] = REVOKE
     project_id: Annotated[StrictInt, Field(gt=0, lt=2**63)]
     external_purchase_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
     # Sent to the backend as the revoke's comment ("Refund", "Chargeback 123").
@@ -116,9 +123,6 @@ class RevokeCommand(_Canonical, BaseModel):
     def _identity_body(self) -> dict[str, Any]:
         return {"external_purchase_id": self.external_purchase_id, "comment": self.comment}
 
-    def to_message(self, enqueued_at_ms: int) -> dict[str, Any]:
-        """The broker representation (JSON-safe)."""
-        return {"v": ENVELOPE_VERSION, **self.model_dump(mode="json", exclude_none=True), "enqueued_at": enqueued_at_ms}
 
 
 OperationId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
@@ -140,15 +144,13 @@ class _Operation(_Canonical, BaseModel):
     def _identity_body(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"kind", "project_id"}, exclude_none=True)
 
-    def to_message(self, enqueued_at_ms: int) -> dict[str, Any]:
-        return {"v": ENVELOPE_VERSION, **self.model_dump(mode="json", exclude_none=True), "enqueued_at": enqueued_at_ms}
 
 
 class BackpackCreateCommand(_Operation):
     """Create items in a user's Xsolla Backpack: game keys, virtual items,
     virtual currency packages or promo codes (one call, up to 100 items)."""
 
-    kind: Literal["backpack.create"] = "backpack.create"
+    kind: Literal[BACKPACK_CREATE] = BACKPACK_CREATE
     user_id: PathId
     item_type: Literal["game_keys", "virtual_items", "virtual_currency", "promo_codes"]
     items: list[dict[str, Any]]
@@ -176,7 +178,7 @@ class BackpackCreateCommand(_Operation):
 class BackpackDeleteCommand(_Operation):
     """Delete one item from a user's Backpack."""
 
-    kind: Literal["backpack.delete"] = "backpack.delete"
+    kind: Literal[BACKPACK_DELETE] = BACKPACK_DELETE
     user_id: PathId
     item_id: PathId
 
@@ -184,19 +186,27 @@ class BackpackDeleteCommand(_Operation):
 class PlayFabDeleteCommand(_Operation):
     """Revoke one item instance from a PlayFab player's inventory."""
 
-    kind: Literal["playfab.delete"] = "playfab.delete"
+    kind: Literal[PLAYFAB_DELETE] = PLAYFAB_DELETE
     playfab_id: OperationId
     item_instance_id: OperationId
     character_id: OperationId | None = None
 
 
-# ``kind`` discriminates; a message without one is a grant (the first kind).
-Command = Annotated[
-    GrantCommand | RevokeCommand | BackpackCreateCommand | BackpackDeleteCommand | PlayFabDeleteCommand,
-    Field(discriminator="kind"),
-]
 AnyCommand = GrantCommand | RevokeCommand | BackpackCreateCommand | BackpackDeleteCommand | PlayFabDeleteCommand
+# The model of each kind in the table (schemas/kinds.py).
+MODELS: dict[str, type[AnyCommand]] = {
+    GRANT: GrantCommand,
+    REVOKE: RevokeCommand,
+    BACKPACK_CREATE: BackpackCreateCommand,
+    BACKPACK_DELETE: BackpackDeleteCommand,
+    PLAYFAB_DELETE: PlayFabDeleteCommand,
+}
+# ``kind`` discriminates; a message without one is a grant.
+Command = Annotated[AnyCommand, Field(discriminator="kind")]
 _command_adapter: TypeAdapter[AnyCommand] = TypeAdapter(Command)
+
+
+_ALIASES = {alias: k.name for k in KINDS.values() for alias in k.aliases}
 
 
 def parse_command(message: Any) -> tuple[AnyCommand, int | None]:
@@ -212,6 +222,8 @@ def parse_command(message: Any) -> tuple[AnyCommand, int | None]:
         raise ValueError(f"unknown envelope version {version!r}")
     enqueued_at = message.get("enqueued_at")
     body = {k: v for k, v in message.items() if k not in ("v", "enqueued_at")}
-    body.setdefault("kind", "grant")
+    body.setdefault("kind", GRANT)
+    if isinstance(body["kind"], str) and body["kind"] in _ALIASES:
+        body["kind"] = _ALIASES[body["kind"]]
     command = _command_adapter.validate_python(body)
     return command, enqueued_at if isinstance(enqueued_at, int) else None

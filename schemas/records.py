@@ -6,7 +6,8 @@ from enum import Enum
 
 
 class Status(str, Enum):
-    """Where a command is. Only the last four are outcomes."""
+    """Where a command is (FINAL_STATUSES are outcomes; the statuses each
+    kind goes through are in schemas/kinds.py)."""
 
     pending = "pending"  # accepted, waiting in a buffer for its batch
     sending = "sending"  # taken into a batch; the backend call may be under way
@@ -27,34 +28,6 @@ FINAL_STATUSES = frozenset({
     Status.granted, Status.rejected, Status.failed, Status.in_doubt, Status.cancelled,
     Status.revoked, Status.noop,
 })
-
-# The statuses each kind of command goes through, in display order.
-GRANT_STATUSES = (
-    Status.pending, Status.sending, Status.granted, Status.rejected, Status.failed, Status.in_doubt,
-    Status.cancelled, Status.conflict, Status.dead,
-)
-REVOKE_STATUSES = (
-    Status.pending, Status.waiting, Status.sending, Status.revoked, Status.rejected, Status.failed,
-    Status.in_doubt, Status.noop,
-)
-
-# What "the backend applied it" is called, per kind of command.
-APPLIED = {
-    "grant": Status.granted,
-    "revoke": Status.revoked,
-    "backpack.create": Status.granted,
-    "backpack.delete": Status.revoked,
-    "playfab.delete": Status.revoked,
-}
-# Statuses of the kinds keyed by an operation id, per kind.
-OPERATION_STATUSES = {
-    "backpack.create": (Status.pending, Status.sending, Status.granted, Status.rejected, Status.failed,
-                        Status.in_doubt, Status.conflict),
-    "backpack.delete": (Status.pending, Status.sending, Status.revoked, Status.rejected, Status.failed,
-                        Status.in_doubt, Status.conflict),
-    "playfab.delete": (Status.pending, Status.sending, Status.revoked, Status.rejected, Status.failed,
-                       Status.in_doubt, Status.conflict),
-}
 
 # Outcomes ops may send again with `grants replay`. Never 'granted' (it would
 # double the grant) and never 'rejected' (the backend refused the payload; the

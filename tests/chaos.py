@@ -41,7 +41,7 @@ import psutil
 from producers.localstack import REPO_ROOT, Stack, wait_until
 from tests.helpers import operation
 from worker.keys import Keys
-from worker.redis_conn import connect
+from worker.settings import connect
 from worker.results import Results
 
 PROJECT = 77001

@@ -12,7 +12,7 @@ import pytest
 from producers.localstack import RedisServer, Stack
 from producers.publisher import Publisher
 from worker.keys import Keys
-from worker.redis_conn import connect
+from worker.settings import connect
 from worker.results import Results
 from worker.settings import Settings
 

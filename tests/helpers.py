@@ -135,15 +135,16 @@ def kombu_envelope(body: str, *, task: str | None, queue: str, content_type: str
     }).encode()
 
 
-def publish_raw(redis_client: Any, messages: list[Any]) -> None:
-    """Publish command messages as another program would, bypassing our
-    producer's validation: each element is a dict (sent as JSON) or the raw
-    JSON text of one message."""
+def publish_raw(redis_client: Any, messages: list[Any], prefix: str = "grants") -> list[str]:
+    """Publish command messages as a producer in another language would
+    (one XADD each), bypassing our producer's validation: each element is a
+    dict (sent as JSON) or the raw text of one entry's command field."""
     import json
 
-    chunk = "[" + ",".join(m if isinstance(m, str) else json.dumps(m) for m in messages) + "]"
-    redis_client.lpush("grants.ingest", kombu_envelope(json.dumps([[chunk], {}, {}]), task="grants.ingest",
-                                                       queue="grants.ingest"))
+    from schemas.stream import COMMAND_FIELD, command_stream
+
+    return [redis_client.xadd(command_stream(prefix), {COMMAND_FIELD: m if isinstance(m, str) else json.dumps(m)})
+            for m in messages]
 
 
 def redis_text(client: Any, pattern: str = "*") -> str:

@@ -97,7 +97,7 @@ def test_ids_that_would_change_the_url_path_are_refused_everywhere(stack, result
     message), refused by `grants backpack items`: never routed elsewhere.
     Anything else in an id is percent-encoded into one path segment."""
     from tests.helpers import publish_raw
-    from worker.redis_conn import connect
+    from worker.settings import connect
 
     def create(op, user):
         return {"operation_id": op, "user_id": user, "item_type": "virtual_items", "items": ITEMS["virtual_items"]}

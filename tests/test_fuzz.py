@@ -11,7 +11,6 @@ explicit ``@example``s and parametrized cases.
 
 from __future__ import annotations
 
-import base64
 import io
 import itertools
 import json
@@ -44,7 +43,7 @@ from schemas.xsolla import (
 )
 from tests.helpers import operation
 
-QUEUE = "grants.ingest"
+STREAM = "grants:commands"  # where `grants publish` appends, one entry per command
 
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 
@@ -634,7 +633,7 @@ def publish_cli(redis_server, monkeypatch, tmp_path, capfd):
     counter = itertools.count()
 
     def queue_keys() -> list[bytes]:
-        return [k for k in client.scan_iter(f"{QUEUE}*") if not k.startswith(b"_kombu")]
+        return [k for k in client.scan_iter(STREAM)]
 
     def run(content: bytes) -> tuple[int, str, str, list[dict]]:
         for key in queue_keys():
@@ -656,21 +655,12 @@ def publish_cli(redis_server, monkeypatch, tmp_path, capfd):
 
 
 def queued(client: redis.Redis, keys: list[bytes]) -> list[dict]:
-    """The command messages waiting in the ingest queue, as the worker will see them."""
+    """The command messages on the command stream, in order, as the worker will see them."""
     messages = []
     for key in keys:
-        for raw in reversed(client.lrange(key, 0, -1)):  # LPUSHed: oldest last
-            envelope = json.loads(raw)
-            body = envelope["body"]
-            if envelope["properties"].get("body_encoding") == "base64":
-                body = base64.b64decode(body)
-            args, kwargs, _embed = json.loads(body)
-            assert envelope["headers"]["task"] == "grants.ingest" and kwargs == {}
-            (chunk,) = args
-            assert isinstance(chunk, str)  # one JSON string holding a list of command messages
-            batch = orjson.loads(chunk)
-            assert isinstance(batch, list) and batch
-            messages.extend(batch)
+        for _entry_id, fields in client.xrange(key):
+            assert set(fields) == {b"command"}  # one field: the command's JSON
+            messages.append(orjson.loads(fields[b"command"]))
     return messages
 
 
@@ -679,8 +669,8 @@ def assert_clean_run(status: int, err: str, messages: list[dict]) -> list[GrantC
     assert "Traceback" not in err, err[-3000:]
     commands = []
     for message in messages:
-        cmd, enqueued = parse_command(message)  # nothing invalid reached the queue
-        assert isinstance(enqueued, int)
+        cmd, enqueued = parse_command(message)  # nothing invalid reached the stream
+        assert enqueued is None  # the entry id is the publish time
         check_command(cmd)
         assert cmd.project_id == 7
         commands.append(cmd)

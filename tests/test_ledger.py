@@ -12,7 +12,7 @@ import pytest
 
 from schemas.records import Status
 from tests.helpers import command
-from worker.ledger import Ledger, Outcome
+from worker.ledger import Arrival, Ledger, Outcome
 from worker.results import Results
 
 TAKE = dict(max_inflight=100, flush_ms=60_000, lease_ms=5_000)
@@ -31,7 +31,8 @@ def results(redis_client):
 
 
 def ingest(ledger, ids, source="t", project=1, **kw):
-    return [r.result for r in ledger.ingest([(command(project, i, **kw), 1) for i in ids], source)]
+    return [r.result for r in ledger.ingest([Arrival(command(project, i, **kw), 1, f"{source}:{n}")
+                                             for n, i in enumerate(ids)])]
 
 
 def test_claim_dedupes_and_refuses_conflicts(ledger, results):
@@ -199,7 +200,8 @@ def revoke(ledger, ids, source="r", project=1):
     from schemas.commands import RevokeCommand
 
     return [r.result for r in ledger.ingest(
-        [(RevokeCommand(project_id=project, external_purchase_id=i, comment="Refund"), 1) for i in ids], source)]
+        [Arrival(RevokeCommand(project_id=project, external_purchase_id=i, comment="Refund"), 1, f"{source}:{n}")
+         for n, i in enumerate(ids)])]
 
 
 def _send(ledger, results_by_id, kind_check=None):
@@ -317,8 +319,9 @@ def test_replay_selection_filters(ledger, results):
     from worker import replay as rp
 
     ids = ["f-a", "f-b", "f-c", "f-d"]
-    ledger.ingest([(command(1, "f-a", sku="gem", user="ana"), 1), (command(1, "f-b", sku="sword", user="ana"), 1),
-                   (command(1, "f-c", sku="gem", user="bo"), 1), (command(2, "f-d", sku="gem", user="ana"), 1)], "s")
+    ledger.ingest([Arrival(c, 1, f"s:{n}") for n, c in enumerate([
+        command(1, "f-a", sku="gem", user="ana"), command(1, "f-b", sku="sword", user="ana"),
+        command(1, "f-c", sku="gem", user="bo"), command(2, "f-d", sku="gem", user="ana")])])
     for project in (1, 2):
         (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
         work = ledger.begin(bid, f"t{project}", lease_ms=5000, on_unknown="doubt")

@@ -66,12 +66,14 @@ def test_poison_messages_become_dead_letters_and_the_worker_goes_on(stack, resul
 
 
 def test_replay_of_failed_grants_via_cli_records_history(stack, publisher, results, project_id, sandbox_faults):
-    # Six 503s: more than the test stack's GRANTS_RETRY_MAX_ATTEMPTS allows.
-    sandbox_faults(script=[{"status": 503}] * 6)
+    # Six 503s for each of (at most) two batches: more than the test stack's
+    # GRANTS_RETRY_MAX_ATTEMPTS allows; what is left of them is cleared.
+    sandbox_faults(script=[{"status": 503}] * 12)
     publisher.publish_many([command(project_id, "rp-1"), command(project_id, "rp-2", user="u2")])
     records = wait_final(results, project_id, ["rp-1", "rp-2"], timeout=60)
     assert {r["status"] for r in records.values()} == {"failed"}
     assert stack.audit_counts(project_id) == {}
+    sandbox_faults()
 
     dry = grants(stack, "replay", "--status", "failed", "--project-id", str(project_id), "--user", "u2", "--dry-run")
     assert f"would replay {project_id}/rp-2" in dry.stdout and "rp-1" not in dry.stdout

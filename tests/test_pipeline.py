@@ -208,23 +208,19 @@ def test_flower_shows_the_tasks_and_no_secret(stack, publisher, results, project
         stack.start_flower()
     api = f"http://127.0.0.1:{stack.flower_port}/api/tasks"
     # Flower subscribes to events a moment after it reports its connection;
-    # publish a fresh pair each second until it reports one (bounded).
-    seen, sent = [], []
+    # publish a fresh pair each second until it reports a send task (bounded).
+    seen: list = []
     deadline = time.monotonic() + 20
+    n = 0
     while not seen and time.monotonic() < deadline:
-        pair = [f"fl-{len(sent)}a", f"fl-{len(sent)}b"]
-        sent += pair
+        pair = [f"fl-{n}a", f"fl-{n}b"]
+        n += 1
         publisher.publish_many([command(project_id, i) for i in pair])
         wait_final(results, project_id, pair)
         time.sleep(1)
         tasks = httpx.get(api, params={"limit": 5000}, auth=stack.flower_auth, timeout=10).json()
-        seen = [t for t in tasks.values()
-                if t["name"] == "grants.ingest" and any(i in (t.get("args") or "") for i in sent)]
-    assert seen, "Flower did not see an ingest task"
-    assert seen[0]["state"] == "SUCCESS"
-    # Flower shows a summary of the chunk, not its whole body.
-    assert "2 commands" in seen[0]["args"] and len(seen[0]["args"]) < 300
-    assert any(t["name"] == "grants.send_batches" and t["state"] == "SUCCESS" for t in tasks.values())
+        seen = [t for t in tasks.values() if t["name"] == "grants.send_batches" and t["state"] == "SUCCESS"]
+    assert seen, "Flower did not see a send task"
     assert stack.api_key not in json.dumps(tasks)
 
 
@@ -312,14 +308,20 @@ def test_a_redirect_or_an_endpoint_wide_refusal_fails_the_lane_replayably_withou
     log line says so, and after the retries every command is failed (safe to
     replay), never rejected."""
     stack.sandbox_put("/sandbox/reset", {})
-    sandbox_faults(script=[refusal] * 6)  # the stack's GRANTS_RETRY_MAX_ATTEMPTS
+    # A first call that takes 0.5 s, so that the three purchases behind it
+    # accumulate into one batch; then that batch is refused on each of the
+    # stack's GRANTS_RETRY_MAX_ATTEMPTS.
+    sandbox_faults(script=[{"action": "hang", "seconds": 0.5}, *[refusal] * 6])
+    publisher.publish(command(project_id, "ep-first"))
+    time.sleep(0.05)
     ids = [f"ep-{i}" for i in range(3)]
     publisher.publish_many(command(project_id, i) for i in ids)
     records = wait_final(results, project_id, ids, timeout=40)
     assert {r["status"] for r in records.values()} == {"failed"}, records
+    assert len({r["batch_id"] for r in records.values()}) == 1
     assert all("configuration is wrong" in r["error"] for r in records.values())
-    assert stack.sandbox_get("/sandbox/stats")["calls"] == 6  # one call per attempt, never split
-    assert stack.audit_counts(project_id) == {}
+    assert stack.sandbox_get("/sandbox/stats")["calls"] == 1 + 6  # one call per attempt, never split
+    assert stack.audit_counts(project_id) == {"ep-first": 1}
     logs = "".join(w.log_text() for w in stack.workers)
     loud = [line for line in logs.splitlines() if "lane backing off" in line and f'"project_id": {project_id}' in line]
     assert 1 <= len(loud) <= 2, loud  # once per interval per pool process, not per attempt or command
@@ -332,10 +334,15 @@ def test_a_redirect_or_an_endpoint_wide_refusal_fails_the_lane_replayably_withou
 
 def test_413_splits_and_only_a_single_command_still_too_large_is_rejected(stack, publisher, results, project_id,
                                                                           sandbox_faults):
-    sandbox_faults(script=[{"status": 413, "body": "Request Entity Too Large"}])
+    # Behind a slow first call, the four accumulate into one batch, refused whole.
+    sandbox_faults(script=[{"action": "hang", "seconds": 0.5}, {"status": 413, "body": "Request Entity Too Large"}])
+    publisher.publish(command(project_id, "big-first"))
+    time.sleep(0.05)
     ids = [f"big-{i}" for i in range(4)]
     publisher.publish_many(command(project_id, i) for i in ids)
-    assert {r["status"] for r in wait_final(results, project_id, ids).values()} == {"granted"}
+    records = wait_final(results, project_id, ids)
+    assert {r["status"] for r in records.values()} == {"granted"}
+    assert len({r["batch_id"] for r in records.values()}) == 2  # the halves
     sandbox_faults(script=[{"status": 413, "body": "Request Entity Too Large"}])
     publisher.publish(command(project_id, "big-alone"))
     record = wait_final(results, project_id, ["big-alone"])["big-alone"]

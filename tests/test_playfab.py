@@ -13,7 +13,7 @@ from schemas.commands import RevokeCommand
 from tests.conftest import FAST, settings_for
 from tests.helpers import command, wait_final
 from worker.keys import Keys
-from worker.redis_conn import connect
+from worker.settings import connect
 from worker.results import Results
 
 pytestmark = pytest.mark.integration

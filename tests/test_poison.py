@@ -15,7 +15,7 @@ from tests.conftest import make_stack, settings_for
 from producers.publisher import Publisher
 from tests.helpers import command, kombu_envelope, wait_final
 from worker.keys import Keys
-from worker.redis_conn import connect
+from worker.settings import connect
 from worker.results import Results
 
 pytestmark = pytest.mark.integration

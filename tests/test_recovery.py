@@ -11,7 +11,7 @@ from schemas.records import Status
 from tests.conftest import make_stack, settings_for
 from tests.helpers import command, wait_final
 from worker.keys import Keys
-from worker.redis_conn import connect
+from worker.settings import connect
 from worker.results import Results
 
 pytestmark = pytest.mark.integration

@@ -131,7 +131,7 @@ def test_expiry_of_a_record_is_not_never_seen_refunds_within_the_window_and_reje
     from producers.publisher import Publisher
     from tests.conftest import make_stack, settings_for
     from worker.keys import Keys
-    from worker.redis_conn import connect
+    from worker.settings import connect
     from worker.results import Results
 
     day = 86_400

@@ -12,7 +12,7 @@ from tests.helpers import command
 from worker.backends.http import retry_after_s
 from worker.backends.registry import Backends
 from worker.backends.xsolla import XsollaInventory
-from worker.ledger import Ledger, Outcome
+from worker.ledger import Arrival, Ledger, Outcome
 from worker.results import Results
 from worker.sender import Sender, backoff_s
 from worker.settings import Settings
@@ -51,7 +51,7 @@ def harness(redis_client):
         return Sender(ledger, backends, configured, dispatched.extend, rng=random.Random(1))
 
     def batch(ids):
-        ledger.ingest([(command(3, i), 1) for i in ids], "t")
+        ledger.ingest([Arrival(command(3, i), 1, f"t:{i}") for i in ids])
         return ledger.take(max_batches=1, max_inflight=10, flush_ms=0, lease_ms=5000)[0]
 
     def due(batch_id):
@@ -175,7 +175,7 @@ def test_a_slow_call_keeps_its_lease_and_is_not_given_up_for_lost(redis_client):
 
     client, keys = redis_client
     ledger = Ledger(client, keys, ttl_ms=60_000, batch_limits={"grant": 50}, default_batch_limit=50)
-    ledger.ingest([(command(3, "slow"), 1)], "t")
+    ledger.ingest([Arrival(command(3, "slow"), 1, "t:slow")])
     (bid,) = ledger.take(max_batches=1, max_inflight=10, flush_ms=0, lease_ms=5000)
     work = ledger.begin(bid, "tok", lease_ms=300, on_unknown="doubt")
     keeper = LeaseKeeper(ledger, lease_ms=300, max_hold_s=5)
@@ -184,7 +184,7 @@ def test_a_slow_call_keeps_its_lease_and_is_not_given_up_for_lost(redis_client):
         assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5) == (0, [])
     assert ledger.complete(work, [Outcome("slow", "granted")]) == (True, 1)
     # Past the cap, renewal stops and the sweeper takes over.
-    ledger.ingest([(command(3, "stuck"), 1)], "t2")
+    ledger.ingest([Arrival(command(3, "stuck"), 1, "t2:stuck")])
     (bid2,) = ledger.take(max_batches=1, max_inflight=10, flush_ms=0, lease_ms=5000)
     work2 = ledger.begin(bid2, "tok2", lease_ms=300, on_unknown="doubt")
     with LeaseKeeper(ledger, lease_ms=300, max_hold_s=0.2).holding(work2):

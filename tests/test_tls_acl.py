@@ -19,7 +19,8 @@ from tests.helpers import command, wait_final
 from tests.tls_support import ACL_PASSWORD, ACL_USER, AclRedisServer, TlsFiles, TlsUnsupported, make_certs
 from worker.keys import Keys
 from worker.logs import Redactor
-from worker.redis_conn import broker_ssl_options, connect
+from worker.redis_conn import broker_ssl_options
+from worker.settings import connect
 from worker.results import Results
 from worker.settings import Settings
 
@@ -94,7 +95,7 @@ def _grant_through(server: AclRedisServer, workdir: Path, project_id: int) -> St
         assert f"Connected to worker.broker:Transport{masked.replace(':**@', ':***@')}" in log
     finally:
         if publisher is not None:
-            publisher.app.close()
+            publisher.close()
         stack.stop()
     return stack
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from producers.localstack import Service, StackError, free_port, redis_server_binary, wait_until
-from worker.redis_conn import connect
+from worker.settings import connect
 
 ACL_USER = "grants"
 ACL_PASSWORD = "s3cret"

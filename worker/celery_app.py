@@ -1,5 +1,5 @@
-"""The Celery application: configuration from :class:`Settings`, the two
-tasks, and the sweeper bootstep. ``celery -A worker worker`` is a complete
+"""The Celery application: configuration from :class:`Settings`, the tasks,
+and the ingestion and sweeper bootsteps. ``celery -A worker worker`` is a complete
 deployment; start more of them (anywhere) for more capacity."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from kombu import Queue
 from worker import logs, tasks
 from worker.broker import ON_UNUSABLE
 from worker.gc_tuning import tune_gc
+from worker.ingest import IngestStep
 from worker.redis_conn import broker_ssl_options
 from worker.runtime import Runtime
 from worker.settings import Settings
@@ -93,17 +94,17 @@ def create_app(settings: Settings) -> GrantsCelery:
         # Task events for Flower.
         worker_send_task_events=True,
         task_send_sent_event=True,
-        task_queues=(Queue(tasks.INGEST_QUEUE), Queue(tasks.SEND_QUEUE)),
-        task_default_queue=tasks.INGEST_QUEUE,
+        task_queues=(Queue(tasks.SEND_QUEUE), Queue(tasks.OPS_QUEUE)),
+        task_default_queue=tasks.OPS_QUEUE,
         # Records undecodable / unknown-task messages as dead letters.
         worker_consumer="worker.consumer:GrantsConsumer",
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
-    app.task(name=tasks.INGEST, bind=True, queue=tasks.INGEST_QUEUE)(tasks.ingest)
     app.task(name=tasks.SEND_BATCHES, bind=True, queue=tasks.SEND_QUEUE)(tasks.send_batches)
-    app.task(name=tasks.REPLAY, bind=True, queue=tasks.INGEST_QUEUE)(tasks.replay)
+    app.task(name=tasks.REPLAY, bind=True, queue=tasks.OPS_QUEUE)(tasks.replay)
     app.steps["worker"].add(SweeperStep)
+    app.steps["worker"].add(IngestStep)
 
     @signals.worker_ready.connect(weak=False)
     @signals.worker_process_init.connect(weak=False)

@@ -20,6 +20,19 @@ One place, so that a reader can see the whole data model at once:
   id names its lane: ``b17|grant:44056``.
 - ``{p}:leases``  sorted set batch id -> lease deadline (ms).
 - ``{p}:seq:batch``  counter for batch ids.
+- ``{p}:commands``  the command stream producers XADD to (schemas/stream.py);
+  entries up to the ingestion position are trimmed by the ingest script.
+- ``{p}:ingest:pos``  string: id of the last stream entry ingested (the
+  compare-and-set that makes ingestion exactly-once and ordered).
+- ``{p}:ingest:count``  counter: entries ingested (lag = entries added - this).
+- ``{p}:lock:ingest``  which worker's ingestion loop reads the stream.
+- ``{p}:clm:{ns}:{project}:{id}``  string ``<payload hash>|<final status>``:
+  the dedupe claim, kept GRANTS_DEDUPE_RETENTION_DAYS (outlives the record).
+- ``{p}:rfd:{project}:{purchase}``  hash: what a refund needs of a granted
+  purchase (``cmd``, ``res``, ``cpl``, ``revoked``), kept for the refund window.
+- ``{p}:lanes:hold``  hash lane -> until (ms): lanes backing off as a whole.
+- ``{p}:budget:{backend}:{project}``  hash ``t`` (tokens), ``ts`` (ms): the
+  call budget's token bucket.
 - ``{p}:outcomes``  stream of final outcomes for the purchase pipeline.
 - ``{p}:lock:sweeper``  the recovery timer's lock.
 - ``{p}:dead:{id}``  hash: a broker message that was not a valid command,
@@ -30,6 +43,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from schemas.kinds import KINDS
+from schemas.stream import command_stream, outcome_stream
 
 # Outcome stream length cap (approximate trimming, MAXLEN ~). 1,000,000 entries
 # of ~120 bytes is ~120 MB: days of traffic for a consumer to fall behind by.
@@ -56,14 +72,9 @@ TAKE_SCAN_LANES = 100
 RECOVER_PER_TICK = 200
 
 
-# Record key namespace per command kind (the Lua prelude has the same table).
-RECORD_NAMESPACES = {
-    "grant": "rec",
-    "revoke": "rvk",
-    "backpack.create": "bpc",
-    "backpack.delete": "bpd",
-    "playfab.delete": "pfd",
-}
+# Record key namespace per command kind (schemas/kinds.py; the Lua prelude
+# gets the same table, generated from it).
+RECORD_NAMESPACES = {name: k.namespace for name, k in KINDS.items()}
 
 
 @dataclass(frozen=True)
@@ -100,7 +111,23 @@ class Keys:
 
     @property
     def outcomes(self) -> str:
-        return f"{self.prefix}:outcomes"
+        return outcome_stream(self.prefix)
+
+    @property
+    def commands(self) -> str:
+        return command_stream(self.prefix)
+
+    @property
+    def ingest_position(self) -> str:
+        return f"{self.prefix}:ingest:pos"
+
+    @property
+    def ingest_count(self) -> str:
+        return f"{self.prefix}:ingest:count"
+
+    @property
+    def ingest_lock(self) -> str:
+        return f"{self.prefix}:lock:ingest"
 
     def dead_letter(self, letter_id: str) -> str:
         return f"{self.prefix}:dead:{letter_id}"

@@ -27,7 +27,8 @@ from importlib import resources
 import orjson
 import redis
 
-from schemas.commands import GrantCommand
+from schemas.commands import AnyCommand
+from schemas.records import FINAL_STATUSES, Status
 from worker import keys as K
 from worker.keys import Keys
 
@@ -41,12 +42,55 @@ def _load_lua(name: str) -> str:
     return resources.files("worker").joinpath("lua", f"{name}.lua").read_text()
 
 
+def _generated_tables() -> str:
+    """The tables the scripts share, from the kind table and the statuses."""
+    indexed = {s.value: True for s in (*FINAL_STATUSES, Status.waiting)}
+    return (f"local NS = cjson.decode('{json.dumps(K.RECORD_NAMESPACES)}')\n"
+            f"local INDEXED = cjson.decode('{json.dumps(indexed)}')")
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One valid command as it arrived: its place (``source``: the stream
+    entry id, or an older version's message id and position) and its
+    publish time."""
+
+    command: AnyCommand
+    enqueued_at: int | None
+    source: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An arrival that is no valid command: it becomes a dead letter."""
+
+    source: str
+    raw: str
+    reason: str
+    purchase_id: str = ""
+
+
 @dataclass(frozen=True)
 class Ingested:
     """What became of one incoming command."""
 
-    command: GrantCommand
-    result: str  # new | dup | redelivered | conflict
+    command: AnyCommand
+    result: str  # new | dup | redelivered | conflict | (revokes) waiting | cancelled | noop | ...
+
+
+class Moved(Exception):
+    """Another worker ingested the range first; ``position`` is where it is now."""
+
+    def __init__(self, position: str):
+        super().__init__(position)
+        self.position = position
+
+
+# A guard: ('stream', position read from, last entry id read) |
+# ('list', list key, oldest message as read) | ('none', '', '') (no position
+# to keep: tests, tools).
+Guard = tuple[str, str, str | bytes]
+NO_GUARD: Guard = ("none", "", "")
 
 
 @dataclass(frozen=True)
@@ -111,7 +155,7 @@ class Ledger:
 
     @cached_property
     def _scripts(self) -> dict:
-        lib = _load_lua("_lib")
+        lib = _generated_tables() + "\n" + _load_lua("_lib")
         return {n: self.redis.register_script(lib + "\n" + _load_lua(n)) for n in _SCRIPTS}
 
     def _run(self, name: str, *args) -> list:
@@ -119,30 +163,34 @@ class Ledger:
 
     # --- write path -------------------------------------------------------
 
-    def ingest(
-        self, commands: list[tuple[GrantCommand, int | None]], source: str
-    ) -> list[Ingested]:
-        """Claim each command's purchase id and buffer the new ones.
+    def ingest(self, arrivals: list[Arrival], refused: list[Refused] = (), *,  # type: ignore[assignment]
+               guard: Guard = NO_GUARD) -> list[Ingested]:
+        """Claim each command's id and buffer the new ones; record the refused
+        as dead letters; advance the guard's position; all in one step.
 
-        ``source`` names the broker message; with each command's position it
-        tells a redelivered message from a real repeat of a purchase.
+        Raises :class:`Moved` if the guard's position is no longer the one
+        the caller read from (nothing was written).
         """
-        if not commands:
-            return []
-        rows = []
-        for position, (command, enqueued_at) in enumerate(commands):
-            rows.append((
-                command.kind,
-                str(command.project_id),
-                command.external_purchase_id,
-                command.payload_hash(),
-                # The stored body is the canonical JSON the hash was taken of.
-                command.canonical.decode(),
-                str(enqueued_at or 0),
-                f"{source}:{position}",
-            ))
-        results = self._run("ingest", orjson.dumps(rows))
-        return [Ingested(c, r) for (c, _), r in zip(commands, results)]
+        rows = [(
+            a.command.kind,
+            str(a.command.project_id),
+            a.command.external_purchase_id,
+            a.command.payload_hash(),
+            # The stored body is the canonical JSON the hash was taken of.
+            a.command.canonical.decode(),
+            str(a.enqueued_at or 0),
+            a.source,
+        ) for a in arrivals]
+        dead = []
+        for r in refused:
+            # Lone surrogates and the like kept visible, never an encoding error.
+            raw = self.scrub(r.raw.encode("utf-8", "backslashreplace").decode())
+            dead.append((r.source, raw[: K.DEAD_LETTER_MAX_BYTES], self.scrub(r.reason)[:2000], r.purchase_id,
+                         len(raw), int(len(raw) > K.DEAD_LETTER_MAX_BYTES)))
+        reply = self._run("ingest", *guard, orjson.dumps(rows), orjson.dumps(dead))
+        if reply[0] == "moved":
+            raise Moved(reply[1])
+        return [Ingested(a.command, r) for a, r in zip(arrivals, reply[1:])]
 
     def take(
         self,
@@ -152,8 +200,16 @@ class Ledger:
         flush_ms: int,
         lease_ms: int,
         max_inflight_per_lane: int | None = None,
+        eager_inflight: int = 0,
+        budgets: str = "{}",
     ) -> list[str]:
-        """Take ready batches (full, or oldest waited ``flush_ms``); returns their ids."""
+        """Take ready batches; returns their ids.
+
+        Ready: a full batch; a partial one while fewer than
+        ``eager_inflight`` of its lane's calls are in flight, or once its
+        oldest command waited ``flush_ms``; within the lane's call budget
+        (``budgets``, JSON as take.lua reads it).
+        """
         return self._run(
             "take",
             max_inflight,
@@ -164,16 +220,20 @@ class Ledger:
             self.batch_limits_json,
             self.default_batch_limit,
             max_inflight_per_lane or max_inflight,
+            eager_inflight,
+            budgets,
         )
 
-    def begin(self, batch_id: str, token: str, *, lease_ms: int, on_unknown: str) -> BatchWork | None:
+    def begin(self, batch_id: str, token: str, *, lease_ms: int, on_unknown: str, budget: str = "") -> BatchWork | None:
         """Hold the batch for one send; None if it is gone, held, or backing off.
 
         ``on_unknown`` is the backend's policy for a lost answer ('resend',
-        'reconcile', 'doubt'), kept on the batch for the sweeper.
+        'reconcile', 'doubt'), kept on the batch for the sweeper. ``budget``
+        is the lane's call budget ("key|rate|burst", '' for none): a call
+        take did not pay for waits for a token.
         """
         flag = {"resend": "1", "reconcile": "r", "doubt": "0"}[on_unknown]
-        reply = self._run("begin", batch_id, token, lease_ms, flag)
+        reply = self._run("begin", batch_id, token, lease_ms, flag, budget)
         if reply[0] != "ok":
             return None
         _, project_id, attempt, kind, members, commands, reconcile = reply

@@ -9,7 +9,8 @@ from typing import Any, Iterator
 
 import redis
 
-from schemas.records import GRANT_STATUSES, OPERATION_STATUSES, REVOKE_STATUSES, Status
+from schemas.kinds import GRANT, KINDS, REVOKE
+from schemas.records import Status
 from worker.keys import RECORD_NAMESPACES, Keys, batch_lane, split_member
 
 _INT_FIELDS = {"att": "attempts", "dup": "duplicates"}
@@ -231,7 +232,7 @@ class Results:
         read off the buffers and the batches in flight (bounded by
         GRANTS_MAX_INFLIGHT_BATCHES), which is where those commands are.
         """
-        kinds = {"grant": GRANT_STATUSES, "revoke": REVOKE_STATUSES, **OPERATION_STATUSES}
+        kinds = {name: k.statuses for name, k in KINDS.items()}
         indexed = [(k, s) for k, statuses in kinds.items() for s in statuses
                    if s not in (Status.pending, Status.sending)]
         pipe = self.redis.pipeline(transaction=False)
@@ -258,10 +259,10 @@ class Results:
             kind = batch_lane(batch_id)[1]
             if kind in by:
                 by[kind]["sending" if begun == "1" else "pending"] += int(n or 0)
-        grants = {s.value: by["grant"][s.value] for s in GRANT_STATUSES}
-        revokes = {s.value: by["revoke"][s.value] for s in REVOKE_STATUSES}
+        grants = {s.value: by[GRANT][s.value] for s in KINDS[GRANT].statuses}
+        revokes = {s.value: by[REVOKE][s.value] for s in KINDS[REVOKE].statuses}
         oldest = min((score for _, score in lanes), default=None)
-        operations = {k: {s.value: by[k][s.value] for s in OPERATION_STATUSES[k]} for k in OPERATION_STATUSES}
+        operations = {k: {s.value: by[k][s.value] for s in KINDS[k].statuses} for k in KINDS if k not in (GRANT, REVOKE)}
         return {
             "counts": grants,
             "revokes": revokes,

@@ -15,12 +15,17 @@ from worker.backends.registry import Backends
 from worker.keys import Keys
 from worker.ledger import Ledger
 from worker.logs import Redactor
-from worker.redis_conn import connect
+from worker.settings import connect
 from worker.results import Results
 from worker.sender import Sender
 from worker.settings import Settings
 
 log = structlog.get_logger("grants.runtime")
+
+# Batches taken (and handed to send tasks) after each ingest round. A round
+# of 500 commands fills 10 batches of one lane; more lanes wait for the next
+# round, the send tasks' own draining, or the sweeper.
+TAKE_AFTER_INGEST = 16
 
 
 class Runtime:
@@ -41,6 +46,11 @@ class Runtime:
     @cached_property
     def redis(self):
         return connect(self.settings.redis_url)
+
+    @cached_property
+    def redis_bytes(self):
+        """A client that returns bytes: stream entries may hold anything."""
+        return connect(self.settings.redis_url, decode=False)
 
     @cached_property
     def redactor(self) -> Redactor:
@@ -70,6 +80,10 @@ class Runtime:
         log.error("message refused: dead letter", dead_letter=letter, source=source, reason=reason[:300])
         return letter
 
+    @cached_property
+    def budgets(self) -> str:
+        return self.backends.budgets_json()
+
     def take(self, max_batches: int, dispatch: bool = True) -> list[str]:
         """Take ready batches (and dispatch them, unless the caller sends them itself)."""
         s = self.settings
@@ -79,10 +93,19 @@ class Runtime:
             max_inflight_per_lane=s.lane_inflight_cap,
             flush_ms=s.flush_interval_ms,
             lease_ms=int(s.dispatch_lease_s * 1000),
+            eager_inflight=s.eager_inflight,
+            budgets=self.budgets,
         )
         if ids and dispatch:
             self.dispatch(ids)
         return ids
+
+    def take_eagerly(self) -> list[str]:
+        """After an ingest: take what is ready now (an idle lane's lone purchase too)."""
+        return self.take(TAKE_AFTER_INGEST)
+
+    def ingested(self, results: list, refused: list) -> None:
+        """Hook for what ingestion just did (the metrics count it)."""
 
     def close(self) -> None:
         if "backends" in self.__dict__:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import structlog
 
-from schemas.records import APPLIED
+from schemas.kinds import KINDS
 from worker import errors
 from worker.backends.base import Backend, OpResult
 from worker.backends.registry import Backends, unknown_outcome_policy
@@ -91,7 +91,8 @@ class Sender:
         project_id, kind = batch_lane(batch_id)
         backend = self.backends.for_batch(kind, project_id)
         token = uuid.uuid4().hex
-        work = self.ledger.begin(batch_id, token, lease_ms=self.lease_ms, on_unknown=unknown_outcome_policy(backend))
+        work = self.ledger.begin(batch_id, token, lease_ms=self.lease_ms, on_unknown=unknown_outcome_policy(backend),
+                                 budget=self.backends.budget_spec(kind, project_id))
         if work is None:
             # Finished, held by a live attempt, or backing off: a duplicate dispatch.
             return {"batch_id": batch_id, "skipped": True}
@@ -126,7 +127,7 @@ class Sender:
             # unknown outcome rather than leave the batch stuck in 'sending'.
             blog.exception("backend call failed unexpectedly")
             return self._unknown(backend, work, errors.OutcomeUnknown(f"{type(exc).__name__}: {exc}"), blog)
-        applied = APPLIED[work.kind].value
+        applied = KINDS[work.kind].applied.value
         outcomes = [
             Outcome(p, applied if r.status == "applied" else r.status, result=r.response, error=r.error)
             for p, r in zip(work.purchase_ids, results)
@@ -141,7 +142,7 @@ class Sender:
         except errors.BackendError as exc:
             # The answer was lost and the inventory cannot be read either.
             raise errors.OutcomeUnknown(f"answer lost, and reading the inventory back failed: {exc}") from None
-        applied = APPLIED[work.kind].value
+        applied = KINDS[work.kind].applied.value
         settled = [Outcome(p, applied if r.status == "applied" else r.status, result=r.response, error=r.error)
                    for p, r in zip(work.purchase_ids, found) if r is not None]
         blog.info("batch reconciled", settled=len(settled), absent=len(found) - len(settled))
@@ -166,7 +167,7 @@ class Sender:
         else:
             blog.info("batch completed", **counts)
         for o in outcomes:
-            if o.status != APPLIED[work.kind].value:
+            if o.status != KINDS[work.kind].applied.value:
                 blog.warning("command " + o.status, external_purchase_id=o.purchase_id, error=o.error)
             else:
                 blog.debug("command " + o.status, external_purchase_id=o.purchase_id)

@@ -1,7 +1,11 @@
-"""Typed configuration, parsed once at process start from ``GRANTS_*`` variables.
+"""Typed configuration, parsed once at process start from ``GRANTS_*``
+variables, and the Redis clients it leads to.
 
-Nothing else in the code base reads the environment: entry points build a
-:class:`Settings` and pass it down.
+Nothing else in the worker, producers or CLI reads the environment: entry
+points build a :class:`Settings` and pass it down (the sandbox, a separate
+program, reads its own in ``sandbox/server.py``). This module imports
+nothing else of the worker, so a producer embedding ``producers`` loads
+only this, ``schemas`` and redis-py.
 """
 
 from __future__ import annotations
@@ -10,11 +14,18 @@ import base64
 from pathlib import Path
 from typing import Literal
 
+import redis
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, TimeoutError
+from redis.retry import Retry
 
-# Xsolla processes at most 50 operations per call and silently ignores the rest.
-XSOLLA_MAX_BATCH = 50
+from schemas.kinds import KINDS
+
+# The most commands per call any backend takes (schemas/kinds.py; Xsolla's
+# 50: it silently ignores operations past the 50th).
+MAX_BATCH = max(n for k in KINDS.values() for n in k.per_call.values())
 
 
 BackendName = Literal["xsolla", "playfab"]
@@ -33,6 +44,9 @@ class ProjectBackend(BaseModel):
     base_url: str | None = None
     # The project's credential (PlayFab title secret key; Xsolla API key), from a file.
     secret_file: Path | None = None
+    # The project's own call budget (overrides GRANTS_MAX_CALLS_PER_S / _CALL_BURST).
+    max_calls_per_s: float | None = Field(None, gt=0)
+    call_burst: float | None = Field(None, ge=1)
 
     def secret(self, default: SecretStr) -> str:
         """The project's credential: its secret file if it has one, else the backend's."""
@@ -79,8 +93,21 @@ class Settings(BaseSettings):
     projects: dict[int, ProjectBackend] = Field(default_factory=dict)
 
     # --- Batching.
+    # The longest a command waits for its batch to fill (not the usual wait:
+    # see eager_inflight).
     flush_interval_ms: int = Field(200, ge=1, le=60_000)
-    batch_size: int = Field(XSOLLA_MAX_BATCH, ge=1, le=XSOLLA_MAX_BATCH)
+    # A partial batch is sent at once while fewer than this many of its
+    # lane's calls are in flight; while a call is in flight, arrivals
+    # accumulate into fuller batches (0: always wait for a full batch or the
+    # flush interval).
+    eager_inflight: int = Field(1, ge=0)
+    # Calls per second to one backend for one project, across all workers (a
+    # token bucket in Redis); None: no budget. call_burst: calls that may go
+    # at once (default: one second's worth, at least 1).
+    max_calls_per_s: float | None = Field(None, gt=0)
+    call_burst: float | None = Field(None, ge=1)
+    # At most this many commands per call, below each backend's own limit.
+    batch_size: int = Field(MAX_BATCH, ge=1, le=MAX_BATCH)
     # Batches taken but not finished, across all workers. Bounds broker depth
     # and Redis leases; raise it with the number of worker processes.
     max_inflight_batches: int = Field(64, ge=1)
@@ -142,6 +169,15 @@ class Settings(BaseSettings):
         """The backend (and its overrides) that serves ``project_id``."""
         return self.projects.get(project_id) or ProjectBackend(backend=self.default_backend)
 
+    def call_budget(self, project_id: int) -> tuple[float, float] | None:
+        """(calls per second, burst) for a project's backend calls, or None."""
+        project = self.projects.get(project_id)
+        rate = (project.max_calls_per_s if project else None) or self.max_calls_per_s
+        if rate is None:
+            return None
+        burst = (project.call_burst if project else None) or self.call_burst or max(1.0, rate)
+        return rate, burst
+
     @property
     def lane_inflight_cap(self) -> int:
         return self.max_inflight_per_lane or max(1, self.max_inflight_batches // 2)
@@ -194,3 +230,28 @@ def _url_password(url: str) -> str | None:
         return urlsplit(url).password
     except ValueError:
         return None
+
+
+# Reconnect attempts with backoff capped at 1 s: about 40 s of outage is
+# absorbed inside a call before it raises (a Redis restart with AOF takes a
+# few seconds). Every script is idempotent, so a retried call is safe.
+RECONNECT_ATTEMPTS = 45
+RECONNECT_BACKOFF_CAP_S = 1.0
+
+
+def connect(url: str, *, patient: bool = True, decode: bool = True) -> redis.Redis:
+    """A client for ``url`` (redis:// or rediss://) that decodes to str
+    (``decode=False``: returns bytes).
+
+    ``patient=False`` fails fast instead (CLI look-ups, health checks).
+    """
+    retry = Retry(ExponentialBackoff(cap=RECONNECT_BACKOFF_CAP_S, base=0.05), RECONNECT_ATTEMPTS if patient else 1)
+    return redis.Redis.from_url(
+        url,
+        decode_responses=decode,
+        retry=retry,
+        retry_on_error=[ConnectionError, TimeoutError],
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=30,
+    )

@@ -24,7 +24,7 @@ from producers.progress import Progress
 from producers.publisher import Publisher
 from schemas.commands import GrantCommand
 from worker.keys import Keys
-from worker.redis_conn import connect
+from worker.settings import connect
 from worker.results import Results
 
 BENCH_PROJECT = 90001

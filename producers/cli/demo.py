@@ -30,9 +30,10 @@ from producers.feed import read_feed
 from producers.localstack import REPO_ROOT, Stack, free_port, wait_until
 from producers.progress import Progress
 from producers.publisher import Publisher
+from schemas.kinds import BACKPACK_CREATE
 from schemas.records import FINAL_STATUSES, Status
 from worker.keys import Keys
-from worker.redis_conn import connect
+from worker.settings import connect
 from worker.results import Results
 
 DEMO_PROJECT = 44056
@@ -248,7 +249,7 @@ def _playfab(publisher: Publisher, results: Results, stack: Stack) -> None:
 def _backpack(publisher: Publisher, results: Results, stack: Stack, settings, project_id: int) -> None:
     from worker.backends.backpack import XsollaBackpack
 
-    creates = _sample("backpack.jsonl", project_id, "backpack-create")
+    creates = _sample("backpack.jsonl", project_id, BACKPACK_CREATE)
     user = creates[0].user_id
     _say(f"\n== Xsolla Backpack: {len(creates)} creates for user {user} (grants publish --kind backpack-create)")
     publisher.publish_many(creates)

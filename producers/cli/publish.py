@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from producers.feed import KINDS, read_feed
+from producers.feed import read_feed
+from producers.cli.results import kind_name
+from schemas.kinds import GRANT, KINDS
 from producers.progress import Progress
 from producers.publisher import Publisher, PublishFailed
 
@@ -24,11 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("file", metavar="FILE", help="feed file, or - for standard input")
     p.add_argument("--project-id", type=int, required=True, help="project id the commands belong to")
     p.add_argument(
-        "--kind", choices=sorted(KINDS), default="grant",
-        help=("what each line is: grant (an Xsolla purchase operation, the default); revoke "
-              '({"external_purchase_id", "comment"?}: refund what that purchase granted); backpack-create '
-              '({"operation_id", "user_id", "item_type", "items"}); backpack-delete ({"operation_id", "user_id", '
-              '"item_id"}); playfab-delete ({"operation_id", "playfab_id", "item_instance_id"})'),
+        "--kind", type=kind_name, default=GRANT, metavar="KIND",
+        help="what each line is: " + "; ".join(f"{k.name} ({k.line})" for k in KINDS.values())
+             + " (default grant)",
     )
     p.set_defaults(run=run)
 

@@ -14,9 +14,10 @@ from producers.progress import Progress
 from schemas.records import REPLAYABLE, Status
 from worker import replay as rp
 from worker.backends.registry import project_is_idempotent
-from worker.keys import RECORD_NAMESPACES, Keys
+from schemas.kinds import KINDS
+from worker.keys import Keys
 from worker.ledger import Ledger
-from worker.redis_conn import connect
+from worker.settings import connect
 from worker.results import Results
 
 
@@ -33,7 +34,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--status", required=True, choices=sorted(s.value for s in REPLAYABLE))
     p.add_argument("--kind", type=kind_name, default="grant", metavar="KIND",
-                   help=f"which commands: {', '.join(RECORD_NAMESPACES)} (default grant)")
+                   help=f"which commands: {', '.join(KINDS)} (default grant)")
     p.add_argument("--project-id", type=int)
     p.add_argument("--since", type=_when, help="ISO 8601 (UTC unless it says): outcome recorded at or after")
     p.add_argument("--until", type=_when, help="ISO 8601 (UTC unless it says): outcome recorded at or before")

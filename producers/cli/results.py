@@ -9,11 +9,13 @@ import sys
 from redis.exceptions import RedisError
 
 from schemas.records import Status
-from worker.keys import RECORD_NAMESPACES, Keys
-from worker.redis_conn import connect
+from schemas.kinds import KINDS, kind
+from worker.keys import Keys
+from worker.settings import connect
 from worker.replay import parse_time
 from worker.results import Results
-from worker.tasks import INGEST_QUEUE, SEND_QUEUE
+from schemas.stream import LEGACY_INGEST_QUEUE
+from worker.tasks import OPS_QUEUE, SEND_QUEUE
 
 
 def add_parser(sub) -> None:
@@ -32,7 +34,7 @@ def add_parser(sub) -> None:
     ls = rsub.add_parser("list", help="list records in a status, oldest first")
     ls.add_argument("--status", required=True, choices=[s.value for s in Status])
     ls.add_argument("--kind", default="grant", type=kind_name, metavar="KIND",
-                    help=f"which commands: {', '.join(RECORD_NAMESPACES)} (default grant)")
+                    help=f"which commands: {', '.join(KINDS)} (default grant)")
     ls.add_argument("--project-id", type=int)
     ls.add_argument("--since", type=_when, help="ISO 8601 time (entered the status at or after)")
     ls.add_argument("--until", type=_when, help="ISO 8601 time (entered the status at or before)")
@@ -64,11 +66,11 @@ def positive_int(text: str) -> int:
 
 
 def kind_name(text: str) -> str:
-    """An argparse type: a command kind, in its wire spelling or with dashes."""
-    name = text.replace("-", ".")
-    if name not in RECORD_NAMESPACES:
-        raise argparse.ArgumentTypeError(f"unknown kind {text!r}: one of {', '.join(RECORD_NAMESPACES)}")
-    return name
+    """An argparse type: a command kind by its name (or an older alias)."""
+    try:
+        return kind(text).name
+    except KeyError as exc:
+        raise argparse.ArgumentTypeError(str(exc).strip('"')) from None
 
 
 def _results(settings) -> Results:
@@ -119,7 +121,7 @@ def run_stats(args, settings) -> int:
     stats = _results(settings).stats()
     broker = connect(settings.effective_broker_url, patient=False)
     try:
-        stats["queued_messages"] = {q: broker.llen(q) for q in (INGEST_QUEUE, SEND_QUEUE)}
+        stats["queued_messages"] = {q: broker.llen(q) for q in (SEND_QUEUE, OPS_QUEUE, LEGACY_INGEST_QUEUE)}
     except RedisError:
         stats["queued_messages"] = None  # a non-Redis broker
     if args.json:

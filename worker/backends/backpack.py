@@ -39,7 +39,6 @@ class XsollaBackpack:
     """Backend for Xsolla Backpack (one merchant)."""
 
     name = "backpack"
-    max_batch = {"backpack.create": 1, "backpack.delete": 1}
     idempotent = False
 
     def __init__(self, client: httpx.Client, *, merchant_id: str):

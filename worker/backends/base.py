@@ -1,8 +1,9 @@
 """What the worker needs from an inventory backend, and what a backend promises.
 
-The worker reads the declarations (``max_batch``, ``idempotent``,
-``reconcilable``) instead of special-casing systems: batches are cut at
-``max_batch``; an unknown outcome is resent only when ``idempotent`` says a
+The worker reads the declarations (``idempotent``, ``reconcilable``)
+instead of special-casing systems; batches are cut at the kind table's
+commands per call for the backend (schemas/kinds.py); an unknown outcome is
+resent only when ``idempotent`` says a
 repeat cannot double a grant, or, when ``reconcilable``, after ``reconcile``
 has read back what applied.
 """
@@ -26,8 +27,6 @@ class Backend(Protocol):
     """One inventory system. ``send`` raises :mod:`worker.errors` types only."""
 
     name: str
-    # Commands per batch, per kind it serves ('grant', 'revoke', 'backpack.create', ...).
-    max_batch: dict[str, int]
     idempotent: bool
     # Optional: ``reconcilable = True`` and ``reconcile(kind, project_id,
     # commands) -> list[OpResult | None]`` (None: certainly not applied).

@@ -46,16 +46,12 @@ from worker.backends.base import OpResult
 from worker.backends.http import MAX_ERROR_BODY, build_client, request, retry_after_s, translated
 from worker.settings import ProjectBackend, Settings
 
-# Commands per revoke batch: one purchase's instances per call keeps each
-# call's per-item errors about one refund (and under PlayFab's 25).
-REVOKE_BATCH = 1
 
 
 class PlayFab:
     """Backend for one PlayFab title."""
 
     name = "playfab"
-    max_batch = {"grant": 50, "revoke": REVOKE_BATCH, "playfab.delete": MAX_REVOKE_ITEMS_PER_CALL}
     idempotent = False
     reconcilable = True
 

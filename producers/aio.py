@@ -7,15 +7,13 @@ import time
 from typing import Callable, Iterable
 
 from redis import asyncio as aioredis
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, RedisError, TimeoutError
-from redis.retry import Retry
 
 from producers.publisher import _FINAL, PublishFailed, describe, record_key, scan_outcomes
 from schemas.commands import AnyCommand
 from schemas.kinds import GRANT
 from schemas.stream import COMMAND_FIELD, Outcome, command_stream, outcome_stream
-from worker.settings import RECONNECT_ATTEMPTS, RECONNECT_BACKOFF_CAP_S, Settings
+from worker.settings import Settings, reconnect_retry
 
 
 class AsyncPublisher:
@@ -25,7 +23,7 @@ class AsyncPublisher:
         self.settings = settings
         self.redis = client or aioredis.Redis.from_url(
             settings.redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=10,
-            retry=Retry(ExponentialBackoff(cap=RECONNECT_BACKOFF_CAP_S, base=0.05), RECONNECT_ATTEMPTS),
+            retry=reconnect_retry(settings.redis_retry_s),
             retry_on_error=[ConnectionError, TimeoutError],
         )
         self.stream = command_stream(settings.key_prefix)

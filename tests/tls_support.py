@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from producers.localstack import Service, StackError, free_port, redis_server_binary, wait_until
+from producers.localstack import Service, StackError, free_port, redis_binary, wait_until
 from worker.settings import connect
 
 ACL_USER = "grants"
@@ -79,7 +79,7 @@ class AclRedisServer(Service):
         self.tls = tls
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        argv = [redis_server_binary(), "--bind", "127.0.0.1", "--dir", str(self.dir),
+        argv = [redis_binary(), "--bind", "127.0.0.1", "--dir", str(self.dir),
                 "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "yes"]
         if tls:
             argv += ["--port", "0", "--tls-port", str(self.port),

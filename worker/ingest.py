@@ -220,9 +220,9 @@ class Ingestor:
             return 0
         now = time.monotonic()
         if now >= self._legacy_due:
-            self._legacy_due = now + LEGACY_CHECK_S
             if self.drain_legacy():
-                return 0
+                return 0  # and look again at once: an old queue is drained in one go
+            self._legacy_due = now + LEGACY_CHECK_S
         if self.position is None:
             self.position = self.rt.redis.get(self.rt.keys.ingest_position) or ""
         reply = self.raw.xread({self.stream: self.position or "0-0"}, count=READ_COUNT, block=BLOCK_MS)

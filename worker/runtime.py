@@ -15,7 +15,6 @@ from worker.backends.registry import Backends
 from worker.keys import Keys
 from worker.ledger import Ledger
 from worker.logs import Redactor
-from worker.settings import connect
 from worker.results import Results
 from worker.sender import Sender
 from worker.settings import Settings
@@ -45,12 +44,12 @@ class Runtime:
 
     @cached_property
     def redis(self):
-        return connect(self.settings.redis_url)
+        return self.settings.redis_client()
 
     @cached_property
     def redis_bytes(self):
         """A client that returns bytes: stream entries may hold anything."""
-        return connect(self.settings.redis_url, decode=False)
+        return self.settings.redis_client(decode=False)
 
     @cached_property
     def redactor(self) -> Redactor:

@@ -29,7 +29,7 @@ import structlog
 
 from schemas.kinds import KINDS
 from worker import errors
-from worker.backends.base import Backend, OpResult
+from worker.backends.base import Backend
 from worker.backends.registry import Backends, unknown_outcome_policy
 from worker.keys import batch_lane
 from worker.leases import LeaseKeeper

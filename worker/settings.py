@@ -62,6 +62,10 @@ class Settings(BaseSettings):
 
     # --- Redis: ledger, buffers, results store; and the Celery broker.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # How long one Redis call waits out an outage (reconnecting) before it
+    # raises: a restart with AOF takes a few seconds; a producer's publish
+    # raises PublishFailed after this.
+    redis_retry_s: float = Field(40.0, ge=0)
     broker_url: str | None = None  # defaults to redis_url
     key_prefix: str = "grants"
 
@@ -165,6 +169,10 @@ class Settings(BaseSettings):
                 object.__setattr__(self, key_field, SecretStr(path.read_text().strip()))
         return self
 
+    def redis_client(self, *, patient: bool = True, decode: bool = True) -> redis.Redis:
+        """A client for the ledger and results store, as configured."""
+        return connect(self.redis_url, patient=patient, decode=decode, retry_s=self.redis_retry_s)
+
     def backend_of(self, project_id: int) -> ProjectBackend:
         """The backend (and its overrides) that serves ``project_id``."""
         return self.projects.get(project_id) or ProjectBackend(backend=self.default_backend)
@@ -232,20 +240,25 @@ def _url_password(url: str) -> str | None:
         return None
 
 
-# Reconnect attempts with backoff capped at 1 s: about 40 s of outage is
-# absorbed inside a call before it raises (a Redis restart with AOF takes a
-# few seconds). Every script is idempotent, so a retried call is safe.
-RECONNECT_ATTEMPTS = 45
+# Reconnects back off from 50 ms up to 1 s between attempts. Every script is
+# idempotent, so a call retried after a lost reply is safe.
 RECONNECT_BACKOFF_CAP_S = 1.0
 
 
-def connect(url: str, *, patient: bool = True, decode: bool = True) -> redis.Redis:
+def reconnect_retry(retry_s: float) -> Retry:
+    """redis-py's retry policy that waits out about ``retry_s`` of outage."""
+    # The first five waits (50 ms doubling to 800 ms) sum to 1.55 s; then 1 s each.
+    attempts = 1 if retry_s <= 0 else max(1, int(retry_s - 1.55) + 5)
+    return Retry(ExponentialBackoff(cap=RECONNECT_BACKOFF_CAP_S, base=0.05), attempts)
+
+
+def connect(url: str, *, patient: bool = True, decode: bool = True, retry_s: float = 40.0) -> redis.Redis:
     """A client for ``url`` (redis:// or rediss://) that decodes to str
-    (``decode=False``: returns bytes).
+    (``decode=False``: returns bytes), riding out ``retry_s`` of outage.
 
     ``patient=False`` fails fast instead (CLI look-ups, health checks).
     """
-    retry = Retry(ExponentialBackoff(cap=RECONNECT_BACKOFF_CAP_S, base=0.05), RECONNECT_ATTEMPTS if patient else 1)
+    retry = reconnect_retry(retry_s if patient else 0)
     return redis.Redis.from_url(
         url,
         decode_responses=decode,

@@ -27,7 +27,7 @@ import httpx
 from pydantic import SecretStr
 
 from producers.feed import read_feed
-from producers.localstack import REPO_ROOT, Stack, free_port, wait_until
+from producers.localstack import REPO_ROOT, Stack, free_port
 from producers.progress import Progress
 from producers.publisher import Publisher
 from schemas.kinds import BACKPACK_CREATE

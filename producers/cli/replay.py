@@ -17,7 +17,6 @@ from worker.backends.registry import project_is_idempotent
 from schemas.kinds import KINDS
 from worker.keys import Keys
 from worker.ledger import Ledger
-from worker.settings import connect
 from worker.results import Results
 
 
@@ -49,7 +48,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace, settings) -> int:
     actor = args.actor or f"{getpass.getuser()}@{socket.gethostname()}"
-    client = connect(settings.redis_url, patient=False)
+    client = settings.redis_client(patient=False)
     keys = Keys(settings.key_prefix)
     ledger = Ledger.from_settings(client, settings)
     filters = rp.Filters(Status(args.status), kind=args.kind, project_id=args.project_id, since_ms=args.since,

@@ -74,7 +74,7 @@ def kind_name(text: str) -> str:
 
 
 def _results(settings) -> Results:
-    return Results(connect(settings.redis_url, patient=False), Keys(settings.key_prefix))
+    return Results(settings.redis_client(patient=False), Keys(settings.key_prefix))
 
 
 def _guard(fn):

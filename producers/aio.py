@@ -9,9 +9,10 @@ from typing import Callable, Iterable
 from redis import asyncio as aioredis
 from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
-from producers.publisher import _FINAL, PublishFailed, describe, record_key, scan_outcomes
+from producers.publisher import PublishFailed, describe, final_status, scan_outcomes
 from schemas.commands import AnyCommand
-from schemas.kinds import GRANT
+from schemas.kinds import GRANT, KINDS
+from schemas.records import record_key
 from schemas.stream import COMMAND_FIELD, Outcome, command_stream, outcome_stream
 from worker.settings import Settings, reconnect_retry
 
@@ -63,8 +64,9 @@ class AsyncPublisher:
         deadline = time.monotonic() + timeout
         last = await self.redis.xrevrange(stream, count=1)
         cursor = last[0][0] if last else "0-0"
-        status = await self.redis.hget(record_key(prefix, kind, project_id, external_purchase_id), "st")
-        if status in _FINAL:
+        status = final_status(await self.redis.get(
+            record_key(prefix, KINDS[kind].namespace, project_id, external_purchase_id)))
+        if status is not None:
             return Outcome(project_id, external_purchase_id, kind, status, 0)
         while True:
             left_ms = int((deadline - time.monotonic()) * 1000)

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from schemas.commands import AnyCommand
 from schemas.kinds import GRANT, KINDS
-from schemas.records import FINAL_STATUSES
+from schemas.records import FINAL_STATUSES, parse_record, record_key
 from schemas.stream import COMMAND_FIELD, Outcome, command_stream, outcome_stream
 from worker.settings import Settings
 
@@ -102,9 +102,12 @@ class Publisher:
         self.redis.close()
 
 
-def record_key(prefix: str, kind: str, project_id: int, record_id: str) -> str:
-    """Where a command's record is (its ``st`` field is its status)."""
-    return f"{prefix}:{KINDS[kind].namespace}:{project_id}:{record_id}"
+def final_status(raw: str | None) -> str | None:
+    """A stored record's status if it is final (schemas/records.py), else None."""
+    if not raw:
+        return None
+    status = parse_record(raw)[0].get("st")
+    return status if status in _FINAL else None
 
 
 def wait_outcome(client, prefix: str, project_id: int, record_id: str, timeout: float, *,
@@ -116,8 +119,8 @@ def wait_outcome(client, prefix: str, project_id: int, record_id: str, timeout: 
     deadline = time.monotonic() + timeout
     last = client.xrevrange(stream, count=1)
     cursor = last[0][0] if last else "0-0"
-    status = client.hget(record_key(prefix, kind, project_id, record_id), "st")
-    if status in _FINAL:
+    status = final_status(client.get(record_key(prefix, KINDS[kind].namespace, project_id, record_id)))
+    if status is not None:
         return Outcome(project_id, record_id, kind, status, 0)
     while True:
         left_ms = int((deadline - time.monotonic()) * 1000)

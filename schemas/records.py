@@ -1,8 +1,18 @@
-"""States of a command in the results store."""
+"""Commands in the results store: their states, and how a record is stored.
+
+A record is one Redis string per command at ``<prefix>:<namespace>:<project
+id>:<id>`` (the namespace per kind is in schemas/kinds.py):
+``<header JSON>\n<command JSON>[\n<answer JSON>]``, the header a flat
+object with ``st`` (the status), times (``rcv``, ``enq``, ``snt``, ``cpl``,
+ms), ``att`` (calls), ``dup``, ``spl``, ``bat``, ``err`` and ``hist``. The
+ledger's Lua scripts write it; :func:`parse_record` reads it.
+"""
 
 from __future__ import annotations
 
+import json
 from enum import Enum
+from typing import Any
 
 
 class Status(str, Enum):
@@ -33,3 +43,15 @@ FINAL_STATUSES = frozenset({
 # double the grant) and never 'rejected' (the backend refused the payload; the
 # same payload is refused again).
 REPLAYABLE = frozenset({Status.failed, Status.in_doubt})
+
+
+def parse_record(raw: str) -> tuple[dict[str, Any], Any, Any]:
+    """(header, command, answer) of a stored record."""
+    header, _, rest = raw.partition("\n")
+    command, _, answer = rest.partition("\n")
+    return json.loads(header), json.loads(command), json.loads(answer) if answer else None
+
+
+def record_key(prefix: str, namespace: str, project_id: int | str, record_id: str) -> str:
+    """Where a record is stored."""
+    return f"{prefix}:{namespace}:{project_id}:{record_id}"

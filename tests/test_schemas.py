@@ -127,3 +127,26 @@ def test_broker_message_round_trip_and_refusals():
     for bad in ("text", [1], {"v": 99}, {**cmd.to_message(1), "project_id": "x"}):
         with pytest.raises((ValidationError, ValueError)):
             parse_command(bad)
+
+
+def test_the_committed_json_schemas_match_the_models():
+    """schemas/jsonschema/ is what producers in other languages validate with:
+    it must be regenerated (python -m schemas.export) whenever a model changes."""
+    from schemas.export import OUT, rendered
+
+    expected = rendered()
+    assert sorted(p.name for p in OUT.glob("*.json")) == sorted(expected)
+    for name, text in expected.items():
+        assert (OUT / name).read_text() == text, f"{name} is stale: run python -m schemas.export"
+
+
+def test_a_message_valid_for_the_model_is_valid_for_its_json_schema():
+    import jsonschema
+
+    from schemas.export import envelope_schema
+    from tests.helpers import command
+
+    message = command(44056, "js-1").to_message()
+    jsonschema.validate(message, envelope_schema("grant"))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**message, "project_id": "44056"}, envelope_schema("grant"))

@@ -41,10 +41,12 @@ One place, so that a reader can see the whole data model at once:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
 from schemas.kinds import KINDS
+from schemas.records import Status, record_key
 from schemas.stream import command_stream, outcome_stream
 
 # Outcome stream length cap (approximate trimming, MAXLEN ~). 1,000,000 entries
@@ -72,6 +74,25 @@ TAKE_SCAN_LANES = 100
 RECOVER_PER_TICK = 200
 
 
+# Claims live in this many hashes (a field in a small hash costs a fraction
+# of a key: ~60 bytes a claim instead of ~180). Fixed: changing it would
+# lose the claims already made (they would be looked for in other buckets).
+# 4,096 buckets hold ~500,000 claims compactly with Redis's default
+# hash-max-listpack-entries (128); raise that setting with the volume
+# (README "Capacity").
+CLAIM_BUCKETS = 4096
+
+# Statuses kept in an index per command (a sorted set by time): those an
+# operator lists and acts on. The happy path (granted, revoked) has none:
+# its counts are in {p}:totals, its entries on the outcome stream, which
+# saves an index entry (~100 bytes) and a write per command.
+INDEXED_STATUSES = (Status.rejected, Status.failed, Status.in_doubt, Status.cancelled, Status.noop,
+                    Status.waiting)
+
+# Buckets (ms, not cumulative) of the publish -> outcome histogram the
+# ledger keeps: from a lone purchase sent at once to a long backoff.
+LATENCY_BUCKETS_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 300_000]
+
 # Record key namespace per command kind (schemas/kinds.py; the Lua prelude
 # gets the same table, generated from it).
 RECORD_NAMESPACES = {name: k.namespace for name, k in KINDS.items()}
@@ -84,7 +105,7 @@ class Keys:
     prefix: str = "grants"
 
     def record(self, project_id: int | str, purchase_id: str, kind: str = "grant") -> str:
-        return f"{self.prefix}:{RECORD_NAMESPACES[kind]}:{project_id}:{purchase_id}"
+        return record_key(self.prefix, RECORD_NAMESPACES[kind], project_id, purchase_id)
 
     def conflict(self, project_id: int | str, purchase_id: str, kind: str = "grant") -> str:
         scope = "" if kind == "grant" else f"{kind}:"
@@ -131,6 +152,20 @@ class Keys:
 
     def dead_letter(self, letter_id: str) -> str:
         return f"{self.prefix}:dead:{letter_id}"
+
+    def claim(self, kind: str, project_id: int | str, record_id: str) -> tuple[str, str]:
+        """(bucket key, field) of a command's claim (the Lua prelude computes the same)."""
+        field = f"{RECORD_NAMESPACES[kind]}:{project_id}:{record_id}"
+        bucket = int(hashlib.sha1(field.encode()).hexdigest()[:4], 16) % CLAIM_BUCKETS
+        return f"{self.prefix}:claims:{bucket}", field
+
+    @property
+    def totals(self) -> str:
+        return f"{self.prefix}:totals"
+
+    @property
+    def latency(self) -> str:
+        return f"{self.prefix}:latency"
 
     @property
     def sweeper_lock(self) -> str:

@@ -28,9 +28,9 @@ import orjson
 import redis
 
 from schemas.commands import AnyCommand
-from schemas.records import FINAL_STATUSES, Status
+from schemas.kinds import REVOKE
 from worker import keys as K
-from worker.keys import Keys
+from worker.keys import Keys, batch_lane
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -43,10 +43,12 @@ def _load_lua(name: str) -> str:
 
 
 def _generated_tables() -> str:
-    """The tables the scripts share, from the kind table and the statuses."""
-    indexed = {s.value: True for s in (*FINAL_STATUSES, Status.waiting)}
+    """The tables the scripts share, from the kind table, the statuses and keys.py."""
+    indexed = {s.value: True for s in K.INDEXED_STATUSES}
     return (f"local NS = cjson.decode('{json.dumps(K.RECORD_NAMESPACES)}')\n"
-            f"local INDEXED = cjson.decode('{json.dumps(indexed)}')")
+            f"local INDEXED = cjson.decode('{json.dumps(indexed)}')\n"
+            f"local CLAIM_BUCKETS = {K.CLAIM_BUCKETS}\n"
+            f"local LATENCY_BUCKETS_MS = cjson.decode('{json.dumps(K.LATENCY_BUCKETS_MS)}')")
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,9 @@ class BatchWork:
     kind: str
     attempt: int
     purchase_ids: list[str]
-    commands: list[dict]  # the stored commands ({kind, project_id, operation}), in batch order
+    # The stored commands ({kind, project_id, operation | fields}), in batch
+    # order; a revoke's is {"request": the revoke, "refund": its grant's refund data}.
+    commands: list[dict]
     # The last answer was lost and the backend can be read back: do that first.
     reconcile: bool = False
 
@@ -116,6 +120,9 @@ class Outcome:
     status: str
     result: dict | list | None = None
     error: str = ""
+    # What a revoke of this (granted) purchase will need, kept for the refund
+    # window (Backend.refund_data).
+    refund: dict | None = None
 
 
 class Ledger:
@@ -179,7 +186,6 @@ class Ledger:
             # The stored body is the canonical JSON the hash was taken of.
             a.command.canonical.decode(),
             str(a.enqueued_at or 0),
-            a.source,
         ) for a in arrivals]
         dead = []
         for r in refused:
@@ -232,15 +238,19 @@ class Ledger:
         is the lane's call budget ("key|rate|burst", '' for none): a call
         take did not pay for waits for a token.
         """
-        flag = {"resend": "1", "reconcile": "r", "doubt": "0"}[on_unknown]
-        reply = self._run("begin", batch_id, token, lease_ms, flag, budget)
+        reply = self._run("begin", batch_id, token, lease_ms, on_unknown, budget)
         if reply[0] != "ok":
             return None
-        _, project_id, attempt, kind, members, commands, reconcile = reply
-        return BatchWork(
-            batch_id, token, int(project_id), kind, int(attempt), orjson.loads(members), orjson.loads(commands),
-            reconcile=bool(int(reconcile)),
-        )
+        project_id, kind = batch_lane(batch_id)
+        ids, commands = [], []
+        for i in range(3, len(reply), 3):
+            ids.append(reply[i])
+            body = orjson.loads(reply[i + 1])
+            if kind == REVOKE:
+                body = {"request": body, "refund": orjson.loads(reply[i + 2]) if reply[i + 2] else None}
+            commands.append(body)
+        return BatchWork(batch_id, token, project_id, kind, int(reply[1]), ids, commands,
+                         reconcile=bool(int(reply[2])))
 
     def complete(self, work: BatchWork, outcomes: list[Outcome], *, partial: bool = False) -> tuple[bool, int]:
         """Write outcomes and release the batch. Returns (still owned, written).
@@ -254,6 +264,7 @@ class Ledger:
                 o.purchase_id,
                 o.status,
                 "" if o.result is None else self.scrub(orjson.dumps(o.result).decode()),
+                "" if o.refund is None else orjson.dumps(o.refund).decode(),
                 self.scrub(o.error),
             ]
         state, written = self._run("complete", *args)

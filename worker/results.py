@@ -1,5 +1,8 @@
 """The read side of the results store: one record per command, lists by status
-and time, and the figures ops watch (counts, backlog, oldest waiting)."""
+and time, and the figures ops watch (counts, backlog, oldest waiting).
+
+Records are strings (schemas/records.py says how; worker/lua/_lib.lua writes them).
+"""
 
 from __future__ import annotations
 
@@ -10,16 +13,19 @@ from typing import Any, Iterator
 import redis
 
 from schemas.kinds import GRANT, KINDS, REVOKE
-from schemas.records import Status
-from worker.keys import RECORD_NAMESPACES, Keys, batch_lane, split_member
+from schemas.records import Status, parse_record
+from worker.keys import INDEXED_STATUSES, Keys, batch_lane, split_member
 
-_INT_FIELDS = {"att": "attempts", "dup": "duplicates"}
+_INT_FIELDS = {"att": "attempts", "dup": "duplicates", "spl": "splits"}
 _TIME_FIELDS = {
     "enq": "enqueued_at",
     "rcv": "received_at",
     "snt": "sent_at",
     "cpl": "completed_at",
 }
+# Statuses counted in {p}:totals only (no index per command): listed off the
+# outcome stream.
+_STREAMED = (Status.granted, Status.revoked)
 
 
 def iso_ms(ms: str | int | None) -> str | None:
@@ -29,33 +35,30 @@ def iso_ms(ms: str | int | None) -> str | None:
     return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
-def record_view(raw: dict[str, str], kind: str = "grant") -> dict[str, Any]:
-    """The public JSON shape of a stored record hash."""
+def record_view(project_id: int, record_id: str, raw: str, kind: str = GRANT) -> dict[str, Any]:
+    """The public JSON shape of a stored record."""
+    header, command, answer = parse_record(raw)
     view: dict[str, Any] = {
-        "project_id": int(raw["pid"]),
-        "external_purchase_id": raw["epid"],
-        "status": raw.get("st"),
+        "project_id": int(project_id),
+        KINDS[kind].identity: record_id,
+        "status": header.get("st"),
     }
     for field, name in _INT_FIELDS.items():
-        view[name] = int(raw.get(field) or 0)
+        view[name] = int(header.get(field) or 0)
     for field, name in _TIME_FIELDS.items():
-        view[name] = iso_ms(raw.get(field))
-    view["batch_id"] = raw.get("bat") or None
-    view["response"] = json.loads(raw["res"]) if raw.get("res") else None
-    view["error"] = raw.get("err") or None
-    if kind == "revoke":
-        view["kind"] = "revoke"
-        view["request"] = json.loads(raw["rq"]) if raw.get("rq") else None
-    elif kind != "grant":
+        view[name] = iso_ms(header.get(field))
+    view["batch_id"] = header.get("bat") or None
+    view["response"] = answer
+    view["error"] = header.get("err") or None
+    if kind != GRANT:
         view["kind"] = kind
-        view["operation_id"] = view.pop("external_purchase_id")
-        view["command"] = json.loads(raw["cmd"]) if raw.get("cmd") else None
+    if kind == REVOKE:
+        view["request"] = command
+    elif kind == GRANT:
+        view["command"] = {"kind": (command or {}).get("kind"), "operation": (command or {}).get("operation")}
     else:
-        cmd = json.loads(raw["cmd"]) if raw.get("cmd") else {}
-        view["command"] = {"kind": cmd.get("kind"), "operation": cmd.get("operation")}
-    view["history"] = [
-        {**h, "at": iso_ms(h.get("at"))} for h in (json.loads(raw["hist"]) if raw.get("hist") else [])
-    ]
+        view["command"] = command
+    view["history"] = [{**h, "at": iso_ms(h.get("at"))} for h in header.get("hist") or []]
     return view
 
 
@@ -95,6 +98,13 @@ def dead_view(raw: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def claim_view(value: str) -> dict[str, Any]:
+    """A claim's value ("hash|status|first seen|final|refund data") as JSON."""
+    h, st, at, done, refund = value.split("|", 4)
+    return {"payload_hash": h, "status": st or None, "first_seen_at": iso_ms(at), "completed_at": iso_ms(done),
+            "refund_data_kept": bool(refund)}
+
+
 class Results:
     """Queries over the results store."""
 
@@ -102,50 +112,47 @@ class Results:
         self.redis = client
         self.keys = keys
 
-    def get(self, project_id: int, purchase_id: str, kind: str = "grant") -> dict[str, Any] | None:
-        """A purchase's record, with its revoke and any conflicting repeats; None if unknown.
-
-        For the kinds keyed by an operation id, ``purchase_id`` is that id.
-        """
-        if kind != "grant":
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hgetall(self.keys.record(project_id, purchase_id, kind))
-            pipe.hgetall(self.keys.conflict(project_id, purchase_id, kind))
-            raw, conflict = pipe.execute()
-            if not raw:
-                return None
-            view = self._view(raw, kind)
-            if conflict:
-                view["conflicts"] = conflict_view(conflict)
-            return view
+    def get(self, project_id: int, purchase_id: str, kind: str = GRANT) -> dict[str, Any] | None:
+        """A command's record, with its conflicting repeats (and, for a grant, its
+        revoke); None if unknown. For the kinds keyed by an operation id,
+        ``purchase_id`` is that id. A record past its retention is shown by
+        its claim alone, when the claim is still kept."""
+        claim_key, claim_field = self.keys.claim(kind, project_id, purchase_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(self.keys.record(project_id, purchase_id))
-        pipe.hgetall(self.keys.conflict(project_id, purchase_id))
-        pipe.hgetall(self.keys.record(project_id, purchase_id, "revoke"))
-        raw, conflict, revoke = pipe.execute()
-        if not raw and not conflict and not revoke:
+        pipe.get(self.keys.record(project_id, purchase_id, kind))
+        pipe.hgetall(self.keys.conflict(project_id, purchase_id, kind))
+        pipe.hget(claim_key, claim_field)
+        if kind == GRANT:
+            pipe.get(self.keys.record(project_id, purchase_id, REVOKE))
+        raw, conflict, claim, *revoke = pipe.execute()
+        revoke_raw = revoke[0] if revoke else None
+        if not raw and not conflict and not revoke_raw and not claim:
             return None
-        view = self._view(raw, "grant") if raw else {
-            "project_id": project_id, "external_purchase_id": purchase_id, "status": None,
-        }
+        if raw:
+            view = self._view(project_id, purchase_id, raw, kind)
+        else:
+            view = {"project_id": project_id, KINDS[kind].identity: purchase_id, "status": None,
+                    "note": "the record is past its retention (GRANTS_RESULT_RETENTION_DAYS); its claim remains"}
+        if claim and not raw:
+            view["claim"] = claim_view(claim)
         if conflict:
             view["conflicts"] = conflict_view(conflict)
-        if revoke:
-            view["revoke"] = self._view(revoke, "revoke")
+        if revoke_raw:
+            view["revoke"] = self._view(project_id, purchase_id, revoke_raw, REVOKE)
         return view
 
-    def _view(self, raw: dict[str, str], kind: str) -> dict[str, Any]:
-        view = record_view(raw, kind)
-        if raw.get("st") == Status.sending.value and raw.get("bat"):
+    def _view(self, project_id: int, record_id: str, raw: str, kind: str) -> dict[str, Any]:
+        view = record_view(project_id, record_id, raw, kind)
+        if view["status"] == Status.sending.value and view["batch_id"]:
             # Waiting out a backoff: the batch holds the last error.
-            view["error"] = self.redis.hget(self.keys.batch(raw["bat"]), "err") or view["error"]
+            view["error"] = self.redis.hget(self.keys.batch(view["batch_id"]), "err") or view["error"]
         return view
 
     def list(
         self,
         status: Status,
         *,
-        kind: str = "grant",
+        kind: str = GRANT,
         project_id: int | None = None,
         since_ms: int | None = None,
         until_ms: int | None = None,
@@ -154,10 +161,7 @@ class Results:
         """Records of ``kind`` in ``status``, oldest first, entered within [since, until]."""
         if status in (Status.pending, Status.sending):
             wanted = [w for w in self._in_flight(status, kind) if project_id is None or w[0] == project_id]
-            pipe = self.redis.pipeline(transaction=False)
-            for pid, epid in wanted:
-                pipe.hgetall(self.keys.record(pid, epid, kind))
-            views = [record_view(raw, kind) for raw in pipe.execute() if raw]
+            views = self._views(wanted, kind)
             return [v for v in views if _received_within(v, since_ms, until_ms)][:limit]
         out = []
         for view in self.iter(status, kind=kind, project_id=project_id, since_ms=since_ms, until_ms=until_ms,
@@ -167,17 +171,28 @@ class Results:
                 break
         return out
 
+    def _views(self, wanted: list[tuple[int, str]], kind: str) -> list[dict[str, Any]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for pid, epid in wanted:
+            pipe.get(self.keys.record(pid, epid, kind))
+        return [record_view(pid, epid, raw, kind) for (pid, epid), raw in zip(wanted, pipe.execute()) if raw]
+
     def iter(
         self,
         status: Status,
         *,
-        kind: str = "grant",
+        kind: str = GRANT,
         project_id: int | None = None,
         since_ms: int | None = None,
         until_ms: int | None = None,
         page: int = 1000,
     ) -> Iterator[dict[str, Any]]:
-        """Every indexed record in ``status`` (oldest first), a page at a time."""
+        """Every record in ``status`` (oldest first), a page at a time: off its
+        index, or, for the happy path (granted, revoked), off the outcome
+        stream (as far back as it reaches)."""
+        if status in _STREAMED:
+            yield from self._streamed(status, kind, project_id, since_ms, until_ms, page)
+            return
         lo = since_ms if since_ms is not None else "-inf"
         hi = until_ms if until_ms is not None else "+inf"
         offset = 0
@@ -186,27 +201,36 @@ class Results:
             if not members:
                 return
             offset += len(members)
-            pipe = self.redis.pipeline(transaction=False)
             if status is Status.dead:
-                view = dead_view
+                pipe = self.redis.pipeline(transaction=False)
                 for letter_id in members:
                     pipe.hgetall(self.keys.dead_letter(letter_id))
+                yield from (dead_view(raw) for raw in pipe.execute() if raw)
+                continue
+            wanted = [split_member(m) for m in members]
+            if project_id is not None:
+                wanted = [w for w in wanted if w[0] == project_id]
+            if status is Status.conflict:
+                pipe = self.redis.pipeline(transaction=False)
+                for pid, epid in wanted:
+                    pipe.hgetall(self.keys.conflict(pid, epid, kind))
+                yield from (conflict_view(raw) for raw in pipe.execute() if raw)
             else:
-                wanted = [split_member(m) for m in members]
-                if project_id is not None:
-                    wanted = [w for w in wanted if w[0] == project_id]
-                if status is Status.conflict:
-                    view = conflict_view
-                    for pid, epid in wanted:
-                        pipe.hgetall(self.keys.conflict(pid, epid, kind))
-                else:
-                    def view(raw, kind=kind):
-                        return record_view(raw, kind)
-                    for pid, epid in wanted:
-                        pipe.hgetall(self.keys.record(pid, epid, kind))
-            for raw in pipe.execute():
-                if raw:
-                    yield view(raw)
+                yield from self._views(wanted, kind)
+
+    def _streamed(self, status: Status, kind: str, project_id: int | None, since_ms: int | None,
+                  until_ms: int | None, page: int) -> Iterator[dict[str, Any]]:
+        start = f"{since_ms}-0" if since_ms is not None else "-"
+        end = f"{until_ms}-18446744073709551615" if until_ms is not None else "+"
+        while True:
+            entries = self.redis.xrange(self.keys.outcomes, start, end, count=page)
+            if not entries:
+                return
+            wanted = [(int(f["project_id"]), f["external_purchase_id"]) for _, f in entries
+                      if f.get("status") == status.value and f.get("kind", GRANT) == kind
+                      and (project_id is None or f.get("project_id") == str(project_id))]
+            yield from (v for v in self._views(wanted, kind) if v["status"] == status.value)
+            start = "(" + entries[-1][0]
 
     def _in_flight(self, status: Status, kind: str) -> list[tuple[int, str]]:
         """(project, id) of commands of ``kind`` waiting (pending) or in begun batches (sending)."""
@@ -225,16 +249,26 @@ class Results:
                     found += [(int(pid), m) for m in self.redis.lrange(self.keys.buffer(lane), 0, -1)]
         return found
 
-    def stats(self) -> dict[str, Any]:
-        """Counts by status (grants, and revokes apart), backlog, oldest waiting, batches in flight.
+    def totals(self, project_id: int | None = None) -> dict[str, dict[str, int]]:
+        """Outcomes ever written, by kind and status (from the ledger's counts)."""
+        out: dict[str, dict[str, int]] = {k: {} for k in KINDS}
+        for field, n in self.redis.hgetall(self.keys.totals).items():
+            kind, _, rest = field.partition("|")
+            pid, _, status = rest.partition("|")
+            if kind in out and (project_id is None or pid == str(project_id)):
+                out[kind][status] = out[kind].get(status, 0) + int(n)
+        return out
 
-        Outcomes are counted off their indexes; 'pending' and 'sending' are
-        read off the buffers and the batches in flight (bounded by
-        GRANTS_MAX_INFLIGHT_BATCHES), which is where those commands are.
+    def stats(self) -> dict[str, Any]:
+        """Counts by status (grants, revokes and operations apart), backlog, oldest waiting, batches in flight.
+
+        granted and revoked are outcomes ever written (the ledger counts
+        them); the statuses an operator acts on are what their indexes hold
+        now (within the retention); 'pending' and 'sending' are read off the
+        buffers and the batches in flight, which is where those commands are.
         """
-        kinds = {name: k.statuses for name, k in KINDS.items()}
-        indexed = [(k, s) for k, statuses in kinds.items() for s in statuses
-                   if s not in (Status.pending, Status.sending)]
+        indexed = [(k, s) for k, kind in KINDS.items() for s in kind.statuses
+                   if s in INDEXED_STATUSES or s is Status.conflict]
         pipe = self.redis.pipeline(transaction=False)
         for kind, s in indexed:
             pipe.zcard(self.keys.index(s.value, kind))
@@ -249,9 +283,15 @@ class Results:
         for batch_id in leases:
             pipe.hmget(self.keys.batch(batch_id), "n", "begun")
         replies = pipe.execute()
-        by: dict[str, dict[str, int]] = {k: {} for k in kinds}
+        totals = self.totals()
+        by: dict[str, dict[str, int]] = {k: {s.value: 0 for s in kind.statuses} for k, kind in KINDS.items()}
+        for kind in by:
+            for s in _STREAMED:
+                if s.value in by[kind]:
+                    by[kind][s.value] = totals[kind].get(s.value, 0)
         for (kind, s), n in zip(indexed, counts):
             by[kind][s.value] = n
+        by[GRANT][Status.dead.value] = int(self.redis.hget(self.keys.totals, "dead") or 0)
         for kind in by:
             by[kind]["pending"] = sum(n for (lane, _), n in zip(lanes, replies) if lane.partition(":")[0] == kind)
             by[kind]["sending"] = 0
@@ -259,16 +299,13 @@ class Results:
             kind = batch_lane(batch_id)[1]
             if kind in by:
                 by[kind]["sending" if begun == "1" else "pending"] += int(n or 0)
-        grants = {s.value: by[GRANT][s.value] for s in KINDS[GRANT].statuses}
-        revokes = {s.value: by[REVOKE][s.value] for s in KINDS[REVOKE].statuses}
         oldest = min((score for _, score in lanes), default=None)
-        operations = {k: {s.value: by[k][s.value] for s in KINDS[k].statuses} for k in KINDS if k not in (GRANT, REVOKE)}
         return {
-            "counts": grants,
-            "revokes": revokes,
-            "operations": operations,
-            "backlog": sum(by[k]["pending"] + by[k]["sending"] for k in kinds),
-            "waiting": sum(by[k]["pending"] for k in kinds),
+            "counts": by[GRANT],
+            "revokes": by[REVOKE],
+            "operations": {k: by[k] for k in KINDS if k not in (GRANT, REVOKE)},
+            "backlog": sum(by[k]["pending"] + by[k]["sending"] for k in KINDS),
+            "waiting": sum(by[k]["pending"] for k in KINDS),
             "oldest_waiting_age_s": round((now_ms - oldest) / 1000, 3) if oldest is not None else 0.0,
             "batches_in_flight": len(leases),
         }
@@ -277,15 +314,19 @@ class Results:
         """(enqueued, received, completed) ms of each purchase, for latency figures."""
         pipe = self.redis.pipeline(transaction=False)
         for pid, epid in members:
-            pipe.hmget(self.keys.record(pid, epid), "enq", "rcv", "cpl")
-        return [tuple(int(x or 0) for x in row) for row in pipe.execute()]
+            pipe.get(self.keys.record(pid, epid))
+        out = []
+        for raw in pipe.execute():
+            header = parse_record(raw)[0] if raw else {}
+            out.append((int(header.get("enq") or 0), int(header.get("rcv") or 0), int(header.get("cpl") or 0)))
+        return out
 
     def trim(self, retention_ms: int) -> int:
         """Drop index entries older than the retention (their records expired)."""
         (sec, _usec) = self.redis.time()
         cutoff = sec * 1000 - retention_ms
         pipe = self.redis.pipeline(transaction=False)
-        for kind in RECORD_NAMESPACES:
+        for kind in KINDS:
             for s in Status:
                 pipe.zremrangebyscore(self.keys.index(s.value, kind), "-inf", cutoff)
         return sum(pipe.execute())

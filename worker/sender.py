@@ -29,7 +29,7 @@ import structlog
 
 from schemas.kinds import KINDS
 from worker import errors
-from worker.backends.base import Backend
+from worker.backends.base import Backend, OpResult
 from worker.backends.registry import Backends, unknown_outcome_policy
 from worker.keys import batch_lane
 from worker.leases import LeaseKeeper
@@ -127,12 +127,19 @@ class Sender:
             # unknown outcome rather than leave the batch stuck in 'sending'.
             blog.exception("backend call failed unexpectedly")
             return self._unknown(backend, work, errors.OutcomeUnknown(f"{type(exc).__name__}: {exc}"), blog)
+        return self._finish(work, self._outcomes(backend, work, list(zip(range(len(results)), results))), blog)
+
+    @staticmethod
+    def _outcomes(backend: Backend, work: BatchWork, results: list[tuple[int, OpResult]]) -> list[Outcome]:
+        """Outcomes of the batch's commands (by position) from the backend's
+        results; an applied grant keeps what its revoke will need."""
         applied = KINDS[work.kind].applied.value
-        outcomes = [
-            Outcome(p, applied if r.status == "applied" else r.status, result=r.response, error=r.error)
-            for p, r in zip(work.purchase_ids, results)
-        ]
-        return self._finish(work, outcomes, blog)
+        out = []
+        for i, r in results:
+            refund = backend.refund_data(work.kind, work.commands[i], r.response) if r.status == "applied" else None
+            out.append(Outcome(work.purchase_ids[i], applied if r.status == "applied" else r.status,
+                               result=r.response, error=r.error, refund=refund))
+        return out
 
     def _read_back(self, backend: Backend, work: BatchWork, blog) -> BatchWork:
         """After a lost answer: settle what the inventory shows applied (or
@@ -142,9 +149,7 @@ class Sender:
         except errors.BackendError as exc:
             # The answer was lost and the inventory cannot be read either.
             raise errors.OutcomeUnknown(f"answer lost, and reading the inventory back failed: {exc}") from None
-        applied = KINDS[work.kind].applied.value
-        settled = [Outcome(p, applied if r.status == "applied" else r.status, result=r.response, error=r.error)
-                   for p, r in zip(work.purchase_ids, found) if r is not None]
+        settled = self._outcomes(backend, work, [(i, r) for i, r in enumerate(found) if r is not None])
         blog.info("batch reconciled", settled=len(settled), absent=len(found) - len(settled))
         if not settled:
             return work

@@ -1,9 +1,18 @@
 """``grants bench``: the full stack on a generated feed, measured.
 
-Private Redis (AOF on), the sandbox at zero latency, real workers. Publishes
-N purchases plus D% repeats, waits for every outcome, and reports grants/s,
-enqueue-to-outcome latency (p50/p99), backend calls, mean batch size, and
-whether the sandbox's audit shows each purchase applied exactly once.
+Private Redis (AOF on), the sandbox, real workers. Two modes:
+
+- bulk (default): publishes N purchases plus D% repeats as fast as it can,
+  waits for every outcome, and reports grants/s, enqueue-to-outcome latency
+  (p50/p99), backend calls, mean batch size;
+- live (``--live RATE --seconds S``): one producer publishing one purchase
+  per ``publish()`` call at a steady RATE, open loop (each purchase has its
+  scheduled time; a publisher falling behind shows up as latency), and
+  reports the rate achieved, purchase -> applied latency p50/p99/max (the
+  applied time from the sandbox's audit, not from our own records), the
+  backlog when publishing stopped, calls and mean batch size.
+
+Both check the sandbox's audit: every purchase applied exactly once.
 """
 
 from __future__ import annotations
@@ -37,7 +46,11 @@ def add_parser(sub) -> None:
     p.add_argument("--duplicates", type=float, default=5.0, help="extra repeats, %% of purchases (default 5)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (`celery worker`), default 1")
     p.add_argument("--concurrency", type=int, default=4, help="pool processes per worker (default 4)")
-    p.add_argument("--latency-ms", type=int, default=0, help="sandbox latency per call (default 0)")
+    p.add_argument("--latency-ms", "--backend-latency-ms", dest="latency_ms", type=int, default=0,
+                   help="sandbox latency per call (default 0)")
+    p.add_argument("--live", type=float, metavar="RATE",
+                   help="live mode: publish RATE purchases per second, one publish() each, for --seconds")
+    p.add_argument("--seconds", type=float, default=30.0, help="live mode: how long to publish (default 30)")
     p.add_argument("--backlog", action="store_true",
                    help="publish everything first, then start the workers (a drained backlog); reports peak worker memory")
     p.add_argument("--appendfsync", choices=["always", "everysec"], default="everysec",
@@ -107,6 +120,8 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def run(args: argparse.Namespace, settings) -> int:
+    if args.live:
+        return run_live(args, settings)
     feed = generate(args.purchases, args.duplicates, args.seed)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
     say(f"bench: {args.purchases:,} purchases + {len(feed) - args.purchases:,} repeats; "
@@ -199,6 +214,85 @@ def run(args: argparse.Namespace, settings) -> int:
         say(f"  outcomes: {report['outcomes']}")
         say(f"  worker memory: peak {report['peak_rss_mb_per_process']} MB per process, "
             f"{report['peak_rss_mb_all_workers']} MB all worker processes together")
+        say(f"  exactly once per sandbox audit: {'yes' if report['exactly_once'] else 'NO'} "
+            f"(doubles {doubles}, missing {missing})")
+    return 0 if report["exactly_once"] else 1
+
+
+def run_live(args: argparse.Namespace, settings) -> int:
+    """Open-loop steady load: one publish() per purchase at args.live per second."""
+    rate, seconds = args.live, args.seconds
+    total = int(rate * seconds)
+    feed = generate(total, 0.0, args.seed)
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+    say(f"bench --live: {rate:,.0f}/s for {seconds:g} s ({total:,} purchases, one publish() each); "
+        f"{args.workers} worker(s) x {args.concurrency} processes; backend latency {args.latency_ms} ms")
+    with Stack(args.workdir) as stack:
+        stack.start_redis(appendfsync=args.appendfsync)
+        stack.start_sandbox("--latency-ms", str(args.latency_ms))
+        for _ in range(args.workers):
+            stack.start_worker(concurrency=args.concurrency)
+        redis_url = stack.redis.url
+        results = Results(connect(redis_url), Keys(settings.key_prefix))
+        publisher = Publisher(settings.model_copy(update={"redis_url": redis_url, "broker_url": None}))
+        scheduled: dict[str, float] = {}
+        progress = Progress("published", total=total)
+        t0 = time.time() + 0.2
+        for i, cmd in enumerate(feed):
+            due = t0 + i / rate
+            pause = due - time.time()
+            if pause > 0:
+                time.sleep(pause)
+            publisher.publish(cmd)
+            scheduled[cmd.external_purchase_id] = due
+            if i % 200 == 0:
+                progress.update(i)
+        published_at = time.time()
+        progress.done()
+        stats = results.stats()
+        backlog_at_end = stats["backlog"] + publisher.redis.xlen(publisher.stream)
+        final = ("granted", "rejected", "failed", "in_doubt")
+        deadline = time.monotonic() + 120
+        while sum(results.stats()["counts"][s] for s in final) < total and time.monotonic() < deadline:
+            time.sleep(0.1)
+        applied: dict[str, float] = {}
+        after = 0
+        while True:
+            page = stack.sandbox_get("/sandbox/audit", project_id=BENCH_PROJECT, after_id=after, limit=100_000)
+            for row in page["entries"]:
+                applied.setdefault(row["external_purchase_id"], row["at"])
+            if not page["entries"]:
+                break
+            after = page["next_after_id"]
+        latencies = [(applied[e] - due) * 1000 for e, due in scheduled.items() if e in applied]
+        sandbox = stack.sandbox_get("/sandbox/stats")
+        audit = stack.audit_counts(BENCH_PROJECT)
+        doubles = sum(1 for n in audit.values() if n > 1)
+        missing = sum(1 for e in scheduled if e not in audit)
+        report = {
+            "offered_per_s": rate,
+            "seconds": seconds,
+            "purchases": total,
+            "achieved_per_s": round(total / max(0.001, published_at - t0), 1),
+            "latency_p50_ms": round(percentile(latencies, 50), 1),
+            "latency_p99_ms": round(percentile(latencies, 99), 1),
+            "latency_max_ms": round(max(latencies, default=0.0), 1),
+            "backlog_when_publishing_stopped": backlog_at_end,
+            "backend_calls": sandbox["calls"],
+            "mean_batch": round(sandbox["operations_processed"] / max(1, sandbox["calls"]), 1),
+            "backend_latency_ms": args.latency_ms,
+            "exactly_once": doubles == 0 and missing == 0,
+            "doubles": doubles,
+            "missing": missing,
+        }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        say(f"  achieved: {report['achieved_per_s']:,}/s of {rate:,.0f}/s offered")
+        say(f"  purchase -> applied: p50 {report['latency_p50_ms']} ms, p99 {report['latency_p99_ms']} ms, "
+            f"max {report['latency_max_ms']} ms")
+        say(f"  backlog when publishing stopped: {backlog_at_end:,}")
+        say(f"  backend calls: {report['backend_calls']:,}, mean batch {report['mean_batch']}")
         say(f"  exactly once per sandbox audit: {'yes' if report['exactly_once'] else 'NO'} "
             f"(doubles {doubles}, missing {missing})")
     return 0 if report["exactly_once"] else 1

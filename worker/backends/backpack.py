@@ -103,5 +103,9 @@ class XsollaBackpack:
         body = orjson.loads(response.content or b"[]")
         return body if isinstance(body, list) else body.get("items", [])
 
+    def refund_data(self, kind: str, command: dict[str, Any], response: Any) -> dict[str, Any] | None:
+        """Backpack items are deleted by a command of their own, not revoked."""
+        return None
+
     def close(self) -> None:
         self.client.close()

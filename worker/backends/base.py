@@ -35,6 +35,11 @@ class Backend(Protocol):
         """Send one call for the stored commands; one result per command, in order."""
         ...
 
+    def refund_data(self, kind: str, command: dict[str, Any], response: Any) -> dict[str, Any] | None:
+        """What a later revoke of this applied command will need (kept for
+        the refund window), or None for kinds that are never revoked."""
+        ...
+
     def close(self) -> None:
         """Release pooled connections."""
         ...

@@ -190,7 +190,7 @@ class PlayFab:
 
     def _revoke(self, command: dict[str, Any]) -> OpResult:
         with errors.building("RevokeInventoryItems"):
-            instances = granted_instances(command.get("grant_result"))
+            instances = (command.get("refund") or {}).get("instances") or []
         if not instances:
             return OpResult("rejected", error="the grant's answer lists no item instances to revoke")
         errors_seen = []
@@ -232,6 +232,12 @@ class PlayFab:
             else:
                 out.append(OpResult("in_doubt", error=f"inventory shows {dict(have)} of {dict(expected)}"))
         return out
+
+    def refund_data(self, kind: str, command: dict[str, Any], response: Any) -> dict[str, Any] | None:
+        """A grant's revoke takes back the item instances it created."""
+        if kind != "grant":
+            return None
+        return {"instances": granted_instances(response)}
 
     def close(self) -> None:
         self.client.close()

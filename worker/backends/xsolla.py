@@ -30,8 +30,8 @@ def request_body(kind: str, command: dict[str, Any]) -> dict[str, Any]:
     if kind == "grant":
         return command["operation"]
     # A revoke takes back exactly what its purchase granted, from that user.
-    grant = command["grant"]["operation"]
-    body: dict[str, Any] = {"user": grant["user"], "items": grant["items"]}
+    refund = command["refund"]
+    body: dict[str, Any] = {"user": refund["user"], "items": refund["items"]}
     comment = (command.get("request") or {}).get("comment")
     if comment:
         body["comment"] = comment
@@ -82,6 +82,13 @@ class XsollaInventory:
         check_status(response, what, names_command=names_item)
         return match_operations(operations, _json(response))
 
+    def refund_data(self, kind: str, command: dict[str, Any], response: Any) -> dict[str, Any] | None:
+        """A grant's revoke sends the same user and items to /inventory/revoke."""
+        if kind != "grant":
+            return None
+        operation = command["operation"]
+        return {"user": operation["user"], "items": operation["items"]}
+
     def close(self) -> None:
         self.client.close()
 
@@ -131,5 +138,6 @@ def match_operations(sent: list[dict[str, Any]], body: dict[str, Any]) -> list[O
         if match is None:
             results.append(OpResult("in_doubt", error="the backend answered 200 but did not report this operation"))
         else:
-            results.append(OpResult("applied", response=match))
+            # What is not in the command already: each item's new balance.
+            results.append(OpResult("applied", response={"items": match.get("items")}))
     return results

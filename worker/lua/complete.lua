@@ -5,8 +5,9 @@
 -- With `partial` set, the batch stays (its lease too) and only the given
 -- members leave it: what a read-back proved applied is final at once,
 -- whatever later happens to the rest of the batch.
--- ARGV: prefix, retention, batch_id, token, project_id, kind,
---       partial (1/0), then per command: epid, status, result_json, error
+-- ARGV: prefix, retention, batch_id, token, project_id, kind, partial (1/0),
+--       then per command: id, status, answer JSON ('' for none), refund data
+--       ('' for none: what a revoke of a granted purchase needs), error
 -- Returns {'ok'|'fenced', commands written}
 local id, token, pid, kind = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local partial = ARGV[7] == '1'
@@ -16,12 +17,12 @@ local owned = b[1] == 'sending' and b[2] == token
 local now = now_ms()
 local written = 0
 local settled = {}
-for i = 8, #ARGV, 4 do
-  local epid, st, res, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local cur = redis.call('HMGET', rec_key(kind, pid, epid), 'st', 'bat')
-  if cur[2] == id and ((owned and cur[1] == 'sending') or
-                       (not owned and cur[1] == 'in_doubt' and st ~= 'in_doubt')) then
-    finalize(kind, pid, epid, cur[1], st, res, err, now)
+for i = 8, #ARGV, 5 do
+  local epid, st, res, refund, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local hdr = rec_read(rec_key(kind, pid, epid))
+  if hdr and hdr.bat == id and ((owned and hdr.st == 'sending') or
+                                (not owned and hdr.st == 'in_doubt' and st ~= 'in_doubt')) then
+    finalize(kind, pid, epid, st, res, refund, err, now)
     written = written + 1
   end
   settled[epid] = true

@@ -12,20 +12,20 @@ local out = {0}
 local doubted = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, max)) do
   local bk = batch_key(id)
-  local b = redis.call('HMGET', bk, 'st', 'pid', 'members', 'idem', 'n', 'kind', 'att')
+  local b = redis.call('HMGET', bk, 'st', 'pid', 'members', 'on_unknown', 'n', 'kind', 'att')
   if not b[1] then
     redis.call('ZREM', LEASES, id)
-  elseif b[1] == 'leased' or ((b[4] == '1' or b[4] == 'r') and tonumber(b[7]) < max_attempts) then
+  elseif b[1] == 'leased' or ((b[4] == 'resend' or b[4] == 'reconcile') and tonumber(b[7]) < max_attempts) then
     -- Idempotent backend: send again. Reconcilable one: read back first.
     if b[1] == 'sending' then
-      redis.call('HSET', bk, 'rec', b[4] == 'r' and 1 or 0)
+      redis.call('HSET', bk, 'rec', b[4] == 'reconcile' and 1 or 0)
     end
     redis.call('HSET', bk, 'st', 'leased', 'tok', '')
     redis.call('ZADD', LEASES, now + lease_ms, id)
     out[#out + 1] = id
   else
     -- (also an idempotent backend's batch past its attempts: still unknown)
-    finalize_members(b[6], b[2], cjson.decode(b[3]), 'in_doubt',
+    finalize_members(b[6], b[2], id, cjson.decode(b[3]), 'in_doubt',
       'lease ' .. id .. ' expired during the backend call: the worker died or stalled; the grant may or may not be applied',
       now)
     doubted = doubted + tonumber(b[5])

@@ -17,7 +17,7 @@ local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'att', 'kind', 
 if not (b[1] == 'sending' and b[2] == token) then return {'fenced'} end
 local now = now_ms()
 if tonumber(b[5]) >= max_attempts then
-  finalize_members(b[6], b[3], cjson.decode(b[4]), final, err, now)
+  finalize_members(b[6], b[3], id, cjson.decode(b[4]), final, err, now)
   redis.call('DEL', bk)
   redis.call('ZREM', LEASES, id)
   return {final}

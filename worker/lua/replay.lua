@@ -14,26 +14,28 @@ local out = {}
 for i = 6, #ARGV, 2 do
   local pid, epid = ARGV[i], ARGV[i + 1]
   local rk = rec_key(kind, pid, epid)
-  local r = redis.call('HMGET', rk, 'st', 'att', 'hist', 'err')
-  local st = r[1]
+  local hdr, body = rec_read(rk)
+  local st = hdr and hdr.st
   if not st then
     out[#out + 1] = 'missing'
   elseif st == 'granted' or st == 'revoked' or st == 'rejected' or st == 'noop' then
     out[#out + 1] = st
-  elseif kind == 'grant' and redis.call('EXISTS', rec_key('revoke', pid, epid)) == 1 then
+  elseif kind == 'grant' and claim_get('revoke', pid, epid, now) then
     out[#out + 1] = 'refunded'
   elseif st == 'in_doubt' and not allow_in_doubt then
     out[#out + 1] = 'needs_force'
   elseif st ~= 'failed' and st ~= 'in_doubt' then
     out[#out + 1] = 'busy'
   else
-    local hist = r[3] and cjson.decode(r[3]) or {}
+    local hist = hdr.hist or {}
     hist[#hist + 1] = {event = 'replay', by = actor, at = now, from_status = st,
-                       attempts_before = tonumber(r[2]) or 0, last_error = r[4] or ''}
+                       attempts_before = hdr.att or 0, last_error = hdr.err or ''}
     redis.call('ZREM', idx_key(kind, st), pid .. ':' .. epid)
-    redis.call('HSET', rk, 'st', 'pending', 'hist', cjson.encode(hist), 'err', '', 'cpl', '', 'res', '')
+    hdr.st, hdr.hist, hdr.err, hdr.cpl = 'pending', hist, nil, nil
     -- Waiting again: no expiry until the new outcome sets the retention.
-    redis.call('PERSIST', rk)
+    rec_write(rk, hdr, command_of(body), nil)
+    local c = claim_get(kind, pid, epid, now)
+    if c then c.st = ''; claim_put(kind, pid, epid, c) end
     enqueue(kind, pid, epid, now)
     out[#out + 1] = 'replayed'
   end

@@ -1,6 +1,7 @@
 -- Split a batch the backend refused as a whole (4xx) into two halves, each a
 -- new leased batch, so the good commands are not sunk with the bad one.
--- Nothing was applied, so attempts start again.
+-- Nothing was applied, so attempts start again (each record counts the
+-- splits it went through apart from its calls: 'spl').
 -- ARGV: prefix, retention, batch_id, token, lease_ms, reconcile (1/0: an answer of this
 --       batch was lost, so each half is read back before it is sent)
 -- Returns {'fenced'} | {'single'} | {'ok', id1, id2}
@@ -25,7 +26,12 @@ for part = 0, 1 do
     'rec', reconcile)
   redis.call('ZADD', LEASES, now + lease_ms, child)
   -- The child owns these commands now (begin and complete check it).
-  for _, epid in ipairs(chunk) do redis.call('HSET', rec_key(b[6], pid, epid), 'bat', child) end
+  for _, epid in ipairs(chunk) do
+    local rk = rec_key(b[6], pid, epid)
+    local hdr, body = rec_read(rk)
+    hdr.bat, hdr.spl = child, (hdr.spl or 0) + 1
+    rec_write(rk, hdr, body, nil)
+  end
   out[#out + 1] = child
 end
 redis.call('DEL', bk)

@@ -70,8 +70,8 @@ for i = 1, #lanes, 2 do
     if budget_wait(budget_spec(kind, pid), now, true) > 0 then break end
     local members = {}
     for _, epid in ipairs(redis.call('LPOP', buf, limit)) do
-      -- Skip commands that left 'pending' while waiting (cancelled, expired).
-      if redis.call('HGET', rec_key(kind, pid, epid), 'st') == 'pending' then
+      -- Skip commands that left 'pending' while waiting (cancelled).
+      if rec_status(rec_key(kind, pid, epid)) == 'pending' then
         members[#members + 1] = epid
       end
     end
@@ -89,7 +89,8 @@ for i = 1, #lanes, 2 do
       redis.call('ZREM', LANES, lane)
       break
     end
-    oldest = tonumber(redis.call('HGET', rec_key(kind, pid, head), 'rcv')) or now
+    local hdr = rec_read(rec_key(kind, pid, head))
+    oldest = (hdr and tonumber(hdr.rcv)) or now
     redis.call('ZADD', LANES, oldest, lane)
   end
   if #taken >= max_batches or inflight >= max_inflight then break end

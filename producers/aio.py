@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 from redis import asyncio as aioredis
 from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
-from producers.publisher import PublishFailed, describe, final_status, scan_outcomes
+from producers.publisher import APPEND_MANY, PublishFailed, describe, final_status, scan_outcomes
 from schemas.commands import AnyCommand
 from schemas.kinds import GRANT, KINDS
 from schemas.records import record_key
@@ -42,13 +42,11 @@ class AsyncPublisher:
         """Publish commands in order, pipelined; returns how many."""
         published = 0
         batch = list(commands)
+        append_many = self.redis.register_script(APPEND_MANY)
         for start in range(0, len(batch), self.pipeline_size):
             chunk = batch[start : start + self.pipeline_size]
-            pipe = self.redis.pipeline(transaction=False)
-            for command in chunk:
-                pipe.xadd(self.stream, {COMMAND_FIELD: command.wire()})
             try:
-                await pipe.execute()
+                await append_many(keys=[self.stream], args=[c.wire() for c in chunk])
             except RedisError as exc:
                 raise PublishFailed(describe(exc), published) from exc
             published += len(chunk)

@@ -53,8 +53,9 @@ class _Canonical:
 
     def payload_hash(self) -> str:
         """Short digest of :attr:`canonical`; equal hashes mean the same command."""
-        # 64 bits: it only ever tells two payloads of one id apart.
-        return hashlib.blake2b(self.canonical, digest_size=8).hexdigest()
+        # Its format (blake2b-128 of the canonical JSON) is part of every
+        # stored claim: changing it would make repeats look like conflicts.
+        return hashlib.blake2b(self.canonical, digest_size=16).hexdigest()
 
     def to_message(self, enqueued_at_ms: int | None = None) -> dict[str, Any]:
         """The envelope as it travels (JSON-safe): version, kind, project, fields.

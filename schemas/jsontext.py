@@ -7,14 +7,11 @@ both use these two functions.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Iterator
 
-import orjson
+import pydantic_core
 
-# Twenty digits or more: possibly beyond a 64-bit integer.
-_LONG_INTEGER = re.compile(r"\d{20}")
 # A JSON string (escapes included), or one structural character. Strings are
 # matched whole, so brackets and commas inside them are never structure.
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},]', re.S)
@@ -23,24 +20,16 @@ _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},]', re.S)
 def loads_exact(text: str | bytes) -> Any:
     """Decode one JSON value; ``ValueError`` for anything that is not one.
 
-    orjson is fast, but reads an integer beyond 64 bits as a float (silently
-    another value) and refuses deep nesting and lone surrogates; the standard
-    library keeps such integers exact, so that a schema can refuse them.
-    Nesting too deep for either, or an integer of more than 4,300 digits,
-    raises ``ValueError`` too, never ``RecursionError``.
+    pydantic-core's parser (jiter): integers of any size stay exact (orjson
+    would read one beyond 64 bits as a float, silently another value, which
+    a schema could then not refuse); deep nesting, lone surrogates, NaN and
+    an integer of more than 4,300 digits are ``ValueError``, never
+    ``RecursionError``; and it is as fast as orjson.
     """
-    raw = text.decode("utf-8", errors="surrogateescape") if isinstance(text, bytes) else text
     try:
-        if not _LONG_INTEGER.search(raw):
-            return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(raw)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-    except ValueError as exc:
-        raise ValueError(str(exc).split(";")[0]) from None
+        return pydantic_core.from_json(text, allow_inf_nan=False)
+    except (ValueError, TypeError) as exc:  # TypeError: text that is not UTF-8 (surrogate escapes)
+        raise ValueError(str(exc)) from None
 
 
 def split_array(text: str) -> Iterator[tuple[int, str]]:

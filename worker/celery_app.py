@@ -91,9 +91,11 @@ def create_app(settings: Settings) -> GrantsCelery:
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
-        # Task events for Flower.
+        # Task events for Flower (received, started, succeeded/failed); not
+        # "sent": the dispatcher is the worker itself, and that event cost its
+        # main process a publish per task.
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        task_send_sent_event=False,
         task_queues=(Queue(tasks.SEND_QUEUE), Queue(tasks.OPS_QUEUE)),
         task_default_queue=tasks.OPS_QUEUE,
         # Records undecodable / unknown-task messages as dead letters.
@@ -106,8 +108,14 @@ def create_app(settings: Settings) -> GrantsCelery:
     app.steps["worker"].add(SweeperStep)
     app.steps["worker"].add(IngestStep)
 
-    @signals.worker_ready.connect(weak=False)
     @signals.worker_process_init.connect(weak=False)
+    def _pool_process_ready(**_kw):
+        # Clients (and their TLS contexts: ~0.3 s each here) are built before
+        # the first task, not in its time; then the start-up heap is frozen.
+        app.grants_runtime().backends.warm()
+        tune_gc()
+
+    @signals.worker_ready.connect(weak=False)
     def _quiet_gc(**_kw):
         tune_gc()
 

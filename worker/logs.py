@@ -27,12 +27,16 @@ class Redactor:
     def __init__(self, secrets: Iterable[str]):
         # Longest first, so a secret containing another is removed whole.
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        # One pass over the text for all of them (the senders scrub every
+        # answer they store: a loop per secret cost them 6% of their time).
+        self._pattern = re.compile("|".join(map(re.escape, self.secrets))) if self.secrets else None
 
     def scrub(self, text: str) -> str:
-        for s in self.secrets:
-            if s in text:
-                text = text.replace(s, REDACTED)
-        return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
+        if self._pattern is not None:
+            text = self._pattern.sub(REDACTED, text)
+        if "://" in text:
+            text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
+        return text
 
     def _value(self, key: str, value: Any) -> Any:
         if _SECRET_FIELD.search(key) and value:

@@ -87,10 +87,16 @@ def request(client: httpx.Client, method: str, url: str, **kwargs: object) -> ht
     """Send one request and read at most MAX_RESPONSE_BYTES of its answer.
 
     Call it inside :func:`translated`. The response returned is fully read;
-    ``response.extensions["truncated"]`` is True when the answer was longer.
+    ``response.extensions["truncated"]`` is True when the answer was longer
+    (then only its first MAX_RESPONSE_BYTES are kept).
     """
     sent = client.build_request(method, url, **kwargs)  # type: ignore[arg-type]
     response = client.send(sent, stream=True)
+    length = response.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) <= MAX_RESPONSE_BYTES:
+        response.read()  # the usual case: a short answer that says how long it is
+        response.extensions["truncated"] = False
+        return response
     body = bytearray()
     truncated = False
     try:
@@ -103,9 +109,8 @@ def request(client: httpx.Client, method: str, url: str, **kwargs: object) -> ht
         response.close()
     # Decoded already: the copy must not be decoded again.
     headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-encoding"]
-    read = httpx.Response(response.status_code, headers=headers, content=bytes(body[:MAX_RESPONSE_BYTES]),
+    return httpx.Response(response.status_code, headers=headers, content=bytes(body[:MAX_RESPONSE_BYTES]),
                           request=sent, extensions={"truncated": truncated})
-    return read
 
 
 def retry_after_s(value: str | None) -> float | None:

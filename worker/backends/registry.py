@@ -95,6 +95,14 @@ class Backends:
                     limits[f"{kind}:{project_id}"] = limit(kind, project_id)
         return limits, min(limits.values())
 
+    def warm(self) -> None:
+        """Build the clients this process will use (the default backend, the
+        configured projects', Backpack) before any command waits for them."""
+        self.for_project(0)
+        for project_id in self.settings.projects:
+            self.for_project(project_id)
+        _ = self.backpack
+
     def budget_spec(self, kind: str, project_id: int) -> str:
         """The lane's call budget as the Lua scripts take it ("backend:project|rate|burst"), or ''."""
         budget = self.settings.call_budget(project_id)

@@ -19,15 +19,15 @@ local written = 0
 local settled = {}
 for i = 8, #ARGV, 5 do
   local epid, st, res, refund, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local hdr = rec_read(rec_key(kind, pid, epid))
+  local hdr, body = rec_read(rec_key(kind, pid, epid))
   if hdr and hdr.bat == id and ((owned and hdr.st == 'sending') or
                                 (not owned and hdr.st == 'in_doubt' and st ~= 'in_doubt')) then
-    finalize(kind, pid, epid, st, res, refund, err, now)
+    finalize(kind, pid, epid, st, res, refund, err, now, hdr, body)
     written = written + 1
   end
   settled[epid] = true
 end
-if not owned then return {'fenced', written} end
+if not owned then return done({'fenced', written}) end
 if partial then
   local rest = {}
   for _, epid in ipairs(cjson.decode(b[3])) do
@@ -35,9 +35,9 @@ if partial then
   end
   if #rest > 0 then
     redis.call('HSET', bk, 'members', cjson.encode(rest), 'n', #rest)
-    return {'ok', written}
+    return done({'ok', written})
   end
 end
 redis.call('DEL', bk)
 redis.call('ZREM', LEASES, id)
-return {'ok', written}
+return done({'ok', written})

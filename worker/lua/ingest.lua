@@ -81,17 +81,17 @@ local function refuse_conflict(kind, pid, epid, h, cmd, original)
 end
 
 -- A new record, waiting for its batch; and its claim.
-local function admit(kind, pid, epid, h, cmd, enq)
+local function admit(kind, pid, epid, h, cmd, enq, ck, cf)
   rec_write(rec_key(kind, pid, epid), {st = 'pending', rcv = now, enq = tonumber(enq) or 0}, cmd, nil)
-  claim_put(kind, pid, epid, {h = h, st = '', at = now})
+  claim_put(kind, pid, epid, {h = h, st = '', at = now, key = ck, field = cf})
 end
 
 -- Grants, and every kind identified by the producer's own id (Backpack and
 -- PlayFab deletes): claim, or count a repeat, or refuse a conflicting one.
 local function ingest_claim(kind, pid, epid, h, cmd, enq)
-  local c = claim_get(kind, pid, epid, now)
+  local c, ck, cf = claim_get(kind, pid, epid, now)
   if not c then
-    admit(kind, pid, epid, h, cmd, enq)
+    admit(kind, pid, epid, h, cmd, enq, ck, cf)
     enqueue(kind, pid, epid, now)
     return 'new'
   elseif c.st == 'cancelled' then
@@ -115,12 +115,13 @@ local function past_window(pid, epid, done)
 end
 
 local function ingest_revoke(pid, epid, h, cmd, enq)
-  if claim_get('revoke', pid, epid, now) then
+  local seen, ck, cf = claim_get('revoke', pid, epid, now)
+  if seen then
     -- A purchase is revoked once; a repeat (any reason text) is that revoke.
     count_repeat('revoke', pid, epid)
     return 'dup'
   end
-  admit('revoke', pid, epid, h, cmd, enq)
+  admit('revoke', pid, epid, h, cmd, enq, ck, cf)
   local g = claim_get('grant', pid, epid, now)
   if not g then
     -- Never seen: a tombstone (record and claim), so a grant arriving later is never sent.
@@ -174,4 +175,4 @@ for _, c in ipairs(rows) do
     out[#out + 1] = ingest_claim(c[1], c[2], c[3], c[4], c[5], c[6])
   end
 end
-return out
+return done(out)

@@ -34,4 +34,4 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0,
   end
 end
 out[1] = doubted
-return out
+return done(out)

@@ -20,7 +20,7 @@ if tonumber(b[5]) >= max_attempts then
   finalize_members(b[6], b[3], id, cjson.decode(b[4]), final, err, now)
   redis.call('DEL', bk)
   redis.call('ZREM', LEASES, id)
-  return {final}
+  return done({final})
 end
 -- The last error lives on the batch; `grants results get` shows it. 'nbf'
 -- (not before) keeps a duplicate dispatch from cutting the backoff short.

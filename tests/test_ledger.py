@@ -342,3 +342,44 @@ def test_replay_selection_filters(ledger, results):
     assert failed.status is Status.failed
     with pytest.raises(ValueError):
         rp.Filters(Status.granted)  # never replayable
+
+
+def test_an_older_versions_store_is_moved_onto_todays_layout(ledger, results, redis_client):
+    """Records the previous version wrote (a hash per command, its claim
+    inside): after the migration a repeat is still a duplicate, a conflict
+    still a conflict, a granted purchase can still be refunded, and what was
+    waiting is still sent."""
+    from worker.migrate import migrate
+
+    client, keys = redis_client
+    t = str(int(time.time() * 1000) - 1000)  # a second ago: well inside every retention
+    old = {
+        "g1": {"st": "granted", "pid": "1", "epid": "g1", "h": command(1, "g1").payload_hash(),
+               "cmd": command(1, "g1").canonical.decode(), "rcv": t, "enq": t,
+               "src": "m:0", "bat": "b1|grant:1", "snt": t, "att": "1", "cpl": t,
+               "res": '{"items":[{"sku":"gem.pack","quantity":1,"balance":1}]}'},
+        "p1": {"st": "pending", "pid": "1", "epid": "p1", "h": command(1, "p1").payload_hash(),
+               "cmd": command(1, "p1").canonical.decode(), "rcv": t, "enq": "0", "src": "m:1"},
+    }
+    for epid, fields in old.items():
+        client.hset(keys.record(1, epid), mapping=fields)
+    client.pexpire(keys.record(1, "g1"), 3_600_000)
+    client.rpush(keys.buffer("grant:1"), "p1")
+    client.zadd(keys.lanes, {"grant:1": 1})
+    client.zadd(keys.index("granted"), {"1:g1": int(t)})
+
+    refunds = []
+    assert migrate(client, keys, lambda kind, cmd, res: refunds.append(cmd) or {"user": cmd["operation"]["user"],
+                                                                             "items": cmd["operation"]["items"]}) == 2
+    assert migrate(client, keys, lambda *a: None) == 0  # once
+    assert 0 < client.pttl(keys.record(1, "g1")) <= 3_600_000
+    rec = results.get(1, "g1")
+    assert rec["status"] == "granted" and rec["response"]["items"][0]["balance"] == 1
+    assert results.stats()["counts"]["granted"] == 1
+    assert ingest(ledger, ["g1"]) == ["dup"]
+    assert ingest(ledger, ["g1"], quantity=7) == ["conflict"]
+    assert revoke(ledger, ["g1"]) == ["new"]
+    assert ingest(ledger, ["p1"]) == ["dup"]
+    (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
+    work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown="doubt")
+    assert work.kind == "grant" and work.purchase_ids == ["p1"]

@@ -13,6 +13,7 @@ from worker import logs, tasks
 from worker.broker import ON_UNUSABLE
 from worker.gc_tuning import tune_gc
 from worker.ingest import IngestStep
+from worker.migrate import migrate
 from worker.redis_conn import broker_ssl_options
 from worker.runtime import Runtime
 from worker.settings import Settings
@@ -107,6 +108,14 @@ def create_app(settings: Settings) -> GrantsCelery:
     app.task(name=tasks.REPLAY, bind=True, queue=tasks.OPS_QUEUE)(tasks.replay)
     app.steps["worker"].add(SweeperStep)
     app.steps["worker"].add(IngestStep)
+
+    @signals.worker_init.connect(weak=False)
+    def _current_layout(**_kw):
+        # Before anything is consumed: an older version's store is moved
+        # onto today's layout first (once; the other workers wait for it).
+        rt = app.grants_runtime()
+        migrate(rt.redis, rt.keys, lambda kind, cmd, res: rt.backends.for_batch(kind, cmd["project_id"])
+                .refund_data(kind, cmd, res))
 
     @signals.worker_process_init.connect(weak=False)
     def _pool_process_ready(**_kw):

@@ -34,6 +34,7 @@ One place, so that a reader can see the whole data model at once:
 - ``{p}:budget:{backend}:{project}``  hash ``t`` (tokens), ``ts`` (ms): the
   call budget's token bucket.
 - ``{p}:outcomes``  stream of final outcomes for the purchase pipeline.
+- ``{p}:layout``  string: the layout version of this store (worker/migrate.py).
 - ``{p}:lock:sweeper``  the recovery timer's lock.
 - ``{p}:dead:{id}``  hash: a broker message that was not a valid command,
   with its raw payload and the reason (indexed in ``{p}:idx:dead``).
@@ -167,6 +168,14 @@ class Keys:
     @property
     def latency(self) -> str:
         return f"{self.prefix}:latency"
+
+    @property
+    def layout(self) -> str:
+        return f"{self.prefix}:layout"
+
+    @property
+    def migrate_lock(self) -> str:
+        return f"{self.prefix}:lock:migrate"
 
     @property
     def sweeper_lock(self) -> str:

@@ -68,7 +68,7 @@ bench: venv
 	$(BIN)/grants bench
 
 chaos: venv
-	$(BIN)/python -m tests.chaos --runs 3
+	$(BIN)/python -m tests.chaos.harness --runs 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

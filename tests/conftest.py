@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from producers.localstack import RedisServer, Stack
+from devstack.localstack import RedisServer, Stack
 from producers.publisher import Publisher
 from worker.keys import Keys
 from worker.settings import connect

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from producers.localstack import Service, StackError, free_port, redis_binary, wait_until
+from devstack.localstack import Service, StackError, free_port, redis_binary, wait_until
 from worker.settings import connect
 
 ACL_USER = "grants"

@@ -1,0 +1,298 @@
+"""``grants bench``: the full stack on a generated feed, measured.
+
+Private Redis (AOF on), the sandbox, real workers. Two modes:
+
+- bulk (default): publishes N purchases plus D% repeats as fast as it can,
+  waits for every outcome, and reports grants/s, enqueue-to-outcome latency
+  (p50/p99), backend calls, mean batch size;
+- live (``--live RATE --seconds S``): one producer publishing one purchase
+  per ``publish()`` call at a steady RATE, open loop (each purchase has its
+  scheduled time; a publisher falling behind shows up as latency), and
+  reports the rate achieved, purchase -> applied latency p50/p99/max (the
+  applied time from the sandbox's audit, not from our own records), the
+  backlog when publishing stopped, calls and mean batch size.
+
+Both check the sandbox's audit: every purchase applied exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from devstack.localstack import Stack
+from producers.progress import Progress
+from producers.publisher import Publisher
+from schemas.commands import GrantCommand
+from worker.keys import Keys
+from worker.settings import connect
+from worker.results import Results
+
+BENCH_PROJECT = 90001
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark the full stack on a generated feed",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--purchases", type=int, default=50_000, help="distinct purchases (default 50,000)")
+    p.add_argument("--duplicates", type=float, default=5.0, help="extra repeats, %% of purchases (default 5)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (`celery worker`), default 1")
+    p.add_argument("--concurrency", type=int, default=4, help="pool processes per worker (default 4)")
+    p.add_argument("--latency-ms", "--backend-latency-ms", dest="latency_ms", type=int, default=0,
+                   help="sandbox latency per call (default 0)")
+    p.add_argument("--live", type=float, metavar="RATE",
+                   help="live mode: publish RATE purchases per second, one publish() each, for --seconds")
+    p.add_argument("--seconds", type=float, default=30.0, help="live mode: how long to publish (default 30)")
+    p.add_argument("--backlog", action="store_true",
+                   help="publish everything first, then start the workers (a drained backlog); reports peak worker memory")
+    p.add_argument("--appendfsync", choices=["always", "everysec"], default="everysec",
+                   help="Redis AOF fsync policy (default everysec, as deploy/ runs it)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory)")
+    p.set_defaults(run=run)
+
+
+def generate(n: int, dup_pct: float, seed: int) -> list[GrantCommand]:
+    """N distinct purchases plus repeats of earlier ones, in publishing order."""
+    rng = random.Random(seed)
+    skus = ["gem.pack.100", "gem.pack.500", "booster_mega_1", "skin-dragon", "battle_pass.s1"]
+    ops = []
+    for i in range(n):
+        ops.append(GrantCommand(project_id=BENCH_PROJECT, operation={
+            "user": {"id": f"player-{rng.randrange(5000)}"},
+            "items": [{"sku": rng.choice(skus), "quantity": rng.choice((1, 1, 2, 5))}],
+            "purchase": {"amount": "4.99", "currency": "USD", "external_purchase_id": f"bench-{i}",
+                         "external_purchase_date": "2026-11-21T12:00:00+00:00"},
+        }))
+    for _ in range(int(n * dup_pct / 100)):
+        j = rng.randrange(n)
+        ops.insert(min(len(ops), j + rng.randrange(1, 500)), ops[j])
+    return ops
+
+
+class PeakMemory:
+    """Samples the resident memory of worker process trees in a thread."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval = interval
+        self.peak_per_process_mb = 0.0
+        self.peak_total_mb = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, pids: list[int]) -> None:
+        def sample():
+            while not self._stop.wait(self.interval):
+                sizes = []
+                for pid in pids:
+                    try:
+                        root = psutil.Process(pid)
+                        sizes += [p.memory_info().rss for p in [root, *root.children(recursive=True)]]
+                    except psutil.Error:
+                        continue
+                if sizes:
+                    self.peak_per_process_mb = max(self.peak_per_process_mb, round(max(sizes) / 2**20, 1))
+                    self.peak_total_mb = max(self.peak_total_mb, round(sum(sizes) / 2**20, 1))
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return 0.0
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(pct / 100 * (len(values) - 1))))]
+
+
+def run(args: argparse.Namespace, settings) -> int:
+    if args.live:
+        return run_live(args, settings)
+    feed = generate(args.purchases, args.duplicates, args.seed)
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+    say(f"bench: {args.purchases:,} purchases + {len(feed) - args.purchases:,} repeats; "
+        f"{args.workers} worker(s) x {args.concurrency} processes; sandbox latency {args.latency_ms} ms; "
+        f"appendfsync {args.appendfsync}")
+    with Stack(args.workdir) as stack:
+        stack.start_redis(appendfsync=args.appendfsync)
+        stack.start_sandbox("--latency-ms", str(args.latency_ms))
+        if not args.backlog:
+            for _ in range(args.workers):
+                stack.start_worker(concurrency=args.concurrency)
+        redis_url = stack.redis.url
+        results = Results(connect(redis_url), Keys(settings.key_prefix))
+        publisher = Publisher(settings.model_copy(update={"redis_url": redis_url, "broker_url": None}))
+
+        started = time.monotonic()
+        pub_progress = Progress("published", total=len(feed))
+        publisher.publish_many(feed, on_progress=pub_progress.update)
+        pub_progress.done()
+        published_s = time.monotonic() - started
+        memory = PeakMemory()
+        if args.backlog:
+            for _ in range(args.workers):
+                stack.start_worker(concurrency=args.concurrency, wait=False)
+            started = time.monotonic()
+        memory.watch([w.pid for w in stack.workers])
+
+        progress = Progress("outcomes", total=args.purchases)
+        final = ("granted", "rejected", "failed", "in_doubt")
+        while True:
+            counts = results.stats()["counts"]
+            done = sum(counts[s] for s in final)
+            progress.update(done)
+            if done >= args.purchases:
+                break
+            if time.monotonic() - started > 600:
+                say("bench: gave up after 600 s")
+                return 1
+            time.sleep(0.5)  # the stats read is not free: it shares the cores being measured
+        progress.done()
+        wall_s = time.monotonic() - started
+        memory.stop()
+
+        ids = [f"bench-{i}" for i in range(args.purchases)]
+        timings = results.timings([(BENCH_PROJECT, i) for i in ids])
+        latencies = [(cpl - enq) / 1000 for enq, _rcv, cpl in timings if enq and cpl]
+        first_enq = min(t[0] for t in timings)
+        last_cpl = max(t[2] for t in timings)
+        first_cpl = min(t[2] for t in timings if t[2])
+        # A backlog is timed from the workers' start: before that it was only queued.
+        pipeline_s = wall_s if args.backlog else (last_cpl - first_enq) / 1000
+        sandbox = stack.sandbox_get("/sandbox/stats")
+        audit = stack.audit_counts(BENCH_PROJECT)
+        doubles = sum(1 for n in audit.values() if n > 1)
+        missing = sum(1 for i in ids if i not in audit)
+        report = {
+            "purchases": args.purchases,
+            "published_commands": len(feed),
+            "workers": args.workers,
+            "concurrency": args.concurrency,
+            "publish_s": round(published_s, 2),
+            "wall_s": round(wall_s, 2),
+            "pipeline_s": round(pipeline_s, 2),
+            "grants_per_s": round(args.purchases / pipeline_s),
+            # First outcome to last: the pipeline's own pace, without start-up.
+            "drain_grants_per_s": round(args.purchases / max(0.001, (last_cpl - first_cpl) / 1000)),
+            "latency_p50_s": round(percentile(latencies, 50), 3),
+            "latency_p99_s": round(percentile(latencies, 99), 3),
+            "latency_mean_s": round(statistics.fmean(latencies), 3) if latencies else None,
+            "backend_calls": sandbox["calls"],
+            "mean_batch": round(sandbox["operations_processed"] / max(1, sandbox["calls"]), 1),
+            "max_batch": sandbox["max_operations_per_call"],
+            "outcomes": {s: counts[s] for s in final},
+            "duplicates_recorded": len(feed) - args.purchases,
+            "peak_rss_mb_per_process": memory.peak_per_process_mb,
+            "peak_rss_mb_all_workers": memory.peak_total_mb,
+            "backlog": args.backlog,
+            "exactly_once": doubles == 0 and missing == 0,
+            "doubles": doubles,
+            "missing": missing,
+        }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        say(f"  grants/s (first enqueue -> last outcome): {report['grants_per_s']:,}  ({report['pipeline_s']} s)")
+        say(f"  first outcome -> last outcome: {report['drain_grants_per_s']:,} grants/s")
+        say(f"  publish: {report['publish_s']} s for {len(feed):,} commands")
+        say(f"  latency enqueue->outcome: p50 {report['latency_p50_s']} s, p99 {report['latency_p99_s']} s")
+        say(f"  backend calls: {report['backend_calls']:,}, mean batch {report['mean_batch']}, max {report['max_batch']}")
+        say(f"  outcomes: {report['outcomes']}")
+        say(f"  worker memory: peak {report['peak_rss_mb_per_process']} MB per process, "
+            f"{report['peak_rss_mb_all_workers']} MB all worker processes together")
+        say(f"  exactly once per sandbox audit: {'yes' if report['exactly_once'] else 'NO'} "
+            f"(doubles {doubles}, missing {missing})")
+    return 0 if report["exactly_once"] else 1
+
+
+def run_live(args: argparse.Namespace, settings) -> int:
+    """Open-loop steady load: one publish() per purchase at args.live per second."""
+    rate, seconds = args.live, args.seconds
+    total = int(rate * seconds)
+    feed = generate(total, 0.0, args.seed)
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+    say(f"bench --live: {rate:,.0f}/s for {seconds:g} s ({total:,} purchases, one publish() each); "
+        f"{args.workers} worker(s) x {args.concurrency} processes; backend latency {args.latency_ms} ms")
+    with Stack(args.workdir) as stack:
+        stack.start_redis(appendfsync=args.appendfsync)
+        stack.start_sandbox("--latency-ms", str(args.latency_ms))
+        for _ in range(args.workers):
+            stack.start_worker(concurrency=args.concurrency)
+        redis_url = stack.redis.url
+        results = Results(connect(redis_url), Keys(settings.key_prefix))
+        publisher = Publisher(settings.model_copy(update={"redis_url": redis_url, "broker_url": None}))
+        scheduled: dict[str, float] = {}
+        progress = Progress("published", total=total)
+        t0 = time.time() + 0.2
+        for i, cmd in enumerate(feed):
+            due = t0 + i / rate
+            pause = due - time.time()
+            if pause > 0:
+                time.sleep(pause)
+            publisher.publish(cmd)
+            scheduled[cmd.external_purchase_id] = due
+            if i % 200 == 0:
+                progress.update(i)
+        published_at = time.time()
+        progress.done()
+        stats = results.stats()
+        backlog_at_end = stats["backlog"] + publisher.redis.xlen(publisher.stream)
+        final = ("granted", "rejected", "failed", "in_doubt")
+        deadline = time.monotonic() + 120
+        while sum(results.stats()["counts"][s] for s in final) < total and time.monotonic() < deadline:
+            time.sleep(0.1)
+        applied: dict[str, float] = {}
+        after = 0
+        while True:
+            page = stack.sandbox_get("/sandbox/audit", project_id=BENCH_PROJECT, after_id=after, limit=100_000)
+            for row in page["entries"]:
+                applied.setdefault(row["external_purchase_id"], row["at"])
+            if not page["entries"]:
+                break
+            after = page["next_after_id"]
+        latencies = [(applied[e] - due) * 1000 for e, due in scheduled.items() if e in applied]
+        sandbox = stack.sandbox_get("/sandbox/stats")
+        audit = stack.audit_counts(BENCH_PROJECT)
+        doubles = sum(1 for n in audit.values() if n > 1)
+        missing = sum(1 for e in scheduled if e not in audit)
+        report = {
+            "offered_per_s": rate,
+            "seconds": seconds,
+            "purchases": total,
+            "achieved_per_s": round(total / max(0.001, published_at - t0), 1),
+            "latency_p50_ms": round(percentile(latencies, 50), 1),
+            "latency_p99_ms": round(percentile(latencies, 99), 1),
+            "latency_max_ms": round(max(latencies, default=0.0), 1),
+            "backlog_when_publishing_stopped": backlog_at_end,
+            "backend_calls": sandbox["calls"],
+            "mean_batch": round(sandbox["operations_processed"] / max(1, sandbox["calls"]), 1),
+            "backend_latency_ms": args.latency_ms,
+            "exactly_once": doubles == 0 and missing == 0,
+            "doubles": doubles,
+            "missing": missing,
+        }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        say(f"  achieved: {report['achieved_per_s']:,}/s of {rate:,.0f}/s offered")
+        say(f"  purchase -> applied: p50 {report['latency_p50_ms']} ms, p99 {report['latency_p99_ms']} ms, "
+            f"max {report['latency_max_ms']} ms")
+        say(f"  backlog when publishing stopped: {backlog_at_end:,}")
+        say(f"  backend calls: {report['backend_calls']:,}, mean batch {report['mean_batch']}")
+        say(f"  exactly once per sandbox audit: {'yes' if report['exactly_once'] else 'NO'} "
+            f"(doubles {doubles}, missing {missing})")
+    return 0 if report["exactly_once"] else 1

@@ -1,0 +1,281 @@
+"""``grants demo`` (what ``make run`` runs): the whole product on this machine.
+
+A private Redis, the sandbox (Xsolla inventory, Xsolla Backpack and PlayFab
+APIs), a worker and Flower start. Then, one sample project per backend:
+- Xsolla inventory (project 44056): the sample purchase feed (repeats, a
+  conflict, an unknown item, invalid lines), then refunds of two purchases
+  and of one never made; outcomes and balances are printed;
+- PlayFab (project 9001, mapped with GRANTS_PROJECTS): purchases for three
+  players, granted as annotated item instances;
+- Xsolla Backpack: a game key, a virtual item, a currency package and a promo
+  code created in one user's Backpack, then listed.
+With GRANTS_REDIS_URL / GRANTS_XSOLLA_BASE_URL set, those real services are
+used instead, for the Xsolla inventory part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import httpx
+from pydantic import SecretStr
+
+from producers.feed import read_feed
+from devstack.localstack import REPO_ROOT, Stack, free_port
+from producers.progress import Progress
+from producers.publisher import Publisher
+from schemas.kinds import BACKPACK_CREATE
+from schemas.records import FINAL_STATUSES, Status
+from worker.keys import Keys
+from worker.settings import connect
+from worker.results import Results
+
+DEMO_PROJECT = 44056
+PLAYFAB_PROJECT = 9001
+PLAYFAB_PLAYERS = ["PF-7A1C0DE", "PF-33B0B0B", "PF-9C0FFEE"]
+# The demo project's catalog in the sandbox: the sample's "legendary.sword.v2"
+# is not in it, so the backend refuses that one purchase (404) and the worker
+# isolates it from the rest of its batch.
+DEMO_CATALOG = ["booster_mega_1", "gem.pack.100", "gem.pack.500", "skin-dragon", "battle_pass.s1"]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the whole stack locally on a sample feed and report (make run)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--feed", type=Path, help="JSON-lines feed (default: the bundled sample)")
+    p.add_argument("--project-id", type=int, default=DEMO_PROJECT)
+    p.add_argument("--flower-port", type=int, default=5555,
+                   help="Flower's port (default 5555; a free one if taken, or with 0)")
+    p.add_argument("--keep", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the stack up for Flower until Ctrl-C (default: when run on a terminal)")
+    p.add_argument("--workdir", type=Path, default=REPO_ROOT / "var" / "demo", help="logs and data (default var/demo)")
+    p.set_defaults(run=run)
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def run(args: argparse.Namespace, settings) -> int:
+    real_redis = "redis_url" in settings.model_fields_set
+    real_backend = "xsolla_base_url" in settings.model_fields_set
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    stack = Stack(args.workdir)
+    if real_backend:
+        stack.merchant_id = settings.xsolla_merchant_id
+        stack.api_key = settings.xsolla_api_key.get_secret_value()
+    try:
+        _say("== starting the stack")
+        if real_redis:
+            _say(f"   redis:   {_mask(settings.redis_url)} (GRANTS_REDIS_URL)")
+        else:
+            stack.start_redis()
+            _say(f"   redis:   {stack.redis.url} (private, AOF in {stack.redis.dir})")
+        if real_backend:
+            _say(f"   backend: {settings.xsolla_base_url} (GRANTS_XSOLLA_BASE_URL)")
+        else:
+            stack.start_sandbox()
+            stack.sandbox_put(f"/sandbox/projects/{args.project_id}/catalog", DEMO_CATALOG)
+            _say(f"   backend: sandbox at {stack.sandbox_url}")
+        overrides = {}
+        if not real_backend:
+            # One project on PlayFab (the sandbox's PlayFab API, with its players).
+            overrides["GRANTS_PROJECTS"] = json.dumps(
+                {str(PLAYFAB_PROJECT): {"backend": "playfab", "base_url": f"{stack.sandbox_url}/playfab"}})
+            httpx.post(f"{stack.sandbox_url}/sandbox/playfab/players",
+                       json={"PlayFabIds": PLAYFAB_PLAYERS}, timeout=10).raise_for_status()
+        if real_redis:
+            overrides["GRANTS_REDIS_URL"] = settings.redis_url
+        if real_backend:
+            overrides["GRANTS_XSOLLA_BASE_URL"] = settings.xsolla_base_url
+        stack.settings_env.update(overrides)
+        stack.start_worker(concurrency=2)
+        _say(f"   worker:  celery -A worker worker (log: {stack.workers[0].log_path})")
+        flower_port = args.flower_port if args.flower_port and _port_free(args.flower_port) else free_port()
+        stack.start_flower(flower_port)
+        _say(f"   flower:  http://127.0.0.1:{flower_port} (basic auth: user {stack.flower_auth[0]}, "
+             f"password {stack.flower_auth[1]}, made for this run)")
+
+        redis_url = settings.redis_url if real_redis else stack.redis.url
+        pub_settings = settings.model_copy(update={"redis_url": redis_url, "broker_url": settings.broker_url})
+        feed_path = args.feed or Path(str(resources.files("devstack").joinpath("samples", "purchases.jsonl")))
+        _say(f"\n== publishing {feed_path.name} to project {args.project_id}")
+        commands, invalid = [], 0
+        with open(feed_path, encoding="utf-8") as stream:
+            for item in read_feed(stream, args.project_id):
+                if isinstance(item, list):
+                    invalid += 1
+                    for error in item:
+                        _say(f"   invalid: {error}")
+                else:
+                    commands.append(item)
+        published = Publisher(pub_settings).publish_many(commands)
+        unique = list(dict.fromkeys(c.external_purchase_id for c in commands))
+        _say(f"   published {published} commands ({len(unique)} distinct purchases); {invalid} invalid lines skipped")
+
+        results = Results(connect(redis_url), Keys(settings.key_prefix))
+        _wait_outcomes(results, args.project_id, unique)
+        _report(results, args.project_id, unique)
+        if not real_backend:
+            publisher = Publisher(pub_settings)
+            _refunds(publisher, results, args.project_id)
+            _balances(stack, args.project_id)
+            _playfab(publisher, results, stack)
+            _backpack(publisher, results, stack, settings, args.project_id)
+
+        keep = sys.stdout.isatty() if args.keep is None else args.keep
+        _say(f"\nFlower (tasks, workers, queues): http://127.0.0.1:{flower_port} "
+             f"(user {stack.flower_auth[0]}, password {stack.flower_auth[1]})")
+        if keep:
+            _say(f"Look a purchase up: GRANTS_REDIS_URL={_mask(redis_url)} .venv/bin/grants results get "
+                 f"{unique[0]} --project-id {args.project_id}")
+            _say("The stack stays up for you to explore. Press Ctrl-C to stop it.")
+            while True:
+                time.sleep(3600)
+        return 0
+    except KeyboardInterrupt:
+        _say("\nstopping")
+        return 0
+    finally:
+        stack.stop()
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _mask(url: str) -> str:
+    from worker.logs import Redactor
+
+    return Redactor([]).scrub(url)
+
+
+def _wait_outcomes(results: Results, project_id: int, ids: list[str], timeout: float = 120.0) -> None:
+    final = {s.value for s in FINAL_STATUSES}
+    progress = Progress("outcomes", total=len(ids), stream=sys.stdout)
+    deadline = time.monotonic() + timeout
+    done = 0
+    while time.monotonic() < deadline:
+        done = sum(1 for i in ids if (results.get(project_id, i) or {}).get("status") in final)
+        progress.update(done)
+        if done == len(ids):
+            break
+        time.sleep(0.2)
+    progress.done()
+    if done < len(ids):
+        _say(f"   {len(ids) - done} purchases still without an outcome after {timeout:.0f}s")
+
+
+def _report(results: Results, project_id: int, ids: list[str]) -> None:
+    _say("\n== outcomes")
+    _say(f"   {'EXTERNAL_PURCHASE_ID':<14} {'USER':<38} {'ITEMS':<22} {'STATUS':<9} DUPS NOTE")
+    counts: dict[str, int] = {}
+    for pid in ids:
+        r = results.get(project_id, pid) or {}
+        op = (r.get("command") or {}).get("operation") or {}
+        items = ", ".join(f"{i['quantity']}x {i['sku']}" for i in op.get("items", []))
+        status = r.get("status") or "?"
+        counts[status] = counts.get(status, 0) + 1
+        note = ""
+        if r.get("conflicts"):
+            note = f"conflicting repeat refused ({r['conflicts']['count']}x)"
+        elif r.get("error"):
+            note = r["error"][:60]
+        _say(f"   {pid:<14} {op.get('user', {}).get('id', ''):<38} {items:<22} {status:<9} {r.get('duplicates', 0):>4} {note}")
+    stats = results.stats()
+    _say("   " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+         + f"; conflicts recorded: {stats['counts'][Status.conflict.value]}")
+
+
+def _sample(name: str, project_id: int, kind: str = "grant") -> list:
+    path = Path(str(resources.files("devstack").joinpath("samples", name)))
+    with open(path, encoding="utf-8") as stream:
+        return [c for c in read_feed(stream, project_id, kind) if not isinstance(c, list)]
+
+
+def _wait(check, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not check():
+        time.sleep(0.2)
+
+
+def _refunds(publisher: Publisher, results: Results, project_id: int) -> None:
+    refunds = _sample("refunds.jsonl", project_id, "revoke")
+    _say(f"\n== refunds: publishing {len(refunds)} revokes (grants publish --kind revoke)")
+    publisher.publish_many(refunds)
+    final = {"revoked", "noop", "rejected", "failed", "in_doubt"}
+    ids = [r.external_purchase_id for r in refunds]
+    _wait(lambda: all(((results.get(project_id, i) or {}).get("revoke") or {}).get("status") in final for i in ids))
+    _say(f"   {'EXTERNAL_PURCHASE_ID':<14} {'GRANT':<10} {'REVOKE':<9} NOTE")
+    for i in ids:
+        r = results.get(project_id, i) or {}
+        rv = r.get("revoke") or {}
+        _say(f"   {i:<14} {r.get('status') or '-':<10} {rv.get('status') or '?':<9} {(rv.get('error') or '')[:60]}")
+
+
+def _playfab(publisher: Publisher, results: Results, stack: Stack) -> None:
+    purchases = _sample("playfab.jsonl", PLAYFAB_PROJECT)
+    _say(f"\n== PlayFab: project {PLAYFAB_PROJECT} (GRANTS_PROJECTS maps it to PlayFab); "
+         f"{len(purchases)} purchases via Admin/GrantItemsToUsers")
+    publisher.publish_many(purchases)
+    ids = [c.external_purchase_id for c in purchases]
+    _wait_outcomes(results, PLAYFAB_PROJECT, ids)
+    _say(f"   {'EXTERNAL_PURCHASE_ID':<14} {'PLAYFAB_ID':<12} {'ITEMS':<16} {'STATUS':<9} INSTANCES")
+    for c in purchases:
+        r = results.get(PLAYFAB_PROJECT, c.external_purchase_id) or {}
+        instances = [g.get("ItemInstanceId") for g in (r.get("response") or {}).get("ItemGrantResults", [])]
+        item = c.operation.items[0]
+        _say(f"   {c.external_purchase_id:<14} {c.user_id:<12} {f'{item.quantity}x {item.sku}':<16} "
+             f"{r.get('status', '?'):<9} {', '.join(i or '?' for i in instances)}")
+
+
+def _backpack(publisher: Publisher, results: Results, stack: Stack, settings, project_id: int) -> None:
+    from worker.backends.backpack import XsollaBackpack
+
+    creates = _sample("backpack.jsonl", project_id, BACKPACK_CREATE)
+    user = creates[0].user_id
+    _say(f"\n== Xsolla Backpack: {len(creates)} creates for user {user} (grants publish --kind backpack-create)")
+    publisher.publish_many(creates)
+    final = {"granted", "rejected", "failed", "in_doubt"}
+    _wait(lambda: all((results.get(project_id, c.operation_id, "backpack.create") or {}).get("status") in final
+                      for c in creates))
+    for c in creates:
+        r = results.get(project_id, c.operation_id, "backpack.create") or {}
+        _say(f"   {c.operation_id:<8} {c.item_type:<17} {r.get('status', '?')}")
+    backend = XsollaBackpack.from_settings(settings.model_copy(update={
+        "backpack_base_url": stack.sandbox_url, "backpack_merchant_id": "12345",
+        "backpack_token": SecretStr(stack.backpack_token), "backpack_host_id": stack.backpack_host_id}))
+    try:
+        items = backend.list_items(project_id, user)
+    finally:
+        backend.close()
+    _say(f"   the user's Backpack now (grants backpack items --project-id {project_id} --user {user}):")
+    for i in items:
+        extra = i.get("code") or i.get("promo_code") or (
+            f"{i.get('quantity')} (is_external_vc={i.get('is_external_vc')})" if i.get("item_type") == "virtual_currency" else "")
+        _say(f"     {i.get('item_type', ''):<17} {i.get('item_sku', ''):<22} {extra}")
+
+
+def _balances(stack: Stack, project_id: int) -> None:
+    rows = stack.sandbox_get("/sandbox/balances", project_id=project_id)["balances"]
+    _say("\n== sandbox balances")
+    _say(f"   {'USER':<38} {'SKU':<16} QUANTITY")
+    for b in sorted(rows, key=lambda b: (b["user_id"], b["sku"])):
+        _say(f"   {b['user_id']:<38} {b['sku']:<16} {b['quantity']:>8}")

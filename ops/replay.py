@@ -1,0 +1,90 @@
+"""``grants replay``: send failed (or in_doubt) commands again."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import socket
+import sys
+
+from redis.exceptions import RedisError
+
+from ops.args import kind_name, positive_int, when
+from producers.progress import Progress
+from schemas.kinds import KINDS
+from schemas.records import REPLAYABLE, Status
+from worker import replay as rp
+from worker.backends.registry import project_is_idempotent
+from worker.keys import Keys
+from worker.ledger import Ledger
+from worker.results import Results
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="re-queue failed or in_doubt commands (guarded: never an applied one)",
+        description=(
+            "Put chosen failed or in_doubt commands back into the pipeline: grants, revokes (refunds), "
+            "Backpack creates and deletes, PlayFab deletes. An applied, rejected or refunded one is never "
+            "replayed; in_doubt ones need --force unless GRANTS_XSOLLA_IDEMPOTENT is true, because they may "
+            "already be applied. Each replay is recorded in the command's history (grants results get)."
+        ),
+    )
+    p.add_argument("--status", required=True, choices=sorted(s.value for s in REPLAYABLE))
+    p.add_argument("--kind", type=kind_name, default="grant", metavar="KIND",
+                   help=f"which commands: {', '.join(KINDS)} (default grant)")
+    p.add_argument("--project-id", type=int)
+    p.add_argument("--since", type=when, help="ISO 8601 (UTC unless it says): outcome recorded at or after")
+    p.add_argument("--until", type=when, help="ISO 8601 (UTC unless it says): outcome recorded at or before")
+    p.add_argument("--sku", help="only commands carrying this SKU")
+    p.add_argument("--user", help="only commands for this user id")
+    p.add_argument("--limit", type=positive_int, default=1000, help="at most this many (default 1000)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be replayed and why; change nothing")
+    p.add_argument("--force", action="store_true", help="replay in_doubt commands (they may apply twice)")
+    p.add_argument("--actor", default=None, help="who is replaying, for the history (default user@host)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, settings) -> int:
+    actor = args.actor or f"{getpass.getuser()}@{socket.gethostname()}"
+    client = settings.redis_client(patient=False)
+    keys = Keys(settings.key_prefix)
+    ledger = Ledger.from_settings(client, settings)
+    filters = rp.Filters(Status(args.status), kind=args.kind, project_id=args.project_id, since_ms=args.since,
+                         until_ms=args.until, sku=args.sku, user=args.user, limit=args.limit)
+    progress = Progress("replayed")
+
+    def planned(summary: rp.Summary) -> None:
+        if args.dry_run or summary.needs_force:
+            for p in summary.planned:
+                print(f"{'would replay' if p.replay else 'would skip'} {p.name}: {p.why}")
+        progress.total = sum(p.replay for p in summary.planned)
+
+    try:
+        summary = rp.replay(ledger, Results(client, keys), filters, actor=actor, force=args.force,
+                            dry_run=args.dry_run, idempotent=lambda p: project_is_idempotent(settings, p),
+                            on_planned=planned, on_progress=progress.update)
+    except RedisError as exc:
+        progress.done()
+        print(f"grants replay: the results store failed: {exc}; run again, replay is safe to repeat",
+              file=sys.stderr)
+        return 2
+    progress.done()
+    if summary.needs_force:
+        print(f"\nNot replaying {len(summary.planned)} in_doubt command(s). {rp.IN_DOUBT_RISK}\n"
+              "Run again with --force once you have checked.", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"dry run: {sum(p.replay for p in summary.planned)} would be replayed, "
+              f"{sum(not p.replay for p in summary.planned)} skipped; nothing changed")
+        return 0
+    if args.force and args.status == Status.in_doubt.value:
+        print(f"warning: {rp.IN_DOUBT_RISK}", file=sys.stderr)
+    verdicts = summary.verdicts
+    changed = {k: v for k, v in verdicts.items() if k not in ("replayed", "skipped") and v}
+    print(f"replayed {verdicts['replayed']} of {len(summary.planned)} selected"
+          + (f"; left alone: {changed}" if changed else "")
+          + (f"; skipped {verdicts['skipped']}" if verdicts["skipped"] else "")
+          + f" (as {actor})")
+    return 0

@@ -1,5 +1,0 @@
-import sys
-
-from producers.cli import main
-
-sys.exit(main())

@@ -247,7 +247,7 @@ def _playfab(publisher: Publisher, results: Results, stack: Stack) -> None:
 
 
 def _backpack(publisher: Publisher, results: Results, stack: Stack, settings, project_id: int) -> None:
-    from worker.backends.backpack import XsollaBackpack
+    from worker.backends.registry import Backends
 
     creates = _sample("backpack.jsonl", project_id, BACKPACK_CREATE)
     user = creates[0].user_id
@@ -259,9 +259,9 @@ def _backpack(publisher: Publisher, results: Results, stack: Stack, settings, pr
     for c in creates:
         r = results.get(project_id, c.operation_id, "backpack.create") or {}
         _say(f"   {c.operation_id:<8} {c.item_type:<17} {r.get('status', '?')}")
-    backend = XsollaBackpack.from_settings(settings.model_copy(update={
+    backend = Backends(settings.model_copy(update={
         "backpack_base_url": stack.sandbox_url, "backpack_merchant_id": "12345",
-        "backpack_token": SecretStr(stack.backpack_token), "backpack_host_id": stack.backpack_host_id}))
+        "backpack_token": SecretStr(stack.backpack_token), "backpack_host_id": stack.backpack_host_id})).backpack
     try:
         items = backend.list_items(project_id, user)
     finally:

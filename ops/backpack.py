@@ -7,7 +7,7 @@ import json
 import sys
 
 from worker import errors
-from worker.backends.backpack import XsollaBackpack
+from worker.backends.registry import Backends
 
 
 def add_parser(sub) -> None:
@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 
 
 def run_items(args: argparse.Namespace, settings) -> int:
-    backend = XsollaBackpack.from_settings(settings)
+    backend = Backends(settings).backpack
     try:
         found = backend.list_items(args.project_id, args.user)
     except errors.BackendError as exc:

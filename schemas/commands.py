@@ -99,6 +99,11 @@ class GrantCommand(_Canonical, BaseModel):
         return self.operation.purchase.external_purchase_id
 
     @property
+    def record_id(self) -> str:
+        """The id its record is kept under (its dedupe key within the project)."""
+        return self.operation.purchase.external_purchase_id
+
+    @property
     def user_id(self) -> str:
         return self.operation.user.id
 
@@ -122,6 +127,11 @@ class RevokeCommand(_Canonical, BaseModel):
     # Sent to the backend as the revoke's comment ("Refund", "Chargeback 123").
     comment: Annotated[str | None, Field(min_length=1, max_length=MAX_COMMENT_LENGTH)] = None
 
+    @property
+    def record_id(self) -> str:
+        """The id its record is kept under: its purchase's."""
+        return self.external_purchase_id
+
     def _identity_body(self) -> dict[str, Any]:
         return {"external_purchase_id": self.external_purchase_id, "comment": self.comment}
 
@@ -139,8 +149,13 @@ class _Operation(_Canonical, BaseModel):
     operation_id: OperationId
 
     @property
+    def record_id(self) -> str:
+        """The id its record is kept under: the producer's operation id."""
+        return self.operation_id
+
+    @property
     def external_purchase_id(self) -> str:
-        """The record id (the ledger keys every kind by one id per project)."""
+        """As the outcome stream names every record id."""
         return self.operation_id
 
     def _identity_body(self) -> dict[str, Any]:

@@ -114,8 +114,7 @@ def create_app(settings: Settings) -> GrantsCelery:
         # Before anything is consumed: an older version's store is moved
         # onto today's layout first (once; the other workers wait for it).
         rt = app.grants_runtime()
-        migrate(rt.redis, rt.keys, lambda kind, cmd, res: rt.backends.for_batch(kind, cmd["project_id"])
-                .refund_data(kind, cmd, res))
+        migrate(rt.redis, rt.keys, rt.backends.refund_data_of_stored)
 
     @signals.worker_process_init.connect(weak=False)
     def _pool_process_ready(**_kw):

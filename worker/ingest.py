@@ -36,7 +36,8 @@ from redis.exceptions import ResponseError
 from schemas.commands import parse_command
 from schemas.jsontext import loads_exact, split_array
 from schemas.stream import COMMAND_FIELD, LEGACY_INGEST_QUEUE, entry_time_ms
-from worker.ledger import Arrival, Moved, Refused
+from worker.ledger import Moved
+from worker.work import Arrival, Refused
 from worker.locks import Lock
 from worker.logs import Throttle
 
@@ -273,7 +274,7 @@ class Ingestor:
         refused = [j for j in judged if isinstance(j, Refused)]
         results = self.rt.ledger.ingest(arrivals, refused, guard=guard)
         for r in refused:
-            log.error("command refused: dead letter", dead_letter=r.source, external_purchase_id=r.purchase_id or None,
+            log.error("command refused: dead letter", dead_letter=r.source, external_purchase_id=r.record_id or None,
                       reason=r.reason[:300])
         for r in results:
             if r.result in ("dup", "conflict"):

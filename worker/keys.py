@@ -190,13 +190,6 @@ def is_batch_list(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) and _BATCH_ID.fullmatch(v) for v in value)
 
 
-def batch_lane(batch_id: str) -> tuple[int, str]:
-    """(project, kind) of a batch, read off its id: the Lua prelude names batches
-    ``b<n>|<kind>:<project>`` so that no reader needs the batch hash for them."""
-    kind, _, project = batch_id.partition("|")[2].partition(":")
-    return int(project), kind
-
-
 def split_member(member: str) -> tuple[int, str]:
     """An index member ``project:purchase`` (written by the Lua scripts);
     project ids are integers, so the first ':' splits it."""

@@ -18,7 +18,8 @@ from typing import Iterator
 
 import structlog
 
-from worker.ledger import BatchWork, Ledger
+from worker.ledger import Ledger
+from worker.work import BatchWork
 
 log = structlog.get_logger("grants.leases")
 

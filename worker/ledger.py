@@ -19,18 +19,18 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable
 from importlib import resources
+from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 import redis
 
-from schemas.commands import AnyCommand
+from schemas.commands import MODELS, RevokeCommand
 from schemas.kinds import REVOKE
 from worker import keys as K
-from worker.keys import Keys, batch_lane
+from worker.keys import Keys
+from worker.work import Arrival, BatchWork, Ingested, Lane, OnUnknown, Outcome, Refused, RevokeOrder, Sendable
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -51,35 +51,6 @@ def _generated_tables() -> str:
             f"local LATENCY_BUCKETS_MS = cjson.decode('{json.dumps(K.LATENCY_BUCKETS_MS)}')")
 
 
-@dataclass(frozen=True)
-class Arrival:
-    """One valid command as it arrived: its place (``source``: the stream
-    entry id, or an older version's message id and position) and its
-    publish time."""
-
-    command: AnyCommand
-    enqueued_at: int | None
-    source: str
-
-
-@dataclass(frozen=True)
-class Refused:
-    """An arrival that is no valid command: it becomes a dead letter."""
-
-    source: str
-    raw: str
-    reason: str
-    purchase_id: str = ""
-
-
-@dataclass(frozen=True)
-class Ingested:
-    """What became of one incoming command."""
-
-    command: AnyCommand
-    result: str  # new | dup | redelivered | conflict | (revokes) waiting | cancelled | noop | ...
-
-
 class Moved(Exception):
     """Another worker ingested the range first; ``position`` is where it is now."""
 
@@ -93,36 +64,6 @@ class Moved(Exception):
 # to keep: tests, tools).
 Guard = tuple[str, str, str | bytes]
 NO_GUARD: Guard = ("none", "", "")
-
-
-@dataclass(frozen=True)
-class BatchWork:
-    """A batch this process now holds under ``token``: send it, then complete it."""
-
-    batch_id: str
-    token: str
-    project_id: int
-    kind: str
-    attempt: int
-    purchase_ids: list[str]
-    # The stored commands ({kind, project_id, operation | fields}), in batch
-    # order; a revoke's is {"request": the revoke, "refund": its grant's refund data}.
-    commands: list[dict]
-    # The last answer was lost and the backend can be read back: do that first.
-    reconcile: bool = False
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The final word on one command of a batch."""
-
-    purchase_id: str
-    status: str
-    result: dict | list | None = None
-    error: str = ""
-    # What a revoke of this (granted) purchase will need, kept for the refund
-    # window (Backend.refund_data).
-    refund: dict | None = None
 
 
 class Ledger:
@@ -181,7 +122,7 @@ class Ledger:
         rows = [(
             a.command.kind,
             str(a.command.project_id),
-            a.command.external_purchase_id,
+            a.command.record_id,
             a.command.payload_hash(),
             # The stored body is the canonical JSON the hash was taken of.
             a.command.canonical.decode(),
@@ -191,7 +132,7 @@ class Ledger:
         for r in refused:
             # Lone surrogates and the like kept visible, never an encoding error.
             raw = self.scrub(r.raw.encode("utf-8", "backslashreplace").decode())
-            dead.append((r.source, raw[: K.DEAD_LETTER_MAX_BYTES], self.scrub(r.reason)[:2000], r.purchase_id,
+            dead.append((r.source, raw[: K.DEAD_LETTER_MAX_BYTES], self.scrub(r.reason)[:2000], r.record_id,
                          len(raw), int(len(raw) > K.DEAD_LETTER_MAX_BYTES)))
         reply = self._run("ingest", *guard, orjson.dumps(rows), orjson.dumps(dead))
         if reply[0] == "moved":
@@ -230,27 +171,31 @@ class Ledger:
             budgets,
         )
 
-    def begin(self, batch_id: str, token: str, *, lease_ms: int, on_unknown: str, budget: str = "") -> BatchWork | None:
+    def begin(self, batch_id: str, token: str, *, lease_ms: int, on_unknown: OnUnknown,
+              budget: str = "") -> BatchWork | None:
         """Hold the batch for one send; None if it is gone, held, or backing off.
 
-        ``on_unknown`` is the backend's policy for a lost answer ('resend',
-        'reconcile', 'doubt'), kept on the batch for the sweeper. ``budget``
-        is the lane's call budget ("key|rate|burst", '' for none): a call
-        take did not pay for waits for a token.
+        ``on_unknown`` is the backend's policy for a lost answer, kept on the
+        batch for the sweeper. ``budget`` is the lane's call budget
+        ("key|rate|burst", '' for none): a call take did not pay for waits
+        for a token. The stored commands come back parsed into their models.
         """
-        reply = self._run("begin", batch_id, token, lease_ms, on_unknown, budget)
+        reply = self._run("begin", batch_id, token, lease_ms, on_unknown.value, budget)
         if reply[0] != "ok":
             return None
-        project_id, kind = batch_lane(batch_id)
+        lane = Lane.of_batch(batch_id)
         ids, commands = [], []
         for i in range(3, len(reply), 3):
             ids.append(reply[i])
-            body = orjson.loads(reply[i + 1])
-            if kind == REVOKE:
-                body = {"request": body, "refund": orjson.loads(reply[i + 2]) if reply[i + 2] else None}
-            commands.append(body)
-        return BatchWork(batch_id, token, project_id, kind, int(reply[1]), ids, commands,
+            commands.append(self._sendable(lane.kind, reply[i + 1], reply[i + 2]))
+        return BatchWork(batch_id, token, lane, int(reply[1]), ids, commands, on_unknown,
                          reconcile=bool(int(reply[2])))
+
+    @staticmethod
+    def _sendable(kind: str, stored: str, extra: str) -> Sendable:
+        if kind == REVOKE:
+            return RevokeOrder(RevokeCommand.model_validate_json(stored), orjson.loads(extra) if extra else None)
+        return MODELS[kind].model_validate_json(stored)
 
     def complete(self, work: BatchWork, outcomes: list[Outcome], *, partial: bool = False) -> tuple[bool, int]:
         """Write outcomes and release the batch. Returns (still owned, written).
@@ -261,7 +206,7 @@ class Ledger:
         args: list = [work.batch_id, work.token, work.project_id, work.kind, int(partial)]
         for o in outcomes:
             args += [
-                o.purchase_id,
+                o.record_id,
                 o.status,
                 "" if o.result is None else self.scrub(orjson.dumps(o.result).decode()),
                 "" if o.refund is None else orjson.dumps(o.refund).decode(),
@@ -279,10 +224,7 @@ class Ledger:
         owned, _written = self.complete(work, outcomes, partial=True)
         if not owned:
             return None
-        done = {o.purchase_id for o in outcomes}
-        kept = [i for i, p in enumerate(work.purchase_ids) if p not in done]
-        return replace(work, purchase_ids=[work.purchase_ids[i] for i in kept],
-                       commands=[work.commands[i] for i in kept])
+        return work.without({o.record_id for o in outcomes})
 
     def renew(self, work: BatchWork, *, lease_ms: int) -> bool:
         """Extend the lease of a call in progress; False if the batch is no longer ours."""

@@ -14,7 +14,8 @@ import redis
 
 from schemas.kinds import GRANT, KINDS, REVOKE
 from schemas.records import Status, parse_record
-from worker.keys import INDEXED_STATUSES, Keys, batch_lane, split_member
+from worker.keys import INDEXED_STATUSES, Keys, split_member
+from worker.work import Lane
 
 _INT_FIELDS = {"att": "attempts", "dup": "duplicates", "spl": "splits"}
 _TIME_FIELDS = {
@@ -235,13 +236,13 @@ class Results:
     def _in_flight(self, status: Status, kind: str) -> list[tuple[int, str]]:
         """(project, id) of commands of ``kind`` waiting (pending) or in begun batches (sending)."""
         found: list[tuple[int, str]] = []
-        batches = [b for b in self.redis.zrange(self.keys.leases, 0, -1) if batch_lane(b)[1] == kind]
+        batches = [b for b in self.redis.zrange(self.keys.leases, 0, -1) if Lane.of_batch(b).kind == kind]
         pipe = self.redis.pipeline(transaction=False)
         for batch_id in batches:
             pipe.hmget(self.keys.batch(batch_id), "members", "begun")
         for batch_id, (members, begun) in zip(batches, pipe.execute()):
             if members and (begun == "1") == (status is Status.sending):
-                found += [(batch_lane(batch_id)[0], m) for m in json.loads(members)]
+                found += [(Lane.of_batch(batch_id).project_id, m) for m in json.loads(members)]
         if status is Status.pending:
             for lane in self.redis.zrange(self.keys.lanes, 0, -1):
                 lane_kind, _, pid = lane.partition(":")
@@ -296,7 +297,7 @@ class Results:
             by[kind]["pending"] = sum(n for (lane, _), n in zip(lanes, replies) if lane.partition(":")[0] == kind)
             by[kind]["sending"] = 0
         for batch_id, (n, begun) in zip(leases, replies[len(lanes):]):
-            kind = batch_lane(batch_id)[1]
+            kind = Lane.of_batch(batch_id).kind
             if kind in by:
                 by[kind]["sending" if begun == "1" else "pending"] += int(n or 0)
         oldest = min((score for _, score in lanes), default=None)

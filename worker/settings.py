@@ -40,7 +40,8 @@ class ProjectBackend(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: BackendName
+    # None: the backend's defaults, not one project's (what Backpack gets).
+    backend: BackendName | None = None
     base_url: str | None = None
     # The project's credential (PlayFab title secret key; Xsolla API key), from a file.
     secret_file: Path | None = None
@@ -177,6 +178,10 @@ class Settings(BaseSettings):
         """The backend (and its overrides) that serves ``project_id``."""
         return self.projects.get(project_id) or ProjectBackend(backend=self.default_backend)
 
+    def project_backend(self, project_id: int) -> BackendName:
+        """The name of the backend that serves ``project_id``'s grants and revokes."""
+        return self.backend_of(project_id).backend or self.default_backend
+
     def call_budget(self, project_id: int) -> tuple[float, float] | None:
         """(calls per second, burst) for a project's backend calls, or None."""
         project = self.projects.get(project_id)
@@ -220,7 +225,8 @@ class Settings(BaseSettings):
         found = [self.playfab_secret_key.get_secret_value(), self.backpack_token.get_secret_value()]
         for project in self.projects.values():
             if project.secret_file is not None and project.secret_file.exists():
-                (xsolla_keys if project.backend == "xsolla" else found).append(project.secret(SecretStr("")))
+                backend = project.backend or self.default_backend
+                (xsolla_keys if backend == "xsolla" else found).append(project.secret(SecretStr("")))
         for key in filter(None, xsolla_keys):
             found.append(key)
             found.append(base64.b64encode(f"{self.xsolla_merchant_id}:{key}".encode()).decode())

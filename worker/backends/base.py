@@ -1,17 +1,17 @@
 """What the worker needs from an inventory backend, and what a backend promises.
 
-The worker reads the declarations (``idempotent``, ``reconcilable``)
-instead of special-casing systems; batches are cut at the kind table's
-commands per call for the backend (schemas/kinds.py); an unknown outcome is
-resent only when ``idempotent`` says a
-repeat cannot double a grant, or, when ``reconcilable``, after ``reconcile``
-has read back what applied.
+The worker reads the declarations instead of special-casing systems:
+``on_unknown`` says what a lost answer leads to (resend, read back first,
+or in_doubt); batches are cut at the kind table's commands per call for the
+backend (schemas/kinds.py). Commands arrive typed (worker/work.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from worker.work import Lane, OnUnknown, Sendable
 
 
 @dataclass(frozen=True)
@@ -27,19 +27,26 @@ class Backend(Protocol):
     """One inventory system. ``send`` raises :mod:`worker.errors` types only."""
 
     name: str
-    idempotent: bool
-    # Optional: ``reconcilable = True`` and ``reconcile(kind, project_id,
-    # commands) -> list[OpResult | None]`` (None: certainly not applied).
+    on_unknown: OnUnknown
 
-    def send(self, kind: str, project_id: int, commands: list[dict[str, Any]]) -> list[OpResult]:
-        """Send one call for the stored commands; one result per command, in order."""
+    def send(self, lane: Lane, commands: list[Sendable]) -> list[OpResult]:
+        """One call for the lane's commands; one result per command, in order."""
         ...
 
-    def refund_data(self, kind: str, command: dict[str, Any], response: Any) -> dict[str, Any] | None:
+    def refund_data(self, kind: str, command: Sendable, response: Any) -> dict[str, Any] | None:
         """What a later revoke of this applied command will need (kept for
         the refund window), or None for kinds that are never revoked."""
         ...
 
     def close(self) -> None:
         """Release pooled connections."""
+        ...
+
+
+class ReadsBack(Backend, Protocol):
+    """A backend whose ``on_unknown`` is ``reconcile``: it can read back what applied."""
+
+    def reconcile(self, lane: Lane, commands: list[Sendable]) -> list[OpResult | None]:
+        """After a lost answer: a result for what applied (or cannot be told),
+        None where nothing applied. Raises a BackendError when it cannot read."""
         ...

@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 import httpx
 
 from worker import errors
+from worker.settings import Settings
 
 # Error bodies are kept for the record and logs, cut to this many characters.
 MAX_ERROR_BODY = 500
@@ -37,25 +38,23 @@ MAX_RESPONSE_BYTES = 4 << 20
 
 
 def build_client(
+    settings: Settings,
     base_url: str,
     *,
-    auth: httpx.Auth | None,
+    auth: httpx.Auth | None = None,
     headers: dict[str, str] | None = None,
-    connect_timeout: float,
-    read_timeout: float,
-    write_timeout: float,
-    max_connections: int,
     transport: httpx.BaseTransport | None = None,
 ) -> httpx.Client:
-    """One pooled client per process; ``transport`` is injectable for tests."""
+    """The one way a backend gets its pooled client: the settings' timeouts
+    and pool size; ``transport`` is injectable for tests."""
     return httpx.Client(
         base_url=base_url,
         auth=auth,
         headers=headers,
-        timeout=httpx.Timeout(
-            connect=connect_timeout, read=read_timeout, write=write_timeout, pool=connect_timeout
-        ),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        timeout=httpx.Timeout(connect=settings.http_connect_timeout_s, read=settings.http_read_timeout_s,
+                              write=settings.http_write_timeout_s, pool=settings.http_connect_timeout_s),
+        limits=httpx.Limits(max_connections=settings.http_max_connections,
+                            max_keepalive_connections=settings.http_max_connections),
         transport=transport,
     )
 

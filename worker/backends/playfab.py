@@ -23,7 +23,7 @@ and 503 are retried.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -41,39 +41,33 @@ from schemas.playfab import (
     ItemGrant,
     ProductDisabledForTitle,
 )
+from schemas.commands import GrantCommand, PlayFabDeleteCommand
+from schemas.kinds import GRANT, PLAYFAB_DELETE, REVOKE
 from worker import errors
 from worker.backends.base import OpResult
 from worker.backends.http import MAX_ERROR_BODY, build_client, request, retry_after_s, translated
 from worker.settings import ProjectBackend, Settings
-
+from worker.work import Lane, OnUnknown, RevokeOrder, Sendable
 
 
 class PlayFab:
     """Backend for one PlayFab title."""
 
     name = "playfab"
-    idempotent = False
-    reconcilable = True
+    # Not idempotent (a repeated grant is a second one), but every instance
+    # is annotated with its purchase: a lost answer is read back.
+    on_unknown = OnUnknown.reconcile
 
     def __init__(self, client: httpx.Client, *, catalog_version: str | None = None):
         self.client = client
         self.catalog_version = catalog_version
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, project: ProjectBackend, transport: httpx.BaseTransport | None = None
-    ) -> "PlayFab":
-        key = project.secret(settings.playfab_secret_key)
-        client = build_client(
-            (project.base_url or settings.playfab_base_url).rstrip("/") + "/",
-            auth=None,
-            headers={"X-SecretKey": key},
-            connect_timeout=settings.http_connect_timeout_s,
-            read_timeout=settings.http_read_timeout_s,
-            write_timeout=settings.http_write_timeout_s,
-            max_connections=settings.http_max_connections,
-            transport=transport,
-        )
+    def from_settings(cls, settings: Settings, project: ProjectBackend,
+                      transport: httpx.BaseTransport | None = None) -> "PlayFab":
+        client = build_client(settings, (project.base_url or settings.playfab_base_url).rstrip("/") + "/",
+                              headers={"X-SecretKey": project.secret(settings.playfab_secret_key)},
+                              transport=transport)
         return cls(client, catalog_version=settings.playfab_catalog_version)
 
     # --- calls -------------------------------------------------------------
@@ -127,27 +121,27 @@ class PlayFab:
 
     # --- the Backend interface ----------------------------------------------
 
-    def send(self, kind: str, project_id: int, commands: list[dict[str, Any]]) -> list[OpResult]:
+    def send(self, lane: Lane, commands: list[Sendable]) -> list[OpResult]:
         """One logical call; one result per command, matched by identity."""
-        if kind == "revoke":
-            return [self._revoke(c) for c in commands]
-        if kind == "playfab.delete":
-            return self._delete(commands)
-        return self._grant(commands)
+        if lane.kind == REVOKE:
+            return [self._revoke(c) for c in only(RevokeOrder, commands)]
+        if lane.kind == PLAYFAB_DELETE:
+            return self._delete(only(PlayFabDeleteCommand, commands))
+        return self._grant(only(GrantCommand, commands))
 
-    def _delete(self, commands: list[dict[str, Any]]) -> list[OpResult]:
+    def _delete(self, commands: list[PlayFabDeleteCommand]) -> list[OpResult]:
         """One RevokeInventoryItems call for up to 25 instances; per-item errors."""
-        items = [{"PlayFabId": c["playfab_id"], "ItemInstanceId": c["item_instance_id"],
-                  **({"CharacterId": c["character_id"]} if c.get("character_id") else {})} for c in commands]
+        items = [{"PlayFabId": c.playfab_id, "ItemInstanceId": c.item_instance_id,
+                  **({"CharacterId": c.character_id} if c.character_id else {})} for c in commands]
         data = self._call("RevokeInventoryItems", {"Items": items})
         failed = {(e.get("Item") or {}).get("ItemInstanceId"): e.get("Error") for e in data.get("Errors") or []}
         return [
-            OpResult("rejected", error=f"PlayFab: {failed[c['item_instance_id']]}")
-            if c["item_instance_id"] in failed else OpResult("applied", response={"revoked": c["item_instance_id"]})
+            OpResult("rejected", error=f"PlayFab: {failed[c.item_instance_id]}")
+            if c.item_instance_id in failed else OpResult("applied", response={"revoked": c.item_instance_id})
             for c in commands
         ]
 
-    def _grant(self, commands: list[dict[str, Any]]) -> list[OpResult]:
+    def _grant(self, commands: list[GrantCommand]) -> list[OpResult]:
         results: list[OpResult | None] = [None] * len(commands)
         todo = []
         for i, c in enumerate(commands):
@@ -175,9 +169,9 @@ class PlayFab:
             try:
                 data = self._call("GrantItemsToUsers", body)
             except AccountsNotFound as exc:
-                gone = [i for i in todo if user_of(commands[i]) in exc.accounts] if exc.accounts else todo
+                gone = [i for i in todo if commands[i].user_id in exc.accounts] if exc.accounts else todo
                 for i in gone:
-                    results[i] = OpResult("rejected", error=f"AccountNotFound: no PlayFab player {user_of(commands[i])}")
+                    results[i] = OpResult("rejected", error=f"AccountNotFound: no PlayFab player {commands[i].user_id}")
                 todo = [i for i in todo if i not in gone]
                 continue
             pool = defaultdict(list)
@@ -188,9 +182,8 @@ class PlayFab:
             break
         return [r or OpResult("rejected", error="not sent") for r in results]
 
-    def _revoke(self, command: dict[str, Any]) -> OpResult:
-        with errors.building("RevokeInventoryItems"):
-            instances = (command.get("refund") or {}).get("instances") or []
+    def _revoke(self, command: RevokeOrder) -> OpResult:
+        instances = (command.refund or {}).get("instances") or []
         if not instances:
             return OpResult("rejected", error="the grant's answer lists no item instances to revoke")
         errors_seen = []
@@ -203,15 +196,17 @@ class PlayFab:
                             error=f"{len(errors_seen)} of {len(instances)} instances not revoked")
         return OpResult("applied", response={"revoked": instances})
 
-    def reconcile(self, kind: str, project_id: int, commands: list[dict[str, Any]]) -> list[OpResult | None]:
+    def reconcile(self, lane: Lane, commands: list[Sendable]) -> list[OpResult | None]:
         """After an unknown outcome: applied ones (as results), None where nothing applied.
 
         Reads each user's inventory; raises a BackendError when it cannot.
         """
-        if kind != "grant":
-            raise errors.OutcomeUnknown("revokes are not reconciled")
+        grants = [c for c in commands if isinstance(c, GrantCommand)]
+        if lane.kind != GRANT or len(grants) != len(commands):
+            raise errors.OutcomeUnknown(f"{lane.kind} commands are not read back")
+        commands = grants
         inventories: dict[str, list[dict[str, Any]]] = {}
-        for user in {user_of(c) for c in commands}:
+        for user in {c.user_id for c in commands}:
             data = self._call("GetUserInventory", {"PlayFabId": user})
             inventories[user] = data.get("Inventory") or []
         out: list[OpResult | None] = []
@@ -221,8 +216,7 @@ class PlayFab:
                 # absence proves nothing, so the outcome stays unknown.
                 out.append(OpResult("in_doubt", error="answer lost; a character's grant cannot be read back"))
                 continue
-            epid = c["operation"]["purchase"]["external_purchase_id"]
-            found = [i for i in inventories[user_of(c)] if i.get("Annotation") == epid]
+            found = [i for i in inventories[c.user_id] if i.get("Annotation") == c.external_purchase_id]
             expected = Counter((g["ItemId"]) for g in item_grants(c))
             have = Counter(i.get("ItemId") for i in found)
             if not found:
@@ -233,9 +227,9 @@ class PlayFab:
                 out.append(OpResult("in_doubt", error=f"inventory shows {dict(have)} of {dict(expected)}"))
         return out
 
-    def refund_data(self, kind: str, command: dict[str, Any], response: Any) -> dict[str, Any] | None:
+    def refund_data(self, kind: str, command: Sendable, response: Any) -> dict[str, Any] | None:
         """A grant's revoke takes back the item instances it created."""
-        if kind != "grant":
+        if kind != GRANT:
             return None
         return {"instances": granted_instances(response)}
 
@@ -251,21 +245,28 @@ class AccountsNotFound(errors.Permanent):
         self.accounts = accounts
 
 
-def user_of(command: dict[str, Any]) -> str:
-    return command["operation"]["user"]["id"]
+T = TypeVar("T")
 
 
-def playfab_extras(command: dict[str, Any]) -> dict[str, Any]:
+def only(kind: type[T], commands: list[Sendable]) -> list[T]:
+    """The commands, each checked to be what this call sends (nothing sent otherwise)."""
+    wrong = [type(c).__name__ for c in commands if not isinstance(c, kind)]
+    if wrong:
+        raise errors.NotSent(f"PlayFab: {kind.__name__} expected, got {wrong}")
+    return commands  # type: ignore[return-value]
+
+
+def playfab_extras(command: GrantCommand) -> dict[str, Any]:
     """PlayFab's own fields for a grant, from ``custom_parameters.playfab``."""
-    extras = (command["operation"].get("custom_parameters") or {}).get("playfab")
+    extras = (command.operation.custom_parameters or {}).get("playfab")
     return extras if isinstance(extras, dict) else {}
 
 
-def grant_problem(command: dict[str, Any]) -> str | None:
+def grant_problem(command: GrantCommand) -> str | None:
     """Why this purchase cannot become ItemGrants, or None."""
-    for item in command["operation"]["items"]:
-        if item["quantity"] != int(item["quantity"]):
-            return f"PlayFab grants whole item instances: quantity {item['quantity']} of {item['sku']}"
+    for item in command.operation.items:
+        if item.quantity != int(item.quantity):
+            return f"PlayFab grants whole item instances: quantity {item.quantity} of {item.sku}"
     extras = playfab_extras(command)
     unknown = set(extras) - {"CharacterId", "Data", "KeysToRemove", "CustomTags"}
     if unknown:
@@ -282,19 +283,17 @@ def grant_problem(command: dict[str, Any]) -> str | None:
     return None
 
 
-def item_grants(command: dict[str, Any]) -> list[dict[str, Any]]:
+def item_grants(command: GrantCommand) -> list[dict[str, Any]]:
     """The ItemGrants of one purchase: ``quantity`` instances per item."""
-    op = command["operation"]
-    epid = op["purchase"]["external_purchase_id"]
     extras = {k: v for k, v in playfab_extras(command).items() if k in ("CharacterId", "Data", "KeysToRemove")}
     return [
-        {"PlayFabId": op["user"]["id"], "ItemId": item["sku"], "Annotation": epid, **extras}
-        for item in op["items"]
-        for _ in range(int(item["quantity"]))
+        {"PlayFabId": command.user_id, "ItemId": item.sku, "Annotation": command.external_purchase_id, **extras}
+        for item in command.operation.items
+        for _ in range(int(item.quantity))
     ]
 
 
-def match_grant(command: dict[str, Any], pool: dict[tuple, list[dict[str, Any]]]) -> OpResult:
+def match_grant(command: GrantCommand, pool: dict[tuple, list[dict[str, Any]]]) -> OpResult:
     """Take this purchase's instances out of the answer's pool, by identity."""
     got, missing = [], 0
     for g in item_grants(command):

@@ -11,38 +11,33 @@ per process.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 
-from schemas.kinds import INVENTORY, KINDS
+from schemas.commands import MODELS
+from schemas.kinds import BACKPACK_CREATE, GRANT, INVENTORY, KINDS
 from worker.backends.backpack import XsollaBackpack
 from worker.backends.base import Backend
 from worker.backends.playfab import PlayFab
 from worker.backends.xsolla import XsollaInventory
 from worker.settings import ProjectBackend, Settings
+from worker.work import Lane
 
-# The inventory backends a project can be configured with.
-CLASSES = {"xsolla": XsollaInventory, "playfab": PlayFab}
-
-
-def unknown_outcome_policy(backend: Backend) -> str:
-    """What to do when a call's answer is lost: 'resend' | 'reconcile' | 'doubt'."""
-    if backend.idempotent:
-        return "resend"
-    if getattr(backend, "reconcilable", False):
-        return "reconcile"
-    return "doubt"
+# Every backend, by the name it declares (GRANTS_DEFAULT_BACKEND and
+# GRANTS_PROJECTS choose among the inventory ones).
+CLASSES = {cls.name: cls for cls in (XsollaInventory, PlayFab, XsollaBackpack)}
 
 
 def backend_name(settings: Settings, kind: str, project_id: int) -> str:
     """The backend that sends ``kind`` for ``project_id`` ('xsolla', 'playfab', 'backpack')."""
     family = KINDS[kind].family
-    return settings.backend_of(project_id).backend if family == INVENTORY else family
+    return settings.project_backend(project_id) if family == INVENTORY else family
 
 
 def project_is_idempotent(settings: Settings, project_id: int) -> bool:
     """Whether resending to this project's backend can never double a grant."""
-    return settings.backend_of(project_id).backend == "xsolla" and settings.xsolla_idempotent
+    return settings.project_backend(project_id) == "xsolla" and settings.xsolla_idempotent
 
 
 class Backends:
@@ -51,32 +46,31 @@ class Backends:
     def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None):
         self.settings = settings
         self.transport = transport
-        self._built: dict[ProjectBackend, Backend] = {}
-        self._backpack: XsollaBackpack | None = None
+        self._built: dict[tuple[str, ProjectBackend | None], Backend] = {}
 
-    def for_batch(self, kind: str, project_id: int) -> Backend:
-        """The backend a batch of ``kind`` for ``project_id`` goes to."""
-        name = backend_name(self.settings, kind, project_id)
-        if name == "backpack":
-            return self.backpack
-        config = self.settings.backend_of(project_id)
-        if config.backend != name:  # PlayFab deletes for a project on Xsolla: PlayFab's defaults
-            config = ProjectBackend(backend=name)
-        backend = self._built.get(config)
+    def for_lane(self, lane: Lane) -> Backend:
+        """The backend a lane's batches go to (one per endpoint and credential)."""
+        name = backend_name(self.settings, lane.kind, lane.project_id)
+        # The project's own endpoint and credential for its own backend;
+        # the backend's defaults otherwise (Backpack, PlayFab deletes of a
+        # project on Xsolla).
+        config = self.settings.backend_of(lane.project_id) if self.settings.project_backend(lane.project_id) == name \
+            else None
+        backend = self._built.get((name, config))
         if backend is None:
-            backend = CLASSES[config.backend].from_settings(self.settings, config, self.transport)
-            self._built[config] = backend
+            backend = CLASSES[name].from_settings(self.settings, config or ProjectBackend(), self.transport)
+            self._built[(name, config)] = backend
         return backend
 
     def for_project(self, project_id: int) -> Backend:
         """The project's inventory backend."""
-        return self.for_batch("grant", project_id)
+        return self.for_lane(Lane(GRANT, project_id))
 
     @property
     def backpack(self) -> XsollaBackpack:
-        if self._backpack is None:
-            self._backpack = XsollaBackpack.from_settings(self.settings, self.transport)
-        return self._backpack
+        backend = self.for_lane(Lane(BACKPACK_CREATE, 0))
+        assert isinstance(backend, XsollaBackpack)
+        return backend
 
     def batch_limits(self) -> tuple[dict[str, int], int]:
         """Commands per call by kind ('grant', for the default backend) and by
@@ -95,6 +89,11 @@ class Backends:
                     limits[f"{kind}:{project_id}"] = limit(kind, project_id)
         return limits, min(limits.values())
 
+    def refund_data_of_stored(self, kind: str, stored: dict[str, Any], response: Any) -> dict[str, Any] | None:
+        """Backend.refund_data for a command as an older version stored it (worker/migrate.py)."""
+        command = MODELS[kind].model_validate(stored)
+        return self.for_lane(Lane(kind, command.project_id)).refund_data(kind, command, response)
+
     def warm(self) -> None:
         """Build the clients this process will use (the default backend, the
         configured projects', Backpack) before any command waits for them."""
@@ -103,12 +102,12 @@ class Backends:
             self.for_project(project_id)
         _ = self.backpack
 
-    def budget_spec(self, kind: str, project_id: int) -> str:
+    def budget_spec(self, lane: Lane) -> str:
         """The lane's call budget as the Lua scripts take it ("backend:project|rate|burst"), or ''."""
-        budget = self.settings.call_budget(project_id)
+        budget = self.settings.call_budget(lane.project_id)
         if budget is None:
             return ""
-        return f"{backend_name(self.settings, kind, project_id)}:{project_id}|{budget[0]:g}|{budget[1]:g}"
+        return f"{backend_name(self.settings, lane.kind, lane.project_id)}:{lane.project_id}|{budget[0]:g}|{budget[1]:g}"
 
     def budgets_json(self) -> str:
         """Every lane's call budget, for take.lua (which computes each lane's spec)."""
@@ -120,10 +119,10 @@ class Backends:
         return json.dumps({
             "rates": rates, **({"default": list(default)} if default else {}),
             "family": {name: "" if k.family == INVENTORY else k.family for name, k in KINDS.items()},
-            "backends": {str(p): c.backend for p, c in s.projects.items()},
+            "backends": {str(p): s.project_backend(p) for p in s.projects},
             "default_backend": s.default_backend,
         })
 
     def close(self) -> None:
-        for backend in [*self._built.values(), *([self._backpack] if self._backpack else [])]:
+        for backend in self._built.values():
             backend.close()

@@ -6,7 +6,9 @@ Basic auth with the merchant id and API key. A 200 answers
 ``{"count": n, "operations": [...]}``, one entry per operation with each item's
 new ``balance``. A revoke the inventory cannot cover answers 404 "Failed to
 remove this number of items" for the whole call: the sender splits the batch
-until that revoke is alone, and it is rejected.
+until that revoke is alone, and it is rejected. Xsolla does not say what a
+repeated ``external_purchase_id`` does: a lost answer is in doubt unless
+GRANTS_XSOLLA_IDEMPOTENT says the account ignores repeats.
 """
 
 from __future__ import annotations
@@ -16,25 +18,27 @@ from typing import Any
 import httpx
 import orjson
 
+from schemas.commands import GrantCommand
+from schemas.kinds import GRANT, KINDS
 from worker import errors
 from worker.backends.base import OpResult
-from worker.backends.http import build_client, request, check_status, error_message, translated
-from schemas.kinds import KINDS
+from worker.backends.http import build_client, check_status, error_message, request, translated
 from worker.settings import ProjectBackend, Settings
+from worker.work import Lane, OnUnknown, RevokeOrder, Sendable
 
 _PATHS = {"grant": "purchase", "revoke": "revoke"}
 
 
-def request_body(kind: str, command: dict[str, Any]) -> dict[str, Any]:
-    """The API operation for one stored command."""
-    if kind == "grant":
-        return command["operation"]
+def operation(command: Sendable) -> dict[str, Any]:
+    """The API operation one command sends."""
+    if isinstance(command, GrantCommand):
+        return command.body()
+    if not isinstance(command, RevokeOrder) or not command.refund:
+        raise TypeError(f"nothing to revoke with for {command!r}")
     # A revoke takes back exactly what its purchase granted, from that user.
-    refund = command["refund"]
-    body: dict[str, Any] = {"user": refund["user"], "items": refund["items"]}
-    comment = (command.get("request") or {}).get("comment")
-    if comment:
-        body["comment"] = comment
+    body: dict[str, Any] = {"user": command.refund["user"], "items": command.refund["items"]}
+    if command.request.comment:
+        body["comment"] = command.request.comment
     return body
 
 
@@ -45,49 +49,38 @@ class XsollaInventory:
 
     def __init__(self, client: httpx.Client, *, idempotent: bool):
         self.client = client
-        self.idempotent = idempotent
+        self.on_unknown = OnUnknown.resend if idempotent else OnUnknown.doubt
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, project: ProjectBackend | None = None, transport: httpx.BaseTransport | None = None
-    ) -> "XsollaInventory":
-        project = project or ProjectBackend(backend="xsolla")
-        client = build_client(
-            project.base_url or settings.xsolla_base_url,
-            auth=httpx.BasicAuth(settings.xsolla_merchant_id, project.secret(settings.xsolla_api_key)),
-            connect_timeout=settings.http_connect_timeout_s,
-            read_timeout=settings.http_read_timeout_s,
-            write_timeout=settings.http_write_timeout_s,
-            max_connections=settings.http_max_connections,
-            transport=transport,
-        )
+    def from_settings(cls, settings: Settings, project: ProjectBackend,
+                      transport: httpx.BaseTransport | None = None) -> "XsollaInventory":
+        client = build_client(settings, project.base_url or settings.xsolla_base_url, transport=transport,
+                              auth=httpx.BasicAuth(settings.xsolla_merchant_id, project.secret(settings.xsolla_api_key)))
         return cls(client, idempotent=settings.xsolla_idempotent)
 
-    def send(self, kind: str, project_id: int, commands: list[dict[str, Any]]) -> list[OpResult]:
+    def send(self, lane: Lane, commands: list[Sendable]) -> list[OpResult]:
         """One call of at most 50 operations; one result per command."""
-        most = KINDS[kind].per_call["xsolla"]
+        most = KINDS[lane.kind].per_call[self.name]
         if len(commands) > most:
             # Xsolla would drop the surplus silently: never send it. Nothing
             # left us, and the sender splits a refused batch into halves.
-            raise errors.InvalidRequest(
-                f"{len(commands)} operations in one call; Xsolla takes {most}: not sent"
-            )
-        path = f"/v2/project/{project_id}/inventory/{_PATHS[kind]}"
+            raise errors.InvalidRequest(f"{len(commands)} operations in one call; Xsolla takes {most}: not sent")
+        path = f"/v2/project/{lane.project_id}/inventory/{_PATHS[lane.kind]}"
         what = f"POST {path} ({len(commands)} operations)"
         with errors.building(what):
-            operations = [request_body(kind, c) for c in commands]
+            operations = [operation(c) for c in commands]
             content = orjson.dumps(operations)
         with translated(what):
             response = request(self.client, "POST", path, content=content, headers={"content-type": "application/json"})
         check_status(response, what, names_command=names_item)
         return match_operations(operations, _json(response))
 
-    def refund_data(self, kind: str, command: dict[str, Any], response: Any) -> dict[str, Any] | None:
+    def refund_data(self, kind: str, command: Sendable, response: Any) -> dict[str, Any] | None:
         """A grant's revoke sends the same user and items to /inventory/revoke."""
-        if kind != "grant":
+        if kind != GRANT or not isinstance(command, GrantCommand):
             return None
-        operation = command["operation"]
-        return {"user": operation["user"], "items": operation["items"]}
+        body = command.body()
+        return {"user": body["user"], "items": body["items"]}
 
     def close(self) -> None:
         self.client.close()

@@ -12,7 +12,8 @@ import pytest
 
 from schemas.records import Status
 from tests.helpers import command
-from worker.ledger import Arrival, Ledger, Outcome
+from worker.ledger import Ledger
+from worker.work import Arrival, OnUnknown, Outcome
 from worker.results import Results
 
 TAKE = dict(max_inflight=100, flush_ms=60_000, lease_ms=5_000)
@@ -70,8 +71,8 @@ def test_take_cuts_batches_of_at_most_50_and_waits_for_the_interval(ledger, redi
     assert sizes == [50, 50]
     assert ledger.take(max_batches=10, **TAKE) == []
     (last,) = ledger.take(max_batches=10, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(last, "tok", lease_ms=5_000, on_unknown="doubt")
-    assert len(work.purchase_ids) == 20 and work.purchase_ids[0] == "p100"
+    work = ledger.begin(last, "tok", lease_ms=5_000, on_unknown=OnUnknown.doubt)
+    assert len(work.ids) == 20 and work.ids[0] == "p100"
 
 
 def test_take_respects_the_inflight_bound(ledger):
@@ -82,9 +83,9 @@ def test_take_respects_the_inflight_bound(ledger):
 def test_complete_writes_outcomes_and_the_stream(ledger, results, redis_client):
     ingest(ledger, ["a", "b"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(bid, "tok", lease_ms=5_000, on_unknown="doubt")
-    assert ledger.begin(bid, "other", lease_ms=5_000, on_unknown="doubt") is None  # held
-    assert ledger.begin(bid, "tok", lease_ms=5_000, on_unknown="doubt").attempt == 1  # same holder: no new attempt
+    work = ledger.begin(bid, "tok", lease_ms=5_000, on_unknown=OnUnknown.doubt)
+    assert ledger.begin(bid, "other", lease_ms=5_000, on_unknown=OnUnknown.doubt) is None  # held
+    assert ledger.begin(bid, "tok", lease_ms=5_000, on_unknown=OnUnknown.doubt).attempt == 1  # same holder: no new attempt
     owned, written = ledger.complete(work, [Outcome("a", "granted", {"ok": 1}), Outcome("b", "rejected", error="bad")])
     assert (owned, written) == (True, 2)
     assert results.get(1, "a")["status"] == "granted"
@@ -100,7 +101,7 @@ def test_complete_writes_outcomes_and_the_stream(ledger, results, redis_client):
 def test_expired_sending_lease_becomes_in_doubt_and_a_late_answer_resolves_it(ledger, results):
     ingest(ledger, ["a"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(bid, "tok", lease_ms=1, on_unknown="doubt")
+    work = ledger.begin(bid, "tok", lease_ms=1, on_unknown=OnUnknown.doubt)
     time.sleep(0.01)
     doubted, redispatch = ledger.recover(dispatch_lease_ms=1000, max_attempts=5)
     assert (doubted, redispatch) == (1, [])
@@ -115,17 +116,17 @@ def test_expired_leased_batch_is_redispatched_and_idempotent_sending_resent(ledg
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0, "lease_ms": 1})
     time.sleep(0.01)
     assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5) == (0, [bid])
-    ledger.begin(bid, "tok", lease_ms=1, on_unknown="resend")
+    ledger.begin(bid, "tok", lease_ms=1, on_unknown=OnUnknown.resend)
     time.sleep(0.01)
     assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5) == (0, [bid])
-    assert ledger.begin(bid, "tok2", lease_ms=5000, on_unknown="resend").attempt == 2
+    assert ledger.begin(bid, "tok2", lease_ms=5000, on_unknown=OnUnknown.resend).attempt == 2
 
 
 def test_release_retries_then_fails_after_max_attempts(ledger, results):
     ingest(ledger, ["a"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
     for attempt in (1, 2):
-        work = ledger.begin(bid, f"t{attempt}", lease_ms=5000, on_unknown="doubt")
+        work = ledger.begin(bid, f"t{attempt}", lease_ms=5000, on_unknown=OnUnknown.doubt)
         assert work.attempt == attempt
         assert ledger.release(work, delay_ms=0, error="503", max_attempts=2) == ("retry" if attempt == 1 else "failed")
     rec = results.get(1, "a")
@@ -135,15 +136,15 @@ def test_release_retries_then_fails_after_max_attempts(ledger, results):
 def test_split_halves_a_refused_batch(ledger, redis_client):
     ingest(ledger, [f"p{i}" for i in range(5)])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown="doubt")
+    work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown=OnUnknown.doubt)
     state, (left, right) = ledger.split(work, lease_ms=5000)
     assert state == "ok"
-    halves = [ledger.begin(b, "t", lease_ms=5000, on_unknown="doubt").purchase_ids for b in (left, right)]
+    halves = [ledger.begin(b, "t", lease_ms=5000, on_unknown=OnUnknown.doubt).ids for b in (left, right)]
     assert halves == [["p0", "p1", "p2"], ["p3", "p4"]]
-    single = ledger.begin(left, "t", lease_ms=5000, on_unknown="doubt")
+    single = ledger.begin(left, "t", lease_ms=5000, on_unknown=OnUnknown.doubt)
     ingest(ledger, ["solo"])
     (sb,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    assert ledger.split(ledger.begin(sb, "t", lease_ms=5000, on_unknown="doubt"), lease_ms=5000) == ("single", [])
+    assert ledger.split(ledger.begin(sb, "t", lease_ms=5000, on_unknown=OnUnknown.doubt), lease_ms=5000) == ("single", [])
     assert single.attempt == 1
 
 
@@ -158,7 +159,7 @@ def test_list_and_stats_by_status(ledger, results):
 def _fail(ledger, ids, project=1):
     ingest(ledger, ids, project=project)
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown="doubt")
+    work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown=OnUnknown.doubt)
     ledger.complete(work, [Outcome(i, "failed", error="503") for i in ids[:-1]] +
                     [Outcome(ids[-1], "in_doubt", error="ReadTimeout")])
 
@@ -167,7 +168,7 @@ def test_replay_rebuffers_failed_with_history_and_guards_the_rest(ledger, result
     _fail(ledger, ["f1", "f2", "d1"])
     ingest(ledger, ["g1"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    ledger.complete(ledger.begin(bid, "t", lease_ms=5000, on_unknown="doubt"), [Outcome("g1", "granted")])
+    ledger.complete(ledger.begin(bid, "t", lease_ms=5000, on_unknown=OnUnknown.doubt), [Outcome("g1", "granted")])
     targets = [(1, i) for i in ("f1", "d1", "g1", "nope")]
     assert ledger.replay(targets, actor="ops@host", allow_in_doubt=False) == ["replayed", "needs_force", "granted", "missing"]
     rec = results.get(1, "f1")
@@ -179,8 +180,8 @@ def test_replay_rebuffers_failed_with_history_and_guards_the_rest(ledger, result
     assert ledger.replay([(1, "d1")], actor="ops", allow_in_doubt=True) == ["replayed"]
     # Both are back in the buffer: the next take sends them like new commands.
     (again,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(again, "t2", lease_ms=5000, on_unknown="doubt")
-    assert sorted(work.purchase_ids) == ["d1", "f1"]
+    work = ledger.begin(again, "t2", lease_ms=5000, on_unknown=OnUnknown.doubt)
+    assert sorted(work.ids) == ["d1", "f1"]
     ledger.complete(work, [Outcome("d1", "granted"), Outcome("f1", "granted")])
     assert results.get(1, "f1")["status"] == "granted" and results.get(1, "f1")["attempts"] == 2
 
@@ -205,13 +206,13 @@ def revoke(ledger, ids, source="r", project=1):
 
 def _send(ledger, results_by_id, kind_check=None):
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(bid, f"t-{bid}", lease_ms=5000, on_unknown="doubt")
+    work = ledger.begin(bid, f"t-{bid}", lease_ms=5000, on_unknown=OnUnknown.doubt)
     if kind_check:
         assert work.kind == kind_check
     # A granted grant keeps refund data, as its backend hands it over.
     ledger.complete(work, [Outcome(p, results_by_id[p], {"ok": p},
                                    refund={"user": p} if results_by_id[p] == "granted" else None)
-                           for p in work.purchase_ids])
+                           for p in work.ids])
     return work
 
 
@@ -219,7 +220,7 @@ def test_revoke_of_a_waiting_grant_cancels_it_and_it_is_never_sent(ledger, resul
     ingest(ledger, ["a", "b"])
     assert revoke(ledger, ["a"]) == ["cancelled"]
     work = _send(ledger, {"b": "granted"})
-    assert work.purchase_ids == ["b"]  # 'a' left its buffer without being sent
+    assert work.ids == ["b"]  # 'a' left its buffer without being sent
     rec = results.get(1, "a")
     assert rec["status"] == "cancelled" and rec["revoke"]["status"] == "noop"
     assert ingest(ledger, ["a"], source="late") == ["revoked"]  # a repeat stays cancelled
@@ -235,7 +236,7 @@ def test_revoke_before_the_grant_arrives_leaves_a_tombstone(ledger, results):
 def test_revoke_of_a_grant_being_sent_waits_for_its_outcome(ledger, results, redis_client):
     ingest(ledger, ["s", "t"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown="doubt")
+    work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown=OnUnknown.doubt)
     assert revoke(ledger, ["s", "t"]) == ["waiting", "waiting"]
     assert results.stats()["revokes"]["waiting"] == 2
     ledger.complete(work, [Outcome("s", "granted", {"instance": "i-s"}, refund={"instances": ["i-s"]}),
@@ -244,8 +245,8 @@ def test_revoke_of_a_grant_being_sent_waits_for_its_outcome(ledger, results, red
     rv = _send(ledger, {"s": "revoked"}, kind_check="revoke")
     # The revoke carries its request and what its grant left to revoke with.
     (body,) = rv.commands
-    assert body["request"]["kind"] == "revoke" and body["request"]["external_purchase_id"] == "s"
-    assert body["refund"] == {"instances": ["i-s"]} and body["request"]["comment"] == "Refund"
+    assert body.request.kind == "revoke" and body.request.external_purchase_id == "s"
+    assert body.refund == {"instances": ["i-s"]} and body.request.comment == "Refund"
     rec = results.get(1, "s")
     assert rec["status"] == "granted" and rec["revoke"]["status"] == "revoked"
     assert results.stats()["revokes"]["revoked"] == 1 and results.stats()["revokes"]["waiting"] == 0
@@ -257,7 +258,7 @@ def test_revoke_of_granted_is_sent_once_and_of_failed_or_doubtful_is_not(ledger,
     assert revoke(ledger, ["g", "f", "d"]) == ["new", "noop", "in_doubt"]
     assert revoke(ledger, ["g"], source="again") == ["dup"]
     rv = _send(ledger, {"g": "revoked"}, kind_check="revoke")
-    assert rv.purchase_ids == ["g"]
+    assert rv.ids == ["g"]
     # A refunded purchase is never replayed.
     assert ledger.replay([(1, "f")], actor="ops", allow_in_doubt=False) == ["refunded"]
 
@@ -265,16 +266,16 @@ def test_revoke_of_granted_is_sent_once_and_of_failed_or_doubtful_is_not(ledger,
 def test_a_duplicate_dispatch_does_not_cut_a_backoff_short(ledger):
     ingest(ledger, ["a"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(bid, "t1", lease_ms=5000, on_unknown="doubt")
+    work = ledger.begin(bid, "t1", lease_ms=5000, on_unknown=OnUnknown.doubt)
     assert ledger.release(work, delay_ms=60_000, error="429", max_attempts=10) == "retry"
-    assert ledger.begin(bid, "t2", lease_ms=5000, on_unknown="doubt") is None  # too early
+    assert ledger.begin(bid, "t2", lease_ms=5000, on_unknown=OnUnknown.doubt) is None  # too early
     assert ledger.recover(dispatch_lease_ms=1000, max_attempts=10) == (0, [])  # not due either
 
 
 def test_answers_arriving_after_the_fence_never_make_good_commands_rejected(ledger, results):
     ingest(ledger, ["p0", "p1", "p2"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(bid, "tok", lease_ms=1, on_unknown="doubt")
+    work = ledger.begin(bid, "tok", lease_ms=1, on_unknown=OnUnknown.doubt)
     time.sleep(0.01)
     assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5)[0] == 3  # given up for lost: in_doubt
     assert ledger.split(work, lease_ms=5000) == ("fenced", [])
@@ -289,7 +290,7 @@ def test_idempotent_resends_stop_at_max_attempts_as_in_doubt(ledger, results):
     ingest(ledger, ["a"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
     for attempt in (1, 2):
-        ledger.begin(bid, f"t{attempt}", lease_ms=1, on_unknown="resend")
+        ledger.begin(bid, f"t{attempt}", lease_ms=1, on_unknown=OnUnknown.resend)
         time.sleep(0.01)
         doubted, ids = ledger.recover(dispatch_lease_ms=1, max_attempts=2)
         assert (doubted, ids) == ((0, [bid]) if attempt == 1 else (1, []))
@@ -301,7 +302,7 @@ def test_one_backed_off_project_cannot_take_every_slot(ledger):
     ingest(ledger, [f"a{i}" for i in range(500)], project=1)   # 10 batches ready
     ingest(ledger, [f"b{i}" for i in range(50)], project=2)    # 1 batch, younger
     taken = ledger.take(max_batches=20, **{**TAKE, "max_inflight": 8}, max_inflight_per_lane=4)
-    lanes = [ledger.begin(b, f"t{b}", lease_ms=5000, on_unknown="doubt").project_id for b in taken]
+    lanes = [ledger.begin(b, f"t{b}", lease_ms=5000, on_unknown=OnUnknown.doubt).project_id for b in taken]
     assert lanes.count(1) == 4 and lanes.count(2) == 1
 
 
@@ -309,12 +310,12 @@ def test_a_grant_cancelled_after_its_batch_was_taken_is_never_sent(ledger, resul
     ingest(ledger, ["c1", "c2"])
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})  # taken, not yet begun
     assert revoke(ledger, ["c1"]) == ["cancelled"]
-    work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown="doubt")
-    assert work.purchase_ids == ["c2"] and len(work.commands) == 1
+    work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown=OnUnknown.doubt)
+    assert work.ids == ["c2"] and len(work.commands) == 1
     ingest(ledger, ["c3"])
     (bid2,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
     assert revoke(ledger, ["c3"]) == ["cancelled"]
-    assert ledger.begin(bid2, "tok", lease_ms=5000, on_unknown="doubt") is None  # nothing left to send
+    assert ledger.begin(bid2, "tok", lease_ms=5000, on_unknown=OnUnknown.doubt) is None  # nothing left to send
     assert results.get(1, "c1")["status"] == "cancelled"
 
 
@@ -327,8 +328,8 @@ def test_replay_selection_filters(ledger, results):
         command(1, "f-c", sku="gem", user="bo"), command(2, "f-d", sku="gem", user="ana")])])
     for project in (1, 2):
         (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-        work = ledger.begin(bid, f"t{project}", lease_ms=5000, on_unknown="doubt")
-        ledger.complete(work, [Outcome(p, "failed", error="503") for p in work.purchase_ids])
+        work = ledger.begin(bid, f"t{project}", lease_ms=5000, on_unknown=OnUnknown.doubt)
+        ledger.complete(work, [Outcome(p, "failed", error="503") for p in work.ids])
     failed = rp.Filters(Status.failed)
 
     def chosen(**kw):
@@ -381,5 +382,5 @@ def test_an_older_versions_store_is_moved_onto_todays_layout(ledger, results, re
     assert revoke(ledger, ["g1"]) == ["new"]
     assert ingest(ledger, ["p1"]) == ["dup"]
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown="doubt")
-    assert work.kind == "grant" and work.purchase_ids == ["p1"]
+    work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown=OnUnknown.doubt)
+    assert work.kind == "grant" and work.ids == ["p1"]

@@ -12,7 +12,8 @@ from tests.helpers import command
 from worker.backends.http import retry_after_s
 from worker.backends.registry import Backends
 from worker.backends.xsolla import XsollaInventory
-from worker.ledger import Arrival, Ledger, Outcome
+from worker.ledger import Ledger
+from worker.work import Arrival, Lane, OnUnknown, Outcome
 from worker.results import Results
 from worker.sender import Sender, backoff_s
 from worker.settings import Settings
@@ -152,7 +153,7 @@ def test_more_than_50_operations_are_never_sent():
     backend = XsollaInventory(httpx.Client(transport=httpx.MockTransport(lambda r: calls.append(r) or ok(r)),
                                            base_url="http://x"), idempotent=False)
     with pytest.raises(errors.InvalidRequest, match="not sent"):
-        backend.send("grant", 1, [{"operation": command(1, str(i)).body()} for i in range(51)])
+        backend.send(Lane("grant", 1), [command(1, str(i)) for i in range(51)])
     assert calls == []
 
 
@@ -177,7 +178,7 @@ def test_a_slow_call_keeps_its_lease_and_is_not_given_up_for_lost(redis_client):
     ledger = Ledger(client, keys, ttl_ms=60_000, batch_limits={"grant": 50}, default_batch_limit=50)
     ledger.ingest([Arrival(command(3, "slow"), 1, "t:slow")])
     (bid,) = ledger.take(max_batches=1, max_inflight=10, flush_ms=0, lease_ms=5000)
-    work = ledger.begin(bid, "tok", lease_ms=300, on_unknown="doubt")
+    work = ledger.begin(bid, "tok", lease_ms=300, on_unknown=OnUnknown.doubt)
     keeper = LeaseKeeper(ledger, lease_ms=300, max_hold_s=5)
     with keeper.holding(work):
         _time.sleep(1.0)  # more than three leases long
@@ -186,7 +187,7 @@ def test_a_slow_call_keeps_its_lease_and_is_not_given_up_for_lost(redis_client):
     # Past the cap, renewal stops and the sweeper takes over.
     ledger.ingest([Arrival(command(3, "stuck"), 1, "t2:stuck")])
     (bid2,) = ledger.take(max_batches=1, max_inflight=10, flush_ms=0, lease_ms=5000)
-    work2 = ledger.begin(bid2, "tok2", lease_ms=300, on_unknown="doubt")
+    work2 = ledger.begin(bid2, "tok2", lease_ms=300, on_unknown=OnUnknown.doubt)
     with LeaseKeeper(ledger, lease_ms=300, max_hold_s=0.2).holding(work2):
         _time.sleep(1.0)
         assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5)[0] == 1
@@ -200,10 +201,10 @@ def test_a_request_that_cannot_be_built_is_failed_not_in_doubt(harness, monkeypa
 
     bid = harness.batch(["a"])
 
-    def broken(kind, command):
+    def broken(command):
         raise TypeError("'NoneType' object is not subscriptable")
 
-    monkeypatch.setattr(xsolla, "request_body", broken)
+    monkeypatch.setattr(xsolla, "operation", broken)
     harness.build().send(bid)
     rec = harness.results.get(3, "a")
     assert rec["status"] == "failed" and "nothing sent" in rec["error"]

@@ -33,28 +33,49 @@ from producers.progress import Progress
 from producers.publisher import Publisher
 from schemas.commands import GrantCommand
 from worker.keys import Keys
-from worker.settings import connect
 from worker.results import Results
+from worker.settings import connect
 
 BENCH_PROJECT = 90001
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmark the full stack on a generated feed",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "bench",
+        help="benchmark the full stack on a generated feed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--purchases", type=int, default=50_000, help="distinct purchases (default 50,000)")
     p.add_argument("--duplicates", type=float, default=5.0, help="extra repeats, %% of purchases (default 5)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (`celery worker`), default 1")
     p.add_argument("--concurrency", type=int, default=4, help="pool processes per worker (default 4)")
-    p.add_argument("--latency-ms", "--backend-latency-ms", dest="latency_ms", type=int, default=0,
-                   help="sandbox latency per call (default 0)")
-    p.add_argument("--live", type=float, metavar="RATE",
-                   help="live mode: publish RATE purchases per second, one publish() each, for --seconds")
+    p.add_argument(
+        "--latency-ms",
+        "--backend-latency-ms",
+        dest="latency_ms",
+        type=int,
+        default=0,
+        help="sandbox latency per call (default 0)",
+    )
+    p.add_argument(
+        "--live",
+        type=float,
+        metavar="RATE",
+        help="live mode: publish RATE purchases per second, one publish() each, for --seconds",
+    )
     p.add_argument("--seconds", type=float, default=30.0, help="live mode: how long to publish (default 30)")
-    p.add_argument("--backlog", action="store_true",
-                   help="publish everything first, then start the workers (a drained backlog); reports peak worker memory")
-    p.add_argument("--appendfsync", choices=["always", "everysec"], default="everysec",
-                   help="Redis AOF fsync policy (default everysec, as deploy/ runs it)")
+    p.add_argument(
+        "--backlog",
+        action="store_true",
+        help="publish everything first, then start the workers (a drained backlog); reports peak worker memory",
+    )
+    p.add_argument(
+        "--appendfsync",
+        choices=["always", "everysec"],
+        default="everysec",
+        help="Redis AOF fsync policy (default everysec, as deploy/ runs it)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory)")
@@ -67,12 +88,21 @@ def generate(n: int, dup_pct: float, seed: int) -> list[GrantCommand]:
     skus = ["gem.pack.100", "gem.pack.500", "booster_mega_1", "skin-dragon", "battle_pass.s1"]
     ops = []
     for i in range(n):
-        ops.append(GrantCommand(project_id=BENCH_PROJECT, operation={
-            "user": {"id": f"player-{rng.randrange(5000)}"},
-            "items": [{"sku": rng.choice(skus), "quantity": rng.choice((1, 1, 2, 5))}],
-            "purchase": {"amount": "4.99", "currency": "USD", "external_purchase_id": f"bench-{i}",
-                         "external_purchase_date": "2026-11-21T12:00:00+00:00"},
-        }))
+        ops.append(
+            GrantCommand(
+                project_id=BENCH_PROJECT,
+                operation={
+                    "user": {"id": f"player-{rng.randrange(5000)}"},
+                    "items": [{"sku": rng.choice(skus), "quantity": rng.choice((1, 1, 2, 5))}],
+                    "purchase": {
+                        "amount": "4.99",
+                        "currency": "USD",
+                        "external_purchase_id": f"bench-{i}",
+                        "external_purchase_date": "2026-11-21T12:00:00+00:00",
+                    },
+                },
+            )
+        )
     for _ in range(int(n * dup_pct / 100)):
         j = rng.randrange(n)
         ops.insert(min(len(ops), j + rng.randrange(1, 500)), ops[j])
@@ -116,7 +146,7 @@ def percentile(values: list[float], pct: float) -> float:
     if not values:
         return 0.0
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(pct / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(pct / 100 * (len(values) - 1)))]
 
 
 def run(args: argparse.Namespace, settings) -> int:
@@ -124,9 +154,11 @@ def run(args: argparse.Namespace, settings) -> int:
         return run_live(args, settings)
     feed = generate(args.purchases, args.duplicates, args.seed)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
-    say(f"bench: {args.purchases:,} purchases + {len(feed) - args.purchases:,} repeats; "
+    say(
+        f"bench: {args.purchases:,} purchases + {len(feed) - args.purchases:,} repeats; "
         f"{args.workers} worker(s) x {args.concurrency} processes; sandbox latency {args.latency_ms} ms; "
-        f"appendfsync {args.appendfsync}")
+        f"appendfsync {args.appendfsync}"
+    )
     with Stack(args.workdir) as stack:
         stack.start_redis(appendfsync=args.appendfsync)
         stack.start_sandbox("--latency-ms", str(args.latency_ms))
@@ -210,12 +242,18 @@ def run(args: argparse.Namespace, settings) -> int:
         say(f"  first outcome -> last outcome: {report['drain_grants_per_s']:,} grants/s")
         say(f"  publish: {report['publish_s']} s for {len(feed):,} commands")
         say(f"  latency enqueue->outcome: p50 {report['latency_p50_s']} s, p99 {report['latency_p99_s']} s")
-        say(f"  backend calls: {report['backend_calls']:,}, mean batch {report['mean_batch']}, max {report['max_batch']}")
+        say(
+            f"  backend calls: {report['backend_calls']:,}, mean batch {report['mean_batch']}, max {report['max_batch']}"
+        )
         say(f"  outcomes: {report['outcomes']}")
-        say(f"  worker memory: peak {report['peak_rss_mb_per_process']} MB per process, "
-            f"{report['peak_rss_mb_all_workers']} MB all worker processes together")
-        say(f"  exactly once per sandbox audit: {'yes' if report['exactly_once'] else 'NO'} "
-            f"(doubles {doubles}, missing {missing})")
+        say(
+            f"  worker memory: peak {report['peak_rss_mb_per_process']} MB per process, "
+            f"{report['peak_rss_mb_all_workers']} MB all worker processes together"
+        )
+        say(
+            f"  exactly once per sandbox audit: {'yes' if report['exactly_once'] else 'NO'} "
+            f"(doubles {doubles}, missing {missing})"
+        )
     return 0 if report["exactly_once"] else 1
 
 
@@ -225,8 +263,10 @@ def run_live(args: argparse.Namespace, settings) -> int:
     total = int(rate * seconds)
     feed = generate(total, 0.0, args.seed)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
-    say(f"bench --live: {rate:,.0f}/s for {seconds:g} s ({total:,} purchases, one publish() each); "
-        f"{args.workers} worker(s) x {args.concurrency} processes; backend latency {args.latency_ms} ms")
+    say(
+        f"bench --live: {rate:,.0f}/s for {seconds:g} s ({total:,} purchases, one publish() each); "
+        f"{args.workers} worker(s) x {args.concurrency} processes; backend latency {args.latency_ms} ms"
+    )
     with Stack(args.workdir) as stack:
         stack.start_redis(appendfsync=args.appendfsync)
         stack.start_sandbox("--latency-ms", str(args.latency_ms))
@@ -289,10 +329,14 @@ def run_live(args: argparse.Namespace, settings) -> int:
         print(json.dumps(report, indent=2))
     else:
         say(f"  achieved: {report['achieved_per_s']:,}/s of {rate:,.0f}/s offered")
-        say(f"  purchase -> applied: p50 {report['latency_p50_ms']} ms, p99 {report['latency_p99_ms']} ms, "
-            f"max {report['latency_max_ms']} ms")
+        say(
+            f"  purchase -> applied: p50 {report['latency_p50_ms']} ms, p99 {report['latency_p99_ms']} ms, "
+            f"max {report['latency_max_ms']} ms"
+        )
         say(f"  backlog when publishing stopped: {backlog_at_end:,}")
         say(f"  backend calls: {report['backend_calls']:,}, mean batch {report['mean_batch']}")
-        say(f"  exactly once per sandbox audit: {'yes' if report['exactly_once'] else 'NO'} "
-            f"(doubles {doubles}, missing {missing})")
+        say(
+            f"  exactly once per sandbox audit: {'yes' if report['exactly_once'] else 'NO'} "
+            f"(doubles {doubles}, missing {missing})"
+        )
     return 0 if report["exactly_once"] else 1

@@ -26,15 +26,15 @@ from pathlib import Path
 import httpx
 from pydantic import SecretStr
 
-from producers.feed import read_feed
 from devstack.localstack import REPO_ROOT, Stack, free_port
+from producers.feed import read_feed
 from producers.progress import Progress
 from producers.publisher import Publisher
 from schemas.kinds import BACKPACK_CREATE
 from schemas.records import FINAL_STATUSES, Status
 from worker.keys import Keys
-from worker.settings import connect
 from worker.results import Results
+from worker.settings import connect
 
 DEMO_PROJECT = 44056
 PLAYFAB_PROJECT = 9001
@@ -54,10 +54,15 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--feed", type=Path, help="JSON-lines feed (default: the bundled sample)")
     p.add_argument("--project-id", type=int, default=DEMO_PROJECT)
-    p.add_argument("--flower-port", type=int, default=5555,
-                   help="Flower's port (default 5555; a free one if taken, or with 0)")
-    p.add_argument("--keep", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep the stack up for Flower until Ctrl-C (default: when run on a terminal)")
+    p.add_argument(
+        "--flower-port", type=int, default=5555, help="Flower's port (default 5555; a free one if taken, or with 0)"
+    )
+    p.add_argument(
+        "--keep",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the stack up for Flower until Ctrl-C (default: when run on a terminal)",
+    )
     p.add_argument("--workdir", type=Path, default=REPO_ROOT / "var" / "demo", help="logs and data (default var/demo)")
     p.set_defaults(run=run)
 
@@ -91,9 +96,11 @@ def run(args: argparse.Namespace, settings) -> int:
         if not real_backend:
             # One project on PlayFab (the sandbox's PlayFab API, with its players).
             overrides["GRANTS_PROJECTS"] = json.dumps(
-                {str(PLAYFAB_PROJECT): {"backend": "playfab", "base_url": f"{stack.sandbox_url}/playfab"}})
-            httpx.post(f"{stack.sandbox_url}/sandbox/playfab/players",
-                       json={"PlayFabIds": PLAYFAB_PLAYERS}, timeout=10).raise_for_status()
+                {str(PLAYFAB_PROJECT): {"backend": "playfab", "base_url": f"{stack.sandbox_url}/playfab"}}
+            )
+            httpx.post(
+                f"{stack.sandbox_url}/sandbox/playfab/players", json={"PlayFabIds": PLAYFAB_PLAYERS}, timeout=10
+            ).raise_for_status()
         if real_redis:
             overrides["GRANTS_REDIS_URL"] = settings.redis_url
         if real_backend:
@@ -103,8 +110,10 @@ def run(args: argparse.Namespace, settings) -> int:
         _say(f"   worker:  celery -A worker worker (log: {stack.workers[0].log_path})")
         flower_port = args.flower_port if args.flower_port and _port_free(args.flower_port) else free_port()
         stack.start_flower(flower_port)
-        _say(f"   flower:  http://127.0.0.1:{flower_port} (basic auth: user {stack.flower_auth[0]}, "
-             f"password {stack.flower_auth[1]}, made for this run)")
+        _say(
+            f"   flower:  http://127.0.0.1:{flower_port} (basic auth: user {stack.flower_auth[0]}, "
+            f"password {stack.flower_auth[1]}, made for this run)"
+        )
 
         redis_url = settings.redis_url if real_redis else stack.redis.url
         pub_settings = settings.model_copy(update={"redis_url": redis_url, "broker_url": settings.broker_url})
@@ -134,11 +143,15 @@ def run(args: argparse.Namespace, settings) -> int:
             _backpack(publisher, results, stack, settings, args.project_id)
 
         keep = sys.stdout.isatty() if args.keep is None else args.keep
-        _say(f"\nFlower (tasks, workers, queues): http://127.0.0.1:{flower_port} "
-             f"(user {stack.flower_auth[0]}, password {stack.flower_auth[1]})")
+        _say(
+            f"\nFlower (tasks, workers, queues): http://127.0.0.1:{flower_port} "
+            f"(user {stack.flower_auth[0]}, password {stack.flower_auth[1]})"
+        )
         if keep:
-            _say(f"Look a purchase up: GRANTS_REDIS_URL={_mask(redis_url)} .venv/bin/grants results get "
-                 f"{unique[0]} --project-id {args.project_id}")
+            _say(
+                f"Look a purchase up: GRANTS_REDIS_URL={_mask(redis_url)} .venv/bin/grants results get "
+                f"{unique[0]} --project-id {args.project_id}"
+            )
             _say("The stack stays up for you to explore. Press Ctrl-C to stop it.")
             while True:
                 time.sleep(3600)
@@ -198,10 +211,15 @@ def _report(results: Results, project_id: int, ids: list[str]) -> None:
             note = f"conflicting repeat refused ({r['conflicts']['count']}x)"
         elif r.get("error"):
             note = r["error"][:60]
-        _say(f"   {pid:<14} {op.get('user', {}).get('id', ''):<38} {items:<22} {status:<9} {r.get('duplicates', 0):>4} {note}")
+        _say(
+            f"   {pid:<14} {op.get('user', {}).get('id', ''):<38} {items:<22} {status:<9} {r.get('duplicates', 0):>4} {note}"
+        )
     stats = results.stats()
-    _say("   " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-         + f"; conflicts recorded: {stats['counts'][Status.conflict.value]}")
+    _say(
+        "   "
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + f"; conflicts recorded: {stats['counts'][Status.conflict.value]}"
+    )
 
 
 def _sample(name: str, project_id: int, kind: str = "grant") -> list:
@@ -232,8 +250,10 @@ def _refunds(publisher: Publisher, results: Results, project_id: int) -> None:
 
 def _playfab(publisher: Publisher, results: Results, stack: Stack) -> None:
     purchases = _sample("playfab.jsonl", PLAYFAB_PROJECT)
-    _say(f"\n== PlayFab: project {PLAYFAB_PROJECT} (GRANTS_PROJECTS maps it to PlayFab); "
-         f"{len(purchases)} purchases via Admin/GrantItemsToUsers")
+    _say(
+        f"\n== PlayFab: project {PLAYFAB_PROJECT} (GRANTS_PROJECTS maps it to PlayFab); "
+        f"{len(purchases)} purchases via Admin/GrantItemsToUsers"
+    )
     publisher.publish_many(purchases)
     ids = [c.external_purchase_id for c in purchases]
     _wait_outcomes(results, PLAYFAB_PROJECT, ids)
@@ -242,8 +262,10 @@ def _playfab(publisher: Publisher, results: Results, stack: Stack) -> None:
         r = results.get(PLAYFAB_PROJECT, c.external_purchase_id) or {}
         instances = [g.get("ItemInstanceId") for g in (r.get("response") or {}).get("ItemGrantResults", [])]
         item = c.operation.items[0]
-        _say(f"   {c.external_purchase_id:<14} {c.user_id:<12} {f'{item.quantity}x {item.sku}':<16} "
-             f"{r.get('status', '?'):<9} {', '.join(i or '?' for i in instances)}")
+        _say(
+            f"   {c.external_purchase_id:<14} {c.user_id:<12} {f'{item.quantity}x {item.sku}':<16} "
+            f"{r.get('status', '?'):<9} {', '.join(i or '?' for i in instances)}"
+        )
 
 
 def _backpack(publisher: Publisher, results: Results, stack: Stack, settings, project_id: int) -> None:
@@ -254,22 +276,39 @@ def _backpack(publisher: Publisher, results: Results, stack: Stack, settings, pr
     _say(f"\n== Xsolla Backpack: {len(creates)} creates for user {user} (grants publish --kind backpack-create)")
     publisher.publish_many(creates)
     final = {"granted", "rejected", "failed", "in_doubt"}
-    _wait(lambda: all((results.get(project_id, c.operation_id, "backpack.create") or {}).get("status") in final
-                      for c in creates))
+    _wait(
+        lambda: all(
+            (results.get(project_id, c.operation_id, "backpack.create") or {}).get("status") in final for c in creates
+        )
+    )
     for c in creates:
         r = results.get(project_id, c.operation_id, "backpack.create") or {}
         _say(f"   {c.operation_id:<8} {c.item_type:<17} {r.get('status', '?')}")
-    backend = Backends(settings.model_copy(update={
-        "backpack_base_url": stack.sandbox_url, "backpack_merchant_id": "12345",
-        "backpack_token": SecretStr(stack.backpack_token), "backpack_host_id": stack.backpack_host_id})).backpack
+    backend = Backends(
+        settings.model_copy(
+            update={
+                "backpack_base_url": stack.sandbox_url,
+                "backpack_merchant_id": "12345",
+                "backpack_token": SecretStr(stack.backpack_token),
+                "backpack_host_id": stack.backpack_host_id,
+            }
+        )
+    ).backpack
     try:
         items = backend.list_items(project_id, user)
     finally:
         backend.close()
     _say(f"   the user's Backpack now (grants backpack items --project-id {project_id} --user {user}):")
     for i in items:
-        extra = i.get("code") or i.get("promo_code") or (
-            f"{i.get('quantity')} (is_external_vc={i.get('is_external_vc')})" if i.get("item_type") == "virtual_currency" else "")
+        extra = (
+            i.get("code")
+            or i.get("promo_code")
+            or (
+                f"{i.get('quantity')} (is_external_vc={i.get('is_external_vc')})"
+                if i.get("item_type") == "virtual_currency"
+                else ""
+            )
+        )
         _say(f"     {i.get('item_type', ''):<17} {i.get('item_sku', ''):<22} {extra}")
 
 

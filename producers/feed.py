@@ -9,15 +9,16 @@ never hides the good ones around it.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 from pydantic import ValidationError
 
 from schemas.commands import MODELS, GrantCommand
+from schemas.jsontext import loads_exact, split_array
 from schemas.kinds import GRANT
 from schemas.kinds import kind as kind_of
-from schemas.jsontext import loads_exact, split_array
 
 # Ours: no single operation is anywhere near this; a longer line is refused
 # before parsing, and read no further than this, so a runaway line cannot blow
@@ -40,8 +41,7 @@ class FeedError:
 
 
 def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
-                   for c in text)
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}" for c in text)
 
 
 def field_path(loc: tuple[Any, ...]) -> str:

@@ -10,7 +10,9 @@ from typing import IO
 class Progress:
     """``label: 12,000/50,000 (24%) 8,300/s`` redrawn at most 10 times a second."""
 
-    def __init__(self, label: str, total: int | None = None, stream: IO[str] | None = None, enabled: bool | None = None):
+    def __init__(
+        self, label: str, total: int | None = None, stream: IO[str] | None = None, enabled: bool | None = None
+    ):
         self.label = label
         self.total = total
         self.stream = stream or sys.stderr

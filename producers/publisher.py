@@ -12,7 +12,7 @@ that counts.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import structlog
 from redis.exceptions import RedisError
@@ -101,8 +101,7 @@ class Publisher:
         """Wait for a command's final outcome (following the outcome stream);
         ``TimeoutError`` after ``timeout`` seconds. For the kinds keyed by an
         operation id, ``external_purchase_id`` is that id."""
-        return wait_outcome(self.redis, self.settings.key_prefix, project_id, external_purchase_id, timeout,
-                            kind=kind)
+        return wait_outcome(self.redis, self.settings.key_prefix, project_id, external_purchase_id, timeout, kind=kind)
 
     def close(self) -> None:
         self.redis.close()
@@ -116,8 +115,7 @@ def final_status(raw: str | None) -> str | None:
     return status if status in _FINAL else None
 
 
-def wait_outcome(client, prefix: str, project_id: int, record_id: str, timeout: float, *,
-                 kind: str = GRANT) -> Outcome:
+def wait_outcome(client, prefix: str, project_id: int, record_id: str, timeout: float, *, kind: str = GRANT) -> Outcome:
     """The outcome of one command, from its record if final, else from the
     outcome stream (read from a point taken before the record was looked at,
     so an outcome written in between is not missed)."""
@@ -138,8 +136,9 @@ def wait_outcome(client, prefix: str, project_id: int, record_id: str, timeout: 
             return found
 
 
-def scan_outcomes(reply: list | None, cursor: str, project_id: int, record_id: str,
-                  kind: str) -> tuple[str, Outcome | None]:
+def scan_outcomes(
+    reply: list | None, cursor: str, project_id: int, record_id: str, kind: str
+) -> tuple[str, Outcome | None]:
     """Look through one XREAD reply of the outcome stream for a command's
     outcome; returns the new cursor and the outcome, if it was there."""
     wanted = (str(project_id), record_id, kind)

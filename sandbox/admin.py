@@ -86,30 +86,40 @@ from sandbox.store import Store
 from sandbox.xsolla import XsollaApi
 
 # Every audit kind, for GET /sandbox/audit/counts.
-_AUDIT_KINDS = ("purchase", "reward", "revoke", "backpack.create", "backpack.delete",
-                "playfab.grant", "playfab.revoke")
+_AUDIT_KINDS = ("purchase", "reward", "revoke", "backpack.create", "backpack.delete", "playfab.grant", "playfab.revoke")
 _DEFAULT_AUDIT_LIMIT = 10000
 _MAX_AUDIT_LIMIT = 100000
 _T = TypeVar("_T")
 _XSOLLA_CATALOG_BODY: TypeAdapter[list[str] | None] = TypeAdapter(list[str] | None)
 # GET /sandbox/{backpack,playfab}/counts: the kinds (default first), and the
 # audit column behind each ``by`` (default first).
-_BACKPACK_COUNTS = (("backpack.create", "backpack.delete"), {
-    "operation_id": "external_purchase_id", "item_id": "item_id", "sku": "sku",
-    "user_id": "user_id",
-})
-_PLAYFAB_COUNTS = (("playfab.grant", "playfab.revoke"), {
-    "annotation": "external_purchase_id", "item_id": "item_id", "sku": "sku",
-    "user_id": "user_id",
-})
+_BACKPACK_COUNTS = (
+    ("backpack.create", "backpack.delete"),
+    {
+        "operation_id": "external_purchase_id",
+        "item_id": "item_id",
+        "sku": "sku",
+        "user_id": "user_id",
+    },
+)
+_PLAYFAB_COUNTS = (
+    ("playfab.grant", "playfab.revoke"),
+    {
+        "annotation": "external_purchase_id",
+        "item_id": "item_id",
+        "sku": "sku",
+        "user_id": "user_id",
+    },
+)
 
 
 def _error(status: int, message: str) -> Response:
     return json_response({"error": message}, status)
 
 
-async def _parsed(request: Request, parse: Callable[[bytes], _T], if_empty: bytes,
-                  located: bool = False) -> _T | Response:
+async def _parsed(
+    request: Request, parse: Callable[[bytes], _T], if_empty: bytes, located: bool = False
+) -> _T | Response:
     """The body as ``parse`` reads it (``if_empty`` standing in for an empty
     body), or the 422 naming the first problem: ``{"error": "<path>:
     <reason>"}``, or with ``located`` ``{"error": "<reason>", "loc": [path]}``."""
@@ -139,8 +149,7 @@ async def _json_body(request: Request, if_empty: bytes | None = None) -> Any:
 class Admin:
     """The ``/sandbox/`` handlers over the shared store and core and the three APIs."""
 
-    def __init__(self, store: Store, core: Core, xsolla: XsollaApi, backpack: BackpackApi,
-                 playfab: PlayFabApi) -> None:
+    def __init__(self, store: Store, core: Core, xsolla: XsollaApi, backpack: BackpackApi, playfab: PlayFabApi) -> None:
         """Expose and control these parts of one app."""
         self.store = store
         self.core = core
@@ -165,8 +174,7 @@ class Admin:
             Route("/sandbox/reset", self.reset, methods=["POST", "PUT"]),
             Route("/sandbox/backpack/items", self.backpack_items, methods=["GET"]),
             Route("/sandbox/backpack/counts", self.backpack_counts, methods=["GET"]),
-            Route("/sandbox/backpack/projects/{project_id:int}/config", self.backpack_config,
-                  methods=["GET", "PUT"]),
+            Route("/sandbox/backpack/projects/{project_id:int}/config", self.backpack_config, methods=["GET", "PUT"]),
             Route("/sandbox/playfab/config", self.playfab_config, methods=["GET", "PUT"]),
             Route("/sandbox/playfab/catalog", self.playfab_catalog, methods=["GET", "PUT"]),
             Route("/sandbox/playfab/players", self.playfab_players, methods=["GET", "POST"]),
@@ -261,8 +269,7 @@ class Admin:
                 return skus
             store.set_catalog(project_id, skus)
         current = store.catalog(project_id)
-        return json_response({"project_id": project_id,
-                              "catalog": None if current is None else sorted(current)})
+        return json_response({"project_id": project_id, "catalog": None if current is None else sorted(current)})
 
     async def config(self, request: Request) -> Response:
         """``GET|PUT /sandbox/config``."""
@@ -285,12 +292,18 @@ class Admin:
             project_id = query_int(request, "project_id", None)
             include_deleted = query_bool(request, "include_deleted")
         except ValueError:
-            return _error(400, "merchant_id and project_id must be integers, "
-                               "include_deleted true or false")
+            return _error(400, "merchant_id and project_id must be integers, include_deleted true or false")
         user_id = request.query_params.get("user_id") or None
-        return json_response({"items": self.backpack.store.items(
-            merchant_id, project_id, user_id, include_deleted,
-        )})
+        return json_response(
+            {
+                "items": self.backpack.store.items(
+                    merchant_id,
+                    project_id,
+                    user_id,
+                    include_deleted,
+                )
+            }
+        )
 
     async def backpack_counts(self, request: Request) -> Response:
         """``GET /sandbox/backpack/counts``."""
@@ -309,13 +322,14 @@ class Admin:
                 body = await _json_body(request, if_empty=b"{}")
             except _NotJson:
                 return _error(400, "body must be JSON")
-            if not isinstance(body, dict) or set(body) != {"metaframe_vc"} or not isinstance(
-                body["metaframe_vc"], bool
+            if (
+                not isinstance(body, dict)
+                or set(body) != {"metaframe_vc"}
+                or not isinstance(body["metaframe_vc"], bool)
             ):
                 return _error(422, 'body must be {"metaframe_vc": true|false}')
             store.set_metaframe_vc(project_id, body["metaframe_vc"])
-        return json_response({"project_id": project_id,
-                              "metaframe_vc": store.metaframe_vc(project_id)})
+        return json_response({"project_id": project_id, "metaframe_vc": store.metaframe_vc(project_id)})
 
     # -------------------------------------------------------------- PlayFab
 
@@ -361,13 +375,13 @@ class Admin:
         """``GET /sandbox/playfab/counts``."""
         return self._counts(request, *_PLAYFAB_COUNTS, None)
 
-    def _counts(self, request: Request, kinds: tuple[str, ...], columns: dict[str, str],
-                project_id: int | None) -> Response:
+    def _counts(
+        self, request: Request, kinds: tuple[str, ...], columns: dict[str, str], project_id: int | None
+    ) -> Response:
         """Audit counts of one backend's ``kind`` rows grouped ``by`` a column."""
         kind = request.query_params.get("kind", kinds[0])
         by = request.query_params.get("by", next(iter(columns)))
         if kind not in kinds or by not in columns:
-            return _error(400, f"kind must be one of {', '.join(kinds)}; "
-                               f"by one of {', '.join(columns)}")
+            return _error(400, f"kind must be one of {', '.join(kinds)}; by one of {', '.join(columns)}")
         got = self.store.audit_counts_by(kind, columns[by], project_id)
         return json_response({"counts": got["calls"], "rows": got["rows"]})

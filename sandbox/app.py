@@ -34,12 +34,18 @@ from sandbox.store import Store
 from sandbox.xsolla import XsollaApi, XsollaStore
 
 
-def create_app(store: Store, faults: Faults, merchant_id: str, api_key: str,
-               idempotent: bool = False, *,
-               backpack_token: str = DEFAULT_BACKPACK_TOKEN,
-               backpack_host_id: str = DEFAULT_BACKPACK_HOST_ID,
-               playfab_secret_key: str = DEFAULT_PLAYFAB_SECRET_KEY,
-               playfab_config: PlayFabConfig | None = None) -> ASGIApp:
+def create_app(
+    store: Store,
+    faults: Faults,
+    merchant_id: str,
+    api_key: str,
+    idempotent: bool = False,
+    *,
+    backpack_token: str = DEFAULT_BACKPACK_TOKEN,
+    backpack_host_id: str = DEFAULT_BACKPACK_HOST_ID,
+    playfab_secret_key: str = DEFAULT_PLAYFAB_SECRET_KEY,
+    playfab_config: PlayFabConfig | None = None,
+) -> ASGIApp:
     """Build the sandbox ASGI app over ``store`` and ``faults``.
 
     Xsolla calls must send Basic ``merchant_id:api_key``; ``idempotent``
@@ -56,5 +62,4 @@ def create_app(store: Store, faults: Faults, merchant_id: str, api_key: str,
     apis = (xsolla, backpack, playfab)
     admin = Admin(store, core, xsolla, backpack, playfab)
     routes = [route for api in apis for route in api.routes()] + admin.routes()
-    return CallGuard(Starlette(routes=routes), tuple(api.prefix for api in apis),
-                     core.record_seconds)
+    return CallGuard(Starlette(routes=routes), tuple(api.prefix for api in apis), core.record_seconds)

@@ -35,8 +35,7 @@ class CallGuard:
     lose their connection instead of their answer when the handler says so.
     Admin calls pass straight through."""
 
-    def __init__(self, app: ASGIApp, prefixes: tuple[str, ...],
-                 record_seconds: Callable[[float], None]) -> None:
+    def __init__(self, app: ASGIApp, prefixes: tuple[str, ...], record_seconds: Callable[[float], None]) -> None:
         """Guard ``app``; ``record_seconds`` receives each API call's duration."""
         self.app = app
         self.prefixes = prefixes

@@ -99,8 +99,7 @@ class Core:
         """Add one API call's duration (measured by the outer layer)."""
         self.stats.api_seconds += seconds
 
-    async def call(self, api: Api, request: Request,
-                   apply: Callable[[], Awaitable[Response]]) -> Response:
+    async def call(self, api: Api, request: Request, apply: Callable[[], Awaitable[Response]]) -> Response:
         """One API call: latency, auth, faults, apply; see the module docstring."""
         stats = self.stats
         stats.calls += 1
@@ -172,8 +171,7 @@ def _echoed_headers(request: Request, status: int) -> Response:
     # arrived, credentials included. Raw scope headers, not request.headers,
     # so nothing is normalised away.
     lines = [f"{status} {phrase(status)}"]
-    lines += [f"{name.decode('latin-1')}: {value.decode('latin-1')}"
-              for name, value in request.scope["headers"]]
+    lines += [f"{name.decode('latin-1')}: {value.decode('latin-1')}" for name, value in request.scope["headers"]]
     return Response("\n".join(lines) + "\n", status, media_type="text/plain")
 
 

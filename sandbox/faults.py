@@ -117,8 +117,9 @@ class ScriptAction(BaseModel):
     echo_headers: bool = False
     seconds: float | None = Field(default=None, ge=0)
     # "bytes" in JSON; a field named bytes would shadow the builtin here.
-    pad_bytes: int | None = Field(default=None, ge=0, le=MAX_PAD_BYTES,
-                                  validation_alias="bytes", serialization_alias="bytes")
+    pad_bytes: int | None = Field(
+        default=None, ge=0, le=MAX_PAD_BYTES, validation_alias="bytes", serialization_alias="bytes"
+    )
 
     @model_validator(mode="after")
     def _fits_its_kind(self) -> ScriptAction:
@@ -278,8 +279,7 @@ class Faults:
             if 300 <= status < 400 and location is None:
                 location = DEFAULT_LOCATION
             self.counts[f"apply.{status}" if kind else str(status)] += 1
-            return Injection("apply" if kind else "answer", status, retry, location,
-                             action.body, action.echo_headers)
+            return Injection("apply" if kind else "answer", status, retry, location, action.body, action.echo_headers)
         self.counts[kind] += 1
         if kind == "outage":
             # This call is its first victim.

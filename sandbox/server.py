@@ -44,8 +44,14 @@ ENV_BACKPACK_HOST_ID = "GRANTS_BACKPACK_HOST_ID"
 ENV_PLAYFAB_SECRET_KEY = "GRANTS_PLAYFAB_SECRET_KEY"
 ENV_PLAYFAB_SECRET_KEY_FILE = "GRANTS_PLAYFAB_SECRET_KEY_FILE"
 # The fault options: FaultConfig field -> argparse destination.
-_FAULT_OPTIONS = {"latency_ms": "latency_ms", "rate_5xx": "rate_5xx", "rate_429": "rate_429",
-                  "retry_after_s": "retry_after", "rate_drop": "rate_drop", "seed": "seed"}
+_FAULT_OPTIONS = {
+    "latency_ms": "latency_ms",
+    "rate_5xx": "rate_5xx",
+    "rate_429": "rate_429",
+    "retry_after_s": "retry_after",
+    "rate_drop": "rate_drop",
+    "seed": "seed",
+}
 
 
 def serve(
@@ -71,9 +77,17 @@ def serve(
     import uvicorn
 
     store = Store(db_path)
-    app = create_app(store, faults or Faults(), merchant_id, api_key, idempotent,
-                     backpack_token=backpack_token, backpack_host_id=backpack_host_id,
-                     playfab_secret_key=playfab_secret_key, playfab_config=playfab_config)
+    app = create_app(
+        store,
+        faults or Faults(),
+        merchant_id,
+        api_key,
+        idempotent,
+        backpack_token=backpack_token,
+        backpack_host_id=backpack_host_id,
+        playfab_secret_key=playfab_secret_key,
+        playfab_config=playfab_config,
+    )
     config = uvicorn.Config(
         app,
         host=host,
@@ -94,8 +108,7 @@ def serve(
     bound_port = sock.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
     print(
-        f"sandbox listening on http://{shown_host}:{bound_port} "
-        f"(db={db_path}, idempotent={str(idempotent).lower()})",
+        f"sandbox listening on http://{shown_host}:{bound_port} (db={db_path}, idempotent={str(idempotent).lower()})",
         flush=True,
     )
     try:
@@ -107,38 +120,55 @@ def serve(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the sandbox's options to ``parser`` (for ``grants sandbox``)."""
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help=f"port to bind, 0 for any free one (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port to bind, 0 for any free one (default {DEFAULT_PORT})"
+    )
     parser.add_argument("--db", default=DEFAULT_DB, help=f"SQLite file (default {DEFAULT_DB})")
-    parser.add_argument("--merchant-id", default=None,
-                        help=f"Basic-auth user expected from clients (default ${ENV_MERCHANT_ID})")
-    parser.add_argument("--api-key-file", default=None,
-                        help=f"file holding the expected API key (default ${ENV_API_KEY})")
-    parser.add_argument("--idempotent", action="store_true",
-                        help="apply each (project, external_purchase_id) at most once")
+    parser.add_argument(
+        "--merchant-id", default=None, help=f"Basic-auth user expected from clients (default ${ENV_MERCHANT_ID})"
+    )
+    parser.add_argument(
+        "--api-key-file", default=None, help=f"file holding the expected API key (default ${ENV_API_KEY})"
+    )
+    parser.add_argument(
+        "--idempotent", action="store_true", help="apply each (project, external_purchase_id) at most once"
+    )
     backends = parser.add_argument_group("Backpack and PlayFab")
-    backends.add_argument("--backpack-token-file", default=None,
-                          help=f"file holding the Bearer token Backpack calls must send "
-                               f"(default ${ENV_BACKPACK_TOKEN_FILE}, ${ENV_BACKPACK_TOKEN}, "
-                               f"else a fixed local-only token)")
-    backends.add_argument("--backpack-host-id", default=None,
-                          help=f"X-HOST-ID Backpack calls must send (default ${ENV_BACKPACK_HOST_ID}, "
-                               f"else a fixed local-only id)")
-    backends.add_argument("--playfab-secret-key-file", default=None,
-                          help=f"file holding the X-SecretKey PlayFab calls must send "
-                               f"(default ${ENV_PLAYFAB_SECRET_KEY_FILE}, ${ENV_PLAYFAB_SECRET_KEY}, "
-                               f"else a fixed local-only key)")
-    backends.add_argument("--playfab-auto-create-players", action="store_true",
-                          help="treat every PlayFabId as an existing player (created on first grant)")
-    backends.add_argument("--playfab-no-shuffle", action="store_true",
-                          help="answer GrantItemsToUsers results in request order")
+    backends.add_argument(
+        "--backpack-token-file",
+        default=None,
+        help=f"file holding the Bearer token Backpack calls must send "
+        f"(default ${ENV_BACKPACK_TOKEN_FILE}, ${ENV_BACKPACK_TOKEN}, "
+        f"else a fixed local-only token)",
+    )
+    backends.add_argument(
+        "--backpack-host-id",
+        default=None,
+        help=f"X-HOST-ID Backpack calls must send (default ${ENV_BACKPACK_HOST_ID}, else a fixed local-only id)",
+    )
+    backends.add_argument(
+        "--playfab-secret-key-file",
+        default=None,
+        help=f"file holding the X-SecretKey PlayFab calls must send "
+        f"(default ${ENV_PLAYFAB_SECRET_KEY_FILE}, ${ENV_PLAYFAB_SECRET_KEY}, "
+        f"else a fixed local-only key)",
+    )
+    backends.add_argument(
+        "--playfab-auto-create-players",
+        action="store_true",
+        help="treat every PlayFabId as an existing player (created on first grant)",
+    )
+    backends.add_argument(
+        "--playfab-no-shuffle", action="store_true", help="answer GrantItemsToUsers results in request order"
+    )
     faults = parser.add_argument_group("faults")
     faults.add_argument("--latency-ms", type=float, default=0.0, help="delay added to every API call")
     faults.add_argument("--rate-5xx", type=float, default=0.0, help="share of calls answered 503 before applying")
     faults.add_argument("--rate-429", type=float, default=0.0, help="share of calls answered 429 before applying")
     faults.add_argument("--retry-after", type=int, default=0, help="Retry-After seconds sent with 429")
-    faults.add_argument("--rate-drop", type=float, default=0.0,
-                        help="share of calls applied, then dropped without a response")
+    faults.add_argument(
+        "--rate-drop", type=float, default=0.0, help="share of calls applied, then dropped without a response"
+    )
     faults.add_argument("--seed", type=int, default=0, help="seed of the random fault draws")
 
 
@@ -192,14 +222,23 @@ def _credentials(args: argparse.Namespace) -> dict[str, str]:
     return {
         "merchant_id": merchant_id,
         "api_key": api_key,
-        "backpack_token": _secret(getattr(args, "backpack_token_file", None),
-                                  ENV_BACKPACK_TOKEN_FILE, ENV_BACKPACK_TOKEN,
-                                  DEFAULT_BACKPACK_TOKEN, "Backpack token"),
-        "backpack_host_id": (getattr(args, "backpack_host_id", None)
-                             or os.environ.get(ENV_BACKPACK_HOST_ID) or DEFAULT_BACKPACK_HOST_ID),
-        "playfab_secret_key": _secret(getattr(args, "playfab_secret_key_file", None),
-                                      ENV_PLAYFAB_SECRET_KEY_FILE, ENV_PLAYFAB_SECRET_KEY,
-                                      DEFAULT_PLAYFAB_SECRET_KEY, "PlayFab secret key"),
+        "backpack_token": _secret(
+            getattr(args, "backpack_token_file", None),
+            ENV_BACKPACK_TOKEN_FILE,
+            ENV_BACKPACK_TOKEN,
+            DEFAULT_BACKPACK_TOKEN,
+            "Backpack token",
+        ),
+        "backpack_host_id": (
+            getattr(args, "backpack_host_id", None) or os.environ.get(ENV_BACKPACK_HOST_ID) or DEFAULT_BACKPACK_HOST_ID
+        ),
+        "playfab_secret_key": _secret(
+            getattr(args, "playfab_secret_key_file", None),
+            ENV_PLAYFAB_SECRET_KEY_FILE,
+            ENV_PLAYFAB_SECRET_KEY,
+            DEFAULT_PLAYFAB_SECRET_KEY,
+            "PlayFab secret key",
+        ),
     }
 
 

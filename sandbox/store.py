@@ -133,14 +133,10 @@ class Store:
 
     # ------------------------------------------------------------------ reads
 
-    def audit(
-        self, project_id: int | None = None, after_id: int = 0, limit: int = 10000
-    ) -> list[dict[str, Any]]:
+    def audit(self, project_id: int | None = None, after_id: int = 0, limit: int = 10000) -> list[dict[str, Any]]:
         """Audit rows (one per item applied) with id > after_id, oldest first."""
         if project_id is None:
-            rows = self.db.execute(
-                "SELECT * FROM audit WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
-            )
+            rows = self.db.execute("SELECT * FROM audit WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
         else:
             rows = self.db.execute(
                 "SELECT * FROM audit WHERE project_id = ? AND id > ? ORDER BY id LIMIT ?",
@@ -174,10 +170,7 @@ class Store:
         rows}}``. Rows where the column is null are left out."""
         if column not in AUDIT_COUNT_COLUMNS:
             raise ValueError(f"column must be one of {', '.join(AUDIT_COUNT_COLUMNS)}")
-        sql = (
-            f"SELECT {column}, COUNT(DISTINCT operation), COUNT(*) FROM audit "
-            f"WHERE kind = ? AND {column} IS NOT NULL"
-        )
+        sql = f"SELECT {column}, COUNT(DISTINCT operation), COUNT(*) FROM audit WHERE kind = ? AND {column} IS NOT NULL"
         params: list[Any] = [kind]
         if project_id is not None:
             sql += " AND project_id = ?"
@@ -203,8 +196,7 @@ class Store:
             self.db.execute("DELETE FROM kv WHERE key = ?", (key,))
         else:
             self.db.execute(
-                "INSERT INTO kv (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, json.dumps(value)),
             )
 

@@ -10,8 +10,8 @@ from schemas.records import FINAL_STATUSES, Status
 from schemas.xsolla import Item, Platform, Purchase, PurchaseOperation, User
 
 __all__ = [
-    "Command",
     "FINAL_STATUSES",
+    "Command",
     "GrantCommand",
     "Item",
     "Platform",

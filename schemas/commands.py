@@ -78,7 +78,7 @@ class _Canonical:
         # beyond 64 bits, lone surrogates. Refuse it here, as invalid input,
         # so it never takes its chunk down with it.
         try:
-            self.canonical
+            _ = self.canonical
         except (TypeError, ValueError) as exc:
             raise ValueError(f"cannot be encoded as JSON: {exc}") from None
         return self
@@ -115,7 +115,6 @@ class GrantCommand(_Canonical, BaseModel):
         return {"operation": self.body()}
 
 
-
 class RevokeCommand(_Canonical, BaseModel):
     """Take back what one purchase granted (a refund or a chargeback)."""
 
@@ -134,7 +133,6 @@ class RevokeCommand(_Canonical, BaseModel):
 
     def _identity_body(self) -> dict[str, Any]:
         return {"external_purchase_id": self.external_purchase_id, "comment": self.comment}
-
 
 
 OperationId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
@@ -162,7 +160,6 @@ class _Operation(_Canonical, BaseModel):
         return self.model_dump(mode="json", exclude={"kind", "project_id"}, exclude_none=True)
 
 
-
 class BackpackCreateCommand(_Operation):
     """Create items in a user's Xsolla Backpack: game keys, virtual items,
     virtual currency packages or promo codes (one call, up to 100 items)."""
@@ -185,10 +182,12 @@ class BackpackCreateCommand(_Operation):
         try:
             CREATE_REQUESTS[CREATE_PATHS[item_type]].validate_python(items)
         except ValidationError as exc:
-            raise ValueError("; ".join(
-                "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".") + f": {e['msg']}"
-                for e in exc.errors(include_url=False)
-            )) from None
+            raise ValueError(
+                "; ".join(
+                    "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".") + f": {e['msg']}"
+                    for e in exc.errors(include_url=False)
+                )
+            ) from None
         return items
 
 

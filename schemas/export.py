@@ -28,8 +28,10 @@ def envelope_schema(kind: str) -> dict[str, Any]:
     schema["properties"] = {
         "v": {"const": ENVELOPE_VERSION, "description": "envelope version"},
         **schema["properties"],
-        "enqueued_at": {"type": "integer", "description": "optional: publish time in ms (the stream "
-                        "entry id already carries it)"},
+        "enqueued_at": {
+            "type": "integer",
+            "description": "optional: publish time in ms (the stream entry id already carries it)",
+        },
     }
     schema["required"] = ["v", *[r for r in schema.get("required", []) if r != "kind"]]
     if kind != "grant":

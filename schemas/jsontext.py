@@ -8,7 +8,8 @@ both use these two functions.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pydantic_core
 

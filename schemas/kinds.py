@@ -53,36 +53,88 @@ class Kind:
     line: str = ""
 
 
-KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind(GRANT, "rec", "external_purchase_id", INVENTORY, Status.granted,
-         (*_PENDING, Status.granted, Status.rejected, Status.failed, Status.in_doubt, Status.cancelled,
-          Status.conflict, Status.dead),
-         # Xsolla processes at most 50 operations per call and silently
-         # ignores the rest. PlayFab: 50 purchases (at most 100 ItemGrants).
-         per_call={"xsolla": 50, "playfab": 50},
-         line="an Xsolla purchase operation"),
-    Kind(REVOKE, "rvk", "external_purchase_id", INVENTORY, Status.revoked,
-         (Status.pending, Status.waiting, Status.sending, Status.revoked, Status.rejected, Status.failed,
-          Status.in_doubt, Status.noop),
-         # PlayFab: one purchase's instances per call, so each call's
-         # per-item errors are about one refund (and under its 25 a call).
-         per_call={"xsolla": 50, "playfab": 1},
-         line='{"external_purchase_id", "comment"?}: take back what that purchase granted'),
-    Kind(BACKPACK_CREATE, "bpc", "operation_id", "backpack", Status.granted,
-         (*_PENDING, Status.granted, Status.rejected, Status.failed, Status.in_doubt, Status.conflict),
-         # One create is one call (it carries up to 100 items of one user).
-         per_call={"backpack": 1}, aliases=("backpack-create",),
-         line='{"operation_id", "user_id", "item_type", "items"}'),
-    Kind(BACKPACK_DELETE, "bpd", "operation_id", "backpack", Status.revoked,
-         (*_PENDING, Status.revoked, Status.rejected, Status.failed, Status.in_doubt, Status.conflict),
-         per_call={"backpack": 1}, aliases=("backpack-delete",),
-         line='{"operation_id", "user_id", "item_id"}'),
-    Kind(PLAYFAB_DELETE, "pfd", "operation_id", "playfab", Status.revoked,
-         (*_PENDING, Status.revoked, Status.rejected, Status.failed, Status.in_doubt, Status.conflict),
-         # RevokeInventoryItems takes at most 25 items per call.
-         per_call={"playfab": 25}, aliases=("playfab-delete",),
-         line='{"operation_id", "playfab_id", "item_instance_id", "character_id"?}'),
-)}
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind(
+            GRANT,
+            "rec",
+            "external_purchase_id",
+            INVENTORY,
+            Status.granted,
+            (
+                *_PENDING,
+                Status.granted,
+                Status.rejected,
+                Status.failed,
+                Status.in_doubt,
+                Status.cancelled,
+                Status.conflict,
+                Status.dead,
+            ),
+            # Xsolla processes at most 50 operations per call and silently
+            # ignores the rest. PlayFab: 50 purchases (at most 100 ItemGrants).
+            per_call={"xsolla": 50, "playfab": 50},
+            line="an Xsolla purchase operation",
+        ),
+        Kind(
+            REVOKE,
+            "rvk",
+            "external_purchase_id",
+            INVENTORY,
+            Status.revoked,
+            (
+                Status.pending,
+                Status.waiting,
+                Status.sending,
+                Status.revoked,
+                Status.rejected,
+                Status.failed,
+                Status.in_doubt,
+                Status.noop,
+            ),
+            # PlayFab: one purchase's instances per call, so each call's
+            # per-item errors are about one refund (and under its 25 a call).
+            per_call={"xsolla": 50, "playfab": 1},
+            line='{"external_purchase_id", "comment"?}: take back what that purchase granted',
+        ),
+        Kind(
+            BACKPACK_CREATE,
+            "bpc",
+            "operation_id",
+            "backpack",
+            Status.granted,
+            (*_PENDING, Status.granted, Status.rejected, Status.failed, Status.in_doubt, Status.conflict),
+            # One create is one call (it carries up to 100 items of one user).
+            per_call={"backpack": 1},
+            aliases=("backpack-create",),
+            line='{"operation_id", "user_id", "item_type", "items"}',
+        ),
+        Kind(
+            BACKPACK_DELETE,
+            "bpd",
+            "operation_id",
+            "backpack",
+            Status.revoked,
+            (*_PENDING, Status.revoked, Status.rejected, Status.failed, Status.in_doubt, Status.conflict),
+            per_call={"backpack": 1},
+            aliases=("backpack-delete",),
+            line='{"operation_id", "user_id", "item_id"}',
+        ),
+        Kind(
+            PLAYFAB_DELETE,
+            "pfd",
+            "operation_id",
+            "playfab",
+            Status.revoked,
+            (*_PENDING, Status.revoked, Status.rejected, Status.failed, Status.in_doubt, Status.conflict),
+            # RevokeInventoryItems takes at most 25 items per call.
+            per_call={"playfab": 25},
+            aliases=("playfab-delete",),
+            line='{"operation_id", "playfab_id", "item_instance_id", "character_id"?}',
+        ),
+    )
+}
 
 _BY_SPELLING = {spelling: k for k in KINDS.values() for spelling in (k.name, *k.aliases)}
 

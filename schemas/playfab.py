@@ -75,17 +75,19 @@ ProductDisabledForTitle = PlayFabErrorCode.ProductDisabledForTitle
 # PlayFab "Global API method error codes", "Safe to retry codes", plus the two
 # throttling/outage codes a 429/503 answer carries (APIRequestLimitExceeded,
 # ServiceUnavailable). Anything else with HTTP 400 is final for the request.
-RETRYABLE_ERROR_CODES: frozenset[int] = frozenset({
-    PlayFabErrorCode.APIClientRequestRateLimitExceeded,
-    PlayFabErrorCode.APIConcurrentRequestLimitExceeded,
-    PlayFabErrorCode.ConcurrentEditError,
-    PlayFabErrorCode.DataUpdateRateExceeded,
-    PlayFabErrorCode.DownstreamServiceUnavailable,
-    PlayFabErrorCode.InvalidAPIEndpoint,
-    PlayFabErrorCode.OverLimit,
-    PlayFabErrorCode.APIRequestLimitExceeded,
-    PlayFabErrorCode.ServiceUnavailable,
-})
+RETRYABLE_ERROR_CODES: frozenset[int] = frozenset(
+    {
+        PlayFabErrorCode.APIClientRequestRateLimitExceeded,
+        PlayFabErrorCode.APIConcurrentRequestLimitExceeded,
+        PlayFabErrorCode.ConcurrentEditError,
+        PlayFabErrorCode.DataUpdateRateExceeded,
+        PlayFabErrorCode.DownstreamServiceUnavailable,
+        PlayFabErrorCode.InvalidAPIEndpoint,
+        PlayFabErrorCode.OverLimit,
+        PlayFabErrorCode.APIRequestLimitExceeded,
+        PlayFabErrorCode.ServiceUnavailable,
+    }
+)
 
 
 class _Request(BaseModel):
@@ -227,9 +229,7 @@ class RevokeInventoryItem(_Request):
 
 
 class RevokeInventoryItemsRequest(_Request):
-    Items: Annotated[
-        list[RevokeInventoryItem], Field(min_length=1, max_length=MAX_REVOKE_ITEMS_PER_CALL)
-    ]
+    Items: Annotated[list[RevokeInventoryItem], Field(min_length=1, max_length=MAX_REVOKE_ITEMS_PER_CALL)]
 
 
 class RevokedItemRef(_Response):
@@ -252,6 +252,11 @@ class RevokeInventoryItemsResult(_Response):
 
 
 __all__ = [
+    "MAX_ANNOTATION_LENGTH",
+    "MAX_ID_LENGTH",
+    "MAX_ITEM_GRANTS_PER_CALL",
+    "MAX_REVOKE_ITEMS_PER_CALL",
+    "RETRYABLE_ERROR_CODES",
     "APIRequestLimitExceeded",
     "AccountNotFound",
     "ApiErrorWrapper",
@@ -266,15 +271,10 @@ __all__ = [
     "ItemGrant",
     "ItemInstance",
     "ItemNotFound",
-    "MAX_ANNOTATION_LENGTH",
-    "MAX_ID_LENGTH",
-    "MAX_ITEM_GRANTS_PER_CALL",
-    "MAX_REVOKE_ITEMS_PER_CALL",
     "NotAuthenticated",
     "NotAuthorized",
     "PlayFabErrorCode",
     "ProductDisabledForTitle",
-    "RETRYABLE_ERROR_CODES",
     "RevokeInventoryItem",
     "RevokeInventoryItemsRequest",
     "RevokeInventoryItemsResult",

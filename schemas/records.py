@@ -34,10 +34,17 @@ class Status(str, Enum):
     noop = "noop"  # nothing to revoke: the grant never applied
 
 
-FINAL_STATUSES = frozenset({
-    Status.granted, Status.rejected, Status.failed, Status.in_doubt, Status.cancelled,
-    Status.revoked, Status.noop,
-})
+FINAL_STATUSES = frozenset(
+    {
+        Status.granted,
+        Status.rejected,
+        Status.failed,
+        Status.in_doubt,
+        Status.cancelled,
+        Status.revoked,
+        Status.noop,
+    }
+)
 
 # Outcomes ops may send again with `grants replay`. Never 'granted' (it would
 # double the grant) and never 'rejected' (the backend refused the payload; the

@@ -59,11 +59,16 @@ class Outcome:
     at_ms: int
 
     @classmethod
-    def from_entry(cls, fields: dict[str, str]) -> "Outcome | None":
+    def from_entry(cls, fields: dict[str, str]) -> Outcome | None:
         """The outcome an entry announces; None for one that is not a command's
         (a dead letter has no project)."""
         try:
-            return cls(int(fields["project_id"]), fields["external_purchase_id"], fields.get("kind", "grant"),
-                       fields["status"], int(fields.get("at") or 0))
+            return cls(
+                int(fields["project_id"]),
+                fields["external_purchase_id"],
+                fields.get("kind", "grant"),
+                fields["status"],
+                int(fields.get("at") or 0),
+            )
         except (KeyError, ValueError):
             return None

@@ -91,9 +91,7 @@ class Item(_Strict):
     @classmethod
     def _sku_charset(cls, v: str) -> str:
         if not SKU_PATTERN.fullmatch(v):
-            raise ValueError(
-                "may only contain lowercase Latin letters, digits, '.', '-' and '_'"
-            )
+            raise ValueError("may only contain lowercase Latin letters, digits, '.', '-' and '_'")
         return v
 
     @field_validator("quantity")
@@ -118,14 +116,14 @@ class Purchase(_Strict):
     @classmethod
     def _decimal_string(cls, v: str) -> str:
         if not AMOUNT_PATTERN.fullmatch(v):
-            raise ValueError("must be a decimal string such as \"2.99\"")
+            raise ValueError('must be a decimal string such as "2.99"')
         return v
 
     @field_validator("currency")
     @classmethod
     def _iso4217(cls, v: str) -> str:
         if v not in iso4217_codes():
-            raise ValueError("must be an ISO 4217 currency code such as \"USD\"")
+            raise ValueError('must be an ISO 4217 currency code such as "USD"')
         return v
 
     @field_validator("external_purchase_date")
@@ -138,9 +136,7 @@ class Purchase(_Strict):
                 raise ValueError
             datetime.fromisoformat(v)
         except ValueError:
-            raise ValueError(
-                "must be an ISO 8601 date such as \"2020-01-01T05:00:00+05:00\""
-            ) from None
+            raise ValueError('must be an ISO 8601 date such as "2020-01-01T05:00:00+05:00"') from None
         return v
 
 
@@ -150,13 +146,9 @@ class ItemsOperation(_Strict):
 
     user: User
     items: Annotated[list[Item], Field(min_length=1, max_length=MAX_ITEMS_PER_OPERATION)]
-    comment: Annotated[
-        str | None, Field(min_length=1, max_length=MAX_COMMENT_LENGTH)
-    ] = None
+    comment: Annotated[str | None, Field(min_length=1, max_length=MAX_COMMENT_LENGTH)] = None
     platform: Platform | None = None
-    custom_parameters: Annotated[
-        dict[str, Any] | None, Field(min_length=1, max_length=MAX_CUSTOM_PARAMETERS)
-    ] = None
+    custom_parameters: Annotated[dict[str, Any] | None, Field(min_length=1, max_length=MAX_CUSTOM_PARAMETERS)] = None
 
     @field_validator("custom_parameters")
     @classmethod
@@ -170,9 +162,7 @@ class ItemsOperation(_Strict):
         except (TypeError, ValueError):  # orjson's JSONEncodeError, JSONDecodeError
             exact = False
         if not exact:
-            raise ValueError(
-                "must be plain JSON: finite numbers, integers within 64 bits, valid Unicode text"
-            )
+            raise ValueError("must be plain JSON: finite numbers, integers within 64 bits, valid Unicode text")
         if _depth(v) > MAX_CUSTOM_PARAMETERS_DEPTH:
             raise ValueError(f"must be nested at most {MAX_CUSTOM_PARAMETERS_DEPTH} levels deep")
         return v

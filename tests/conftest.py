@@ -12,9 +12,8 @@ import pytest
 from devstack.localstack import RedisServer, Stack
 from producers.publisher import Publisher
 from worker.keys import Keys
-from worker.settings import connect
 from worker.results import Results
-from worker.settings import Settings
+from worker.settings import Settings, connect
 
 # Test stacks answer fast: short timeouts, quick retries, short leases, so
 # failure paths finish in seconds. Production defaults are in worker/settings.py.
@@ -57,8 +56,14 @@ def redis_client(redis_server, request):
     client.close()
 
 
-def make_stack(tmp_path: Path, *, workers: int = 1, concurrency: int = 2, idempotent: bool = False,
-               env: dict[str, str] | None = None) -> Stack:
+def make_stack(
+    tmp_path: Path,
+    *,
+    workers: int = 1,
+    concurrency: int = 2,
+    idempotent: bool = False,
+    env: dict[str, str] | None = None,
+) -> Stack:
     stack = Stack(tmp_path, idempotent_backend=idempotent, settings_env={**FAST, **(env or {})})
     try:
         stack.start_redis()
@@ -82,8 +87,10 @@ def stack(tmp_path_factory):
 @pytest.fixture
 def sandbox_faults(stack):
     """Set sandbox faults for one test; cleared afterwards."""
+
     def set_faults(**faults):
         stack.sandbox_put("/sandbox/faults", faults)
+
     yield set_faults
     stack.sandbox_put("/sandbox/faults", {})
 

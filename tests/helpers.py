@@ -8,9 +8,10 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import httpx
 
@@ -19,8 +20,15 @@ from schemas.records import FINAL_STATUSES
 from worker.results import Results
 
 
-def operation(purchase_id: str, *, user: str = "user-1", sku: str = "gem.pack", quantity: int = 1,
-              amount: str = "2.99", **extra: Any) -> dict[str, Any]:
+def operation(
+    purchase_id: str,
+    *,
+    user: str = "user-1",
+    sku: str = "gem.pack",
+    quantity: int = 1,
+    amount: str = "2.99",
+    **extra: Any,
+) -> dict[str, Any]:
     """One Xsolla purchase operation, as a producer would send it."""
     return {
         "user": {"id": user},
@@ -39,7 +47,9 @@ def command(project_id: int, purchase_id: str, **kw: Any) -> GrantCommand:
     return GrantCommand(project_id=project_id, operation=operation(purchase_id, **kw))
 
 
-def wait_final(results: Results, project_id: int, purchase_ids: Iterable[str], timeout: float = 30.0) -> dict[str, dict]:
+def wait_final(
+    results: Results, project_id: int, purchase_ids: Iterable[str], timeout: float = 30.0
+) -> dict[str, dict]:
     """Wait until every purchase has a final outcome; returns records by id."""
     pending = list(purchase_ids)
     done: dict[str, dict] = {}
@@ -74,7 +84,10 @@ def sandbox_process(tmp: Path, env: dict[str, str], *extra_args: str, secrets: t
     with open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sandbox", "--port", "0", "--db", str(tmp / "sandbox.sqlite3"), *extra_args],
-            cwd=root, env=env, stdout=subprocess.PIPE, stderr=stderr,
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
         )
     try:
         # Port 0: the server binds a free port and names it in its start line.
@@ -109,8 +122,9 @@ def sandbox_process(tmp: Path, env: dict[str, str], *extra_args: str, secrets: t
     assert not any(secret in log or secret in rest for secret in secrets)
 
 
-def kombu_envelope(body: str, *, task: str | None, queue: str, content_type: str = "application/json",
-                   headers: Any = None) -> bytes:
+def kombu_envelope(
+    body: str, *, task: str | None, queue: str, content_type: str = "application/json", headers: Any = None
+) -> bytes:
     """A broker message exactly as kombu's Redis transport stores it in the
     queue's list (body not base64-encoded, as the worker configures it), for
     hand-made messages."""
@@ -119,20 +133,22 @@ def kombu_envelope(body: str, *, task: str | None, queue: str, content_type: str
 
     if headers is None:
         headers = {"lang": "py", "task": task, "id": str(uuid.uuid4()), "retries": 0} if task else {}
-    return json.dumps({
-        "body": body,
-        "content-encoding": "utf-8",
-        "content-type": content_type,
-        "headers": headers,
-        "properties": {
-            "correlation_id": str(uuid.uuid4()),
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
-            "body_encoding": None,
-            "delivery_tag": str(uuid.uuid4()),
-        },
-    }).encode()
+    return json.dumps(
+        {
+            "body": body,
+            "content-encoding": "utf-8",
+            "content-type": content_type,
+            "headers": headers,
+            "properties": {
+                "correlation_id": str(uuid.uuid4()),
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "priority": 0,
+                "body_encoding": None,
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    ).encode()
 
 
 def publish_raw(redis_client: Any, messages: list[Any], prefix: str = "grants") -> list[str]:
@@ -143,8 +159,10 @@ def publish_raw(redis_client: Any, messages: list[Any], prefix: str = "grants") 
 
     from schemas.stream import COMMAND_FIELD, command_stream
 
-    return [redis_client.xadd(command_stream(prefix), {COMMAND_FIELD: m if isinstance(m, str) else json.dumps(m)})
-            for m in messages]
+    return [
+        redis_client.xadd(command_stream(prefix), {COMMAND_FIELD: m if isinstance(m, str) else json.dumps(m)})
+        for m in messages
+    ]
 
 
 def redis_text(client: Any, pattern: str = "*") -> str:

@@ -45,12 +45,27 @@ def make_certs(directory: Path) -> TlsFiles:
         raise FileNotFoundError("no openssl binary on PATH")
     directory.mkdir(parents=True, exist_ok=True)
     curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *curve, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=grants-test-ca",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
-    _openssl("req", "-new", *curve, "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=127.0.0.1", cwd=directory)
+    _openssl(
+        "req",
+        "-x509",
+        *curve,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=grants-test-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=directory,
+    )
+    _openssl(
+        "req", "-new", *curve, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=directory
+    )
     (directory / "server.ext").write_text(
         "subjectAltName=IP:127.0.0.1\n"
         "basicConstraints=critical,CA:FALSE\n"
@@ -59,9 +74,25 @@ def make_certs(directory: Path) -> TlsFiles:
         "subjectKeyIdentifier=hash\n"
         "authorityKeyIdentifier=keyid\n"
     )
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "2",
-             "-extfile", "server.ext", "-out", "server.pem", cwd=directory)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        str(int.from_bytes(os.urandom(8), "big")),
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+        cwd=directory,
+    )
     return TlsFiles(ca=directory / "ca.pem", cert=directory / "server.pem", key=directory / "server.key")
 
 
@@ -79,16 +110,39 @@ class AclRedisServer(Service):
         self.tls = tls
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        argv = [redis_binary(), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "yes"]
+        argv = [
+            redis_binary(),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]
         if tls:
-            argv += ["--port", "0", "--tls-port", str(self.port),
-                     "--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key),
-                     "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "no"]
+            argv += [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(tls.cert),
+                "--tls-key-file",
+                str(tls.key),
+                "--tls-ca-cert-file",
+                str(tls.ca),
+                "--tls-auth-clients",
+                "no",
+            ]
         else:
             argv += ["--port", str(self.port)]
-        argv += ["--user", "default", "off",
-                 "--user", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all"]
+        argv += ["--user", "default", "off", "--user", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all"]
         super().__init__(f"redis:{self.port}", argv, dict(os.environ), workdir / f"redis-{self.port}.log")
 
     def url_for(self, user: str | None = ACL_USER, password: str | None = ACL_PASSWORD) -> str:
@@ -103,7 +157,7 @@ class AclRedisServer(Service):
         """The ``grants`` user's URL (what Stack.env() hands to every process)."""
         return self.url_for()
 
-    def start(self) -> "AclRedisServer":
+    def start(self) -> AclRedisServer:
         super().start()
         client = connect(self.url, patient=False)
         try:

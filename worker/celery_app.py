@@ -48,8 +48,9 @@ class GrantsCelery(Celery):
         step = tasks.BATCHES_PER_TASK
         with self.producer_or_acquire() as producer:
             for i in range(0, len(batch_ids), step):
-                self.send_task(tasks.SEND_BATCHES, args=[batch_ids[i : i + step]], queue=tasks.SEND_QUEUE,
-                               producer=producer)
+                self.send_task(
+                    tasks.SEND_BATCHES, args=[batch_ids[i : i + step]], queue=tasks.SEND_QUEUE, producer=producer
+                )
 
 
 def broker_transport(url: str) -> str:
@@ -80,7 +81,8 @@ def create_app(settings: Settings) -> GrantsCelery:
             "body_encoding": None,
             # A queue entry kombu cannot deliver becomes a dead letter.
             ON_UNUSABLE: lambda raw, queue, reason: app.grants_runtime().record_unusable(
-                raw, reason, source=f"queue {queue}"),
+                raw, reason, source=f"queue {queue}"
+            ),
         },
         broker_transport=broker_transport(settings.effective_broker_url),
         broker_use_ssl=broker_ssl_options(settings.effective_broker_url),

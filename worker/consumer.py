@@ -13,7 +13,8 @@ messages are caught one layer down, in :mod:`worker.broker`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 from celery.worker.consumer import Consumer

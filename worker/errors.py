@@ -22,8 +22,8 @@ questions only: may I retry, is it final, or is the outcome unknown?
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 class GrantsError(Exception):

@@ -37,9 +37,9 @@ from schemas.commands import parse_command
 from schemas.jsontext import loads_exact, split_array
 from schemas.stream import COMMAND_FIELD, LEGACY_INGEST_QUEUE, entry_time_ms
 from worker.ledger import Moved
-from worker.work import Arrival, Refused
 from worker.locks import Lock
 from worker.logs import Throttle
+from worker.work import Arrival, Refused
 
 log = structlog.get_logger("grants.ingest")
 
@@ -52,6 +52,7 @@ def not_transient(exc: BaseException) -> bool:
     if isinstance(exc, (ValueError, TypeError)):
         return True
     return isinstance(exc, ResponseError) and "user_script" in str(exc)
+
 
 # Entries read per round: one Lua call claims them all. 500 keeps a call
 # (which blocks Redis) around 4 ms while amortising the round trips.
@@ -267,21 +268,25 @@ class Ingestor:
             self.position = entry_id
         return done
 
-
-
     def _ingest(self, judged: list[Arrival | Refused], guard: tuple[str, str, str | bytes]) -> int:
         arrivals = [j for j in judged if isinstance(j, Arrival)]
         refused = [j for j in judged if isinstance(j, Refused)]
         results = self.rt.ledger.ingest(arrivals, refused, guard=guard)
         for r in refused:
-            log.error("command refused: dead letter", dead_letter=r.source, external_purchase_id=r.record_id or None,
-                      reason=r.reason[:300])
+            log.error(
+                "command refused: dead letter",
+                dead_letter=r.source,
+                external_purchase_id=r.record_id or None,
+                reason=r.reason[:300],
+            )
         for r in results:
             if r.result in ("dup", "conflict"):
                 (log.warning if r.result == "conflict" else log.info)(
                     "command " + ("duplicate" if r.result == "dup" else "conflict: rejected, original kept"),
-                    kind=r.command.kind, project_id=r.command.project_id,
-                    external_purchase_id=r.command.external_purchase_id)
+                    kind=r.command.kind,
+                    project_id=r.command.project_id,
+                    external_purchase_id=r.command.external_purchase_id,
+                )
         self._counts.update(r.result for r in results)
         self._counts["dead"] += len(refused)
         self.rt.ingested(results, refused)
@@ -317,8 +322,12 @@ class Ingestor:
                 raise
             self._ingest([Refused(source, text_of(raw), f"could not be ingested: {type(exc).__name__}: {exc}")], guard)
             return True
-        log.info("old ingest message drained", source=source, commands=count,
-                 dead=sum(isinstance(j, Refused) for j in judged))
+        log.info(
+            "old ingest message drained",
+            source=source,
+            commands=count,
+            dead=sum(isinstance(j, Refused) for j in judged),
+        )
         return True
 
     def _summarise(self) -> None:
@@ -334,7 +343,7 @@ class Ingestor:
 class IngestStep(bootsteps.StartStopStep):
     """Runs the ingestion loop inside ``celery worker`` (the main process)."""
 
-    requires = {"celery.worker.components:Pool"}
+    requires = {"celery.worker.components:Pool"}  # noqa: RUF012 (Celery's bootstep API)
 
     def __init__(self, worker: Any, **kwargs: Any):
         super().__init__(worker, **kwargs)

@@ -88,8 +88,7 @@ CLAIM_BUCKETS = 1024
 # operator lists and acts on. The happy path (granted, revoked) has none:
 # its counts are in {p}:totals, its entries on the outcome stream, which
 # saves an index entry (~100 bytes) and a write per command.
-INDEXED_STATUSES = (Status.rejected, Status.failed, Status.in_doubt, Status.cancelled, Status.noop,
-                    Status.waiting)
+INDEXED_STATUSES = (Status.rejected, Status.failed, Status.in_doubt, Status.cancelled, Status.noop, Status.waiting)
 
 # Buckets (ms, not cumulative) of the publish -> outcome histogram the
 # ledger keeps: from a lone purchase sent at once to a long backoff.

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import structlog
 
@@ -61,7 +61,11 @@ class LeaseKeeper:
                     continue  # past the cap: let the sweeper call it lost
                 try:
                     if self.ledger.renew(work, lease_ms=self.lease_ms):
-                        log.info("lease renewed for a slow call", batch_id=work.batch_id,
-                                 project_id=work.project_id, held_s=round(now - started, 1))
+                        log.info(
+                            "lease renewed for a slow call",
+                            batch_id=work.batch_id,
+                            project_id=work.project_id,
+                            held_s=round(now - started, 1),
+                        )
                 except Exception as exc:  # Redis away: the lease may lapse; fencing covers it
                     log.warning("lease renewal failed", batch_id=work.batch_id, error=str(exc))

@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from functools import cached_property
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis
@@ -45,10 +46,12 @@ def _load_lua(name: str) -> str:
 def _generated_tables() -> str:
     """The tables the scripts share, from the kind table, the statuses and keys.py."""
     indexed = {s.value: True for s in K.INDEXED_STATUSES}
-    return (f"local NS = cjson.decode('{json.dumps(K.RECORD_NAMESPACES)}')\n"
-            f"local INDEXED = cjson.decode('{json.dumps(indexed)}')\n"
-            f"local CLAIM_BUCKETS = {K.CLAIM_BUCKETS}\n"
-            f"local LATENCY_BUCKETS_MS = cjson.decode('{json.dumps(K.LATENCY_BUCKETS_MS)}')")
+    return (
+        f"local NS = cjson.decode('{json.dumps(K.RECORD_NAMESPACES)}')\n"
+        f"local INDEXED = cjson.decode('{json.dumps(indexed)}')\n"
+        f"local CLAIM_BUCKETS = {K.CLAIM_BUCKETS}\n"
+        f"local LATENCY_BUCKETS_MS = cjson.decode('{json.dumps(K.LATENCY_BUCKETS_MS)}')"
+    )
 
 
 class Moved(Exception):
@@ -88,18 +91,25 @@ class Ledger:
         self.keys = keys
         self.ttl_ms = ttl_ms
         # What every script writes lives this long (worker/lua/_lib.lua).
-        self.retention = (f"{ttl_ms}:{refund_ttl_ms or ttl_ms}:{max(claim_ttl_ms or 0, ttl_ms)}"
-                          f":{K.OUTCOME_STREAM_MAXLEN}")
+        self.retention = (
+            f"{ttl_ms}:{refund_ttl_ms or ttl_ms}:{max(claim_ttl_ms or 0, ttl_ms)}:{K.OUTCOME_STREAM_MAXLEN}"
+        )
         self.batch_limits_json = json.dumps(batch_limits)
         self.default_batch_limit = default_batch_limit
 
     @classmethod
-    def from_settings(cls, client: redis.Redis, settings: "Settings", **kw: Any) -> "Ledger":
+    def from_settings(cls, client: redis.Redis, settings: Settings, **kw: Any) -> Ledger:
         """A ledger with the settings' retentions (results, refund window, dedupe)."""
         kw.setdefault("batch_limits", {})
         kw.setdefault("default_batch_limit", settings.batch_size)
-        return cls(client, Keys(settings.key_prefix), ttl_ms=settings.result_ttl_ms,
-                   refund_ttl_ms=settings.refund_ttl_ms, claim_ttl_ms=settings.claim_ttl_ms, **kw)
+        return cls(
+            client,
+            Keys(settings.key_prefix),
+            ttl_ms=settings.result_ttl_ms,
+            refund_ttl_ms=settings.refund_ttl_ms,
+            claim_ttl_ms=settings.claim_ttl_ms,
+            **kw,
+        )
 
     @cached_property
     def _scripts(self) -> dict:
@@ -111,33 +121,49 @@ class Ledger:
 
     # --- write path -------------------------------------------------------
 
-    def ingest(self, arrivals: list[Arrival], refused: list[Refused] = (), *,  # type: ignore[assignment]
-               guard: Guard = NO_GUARD) -> list[Ingested]:
+    def ingest(
+        self,
+        arrivals: list[Arrival],
+        refused: list[Refused] = (),
+        *,  # type: ignore[assignment]
+        guard: Guard = NO_GUARD,
+    ) -> list[Ingested]:
         """Claim each command's id and buffer the new ones; record the refused
         as dead letters; advance the guard's position; all in one step.
 
         Raises :class:`Moved` if the guard's position is no longer the one
         the caller read from (nothing was written).
         """
-        rows = [(
-            a.command.kind,
-            str(a.command.project_id),
-            a.command.record_id,
-            a.command.payload_hash(),
-            # The stored body is the canonical JSON the hash was taken of.
-            a.command.canonical.decode(),
-            str(a.enqueued_at or 0),
-        ) for a in arrivals]
+        rows = [
+            (
+                a.command.kind,
+                str(a.command.project_id),
+                a.command.record_id,
+                a.command.payload_hash(),
+                # The stored body is the canonical JSON the hash was taken of.
+                a.command.canonical.decode(),
+                str(a.enqueued_at or 0),
+            )
+            for a in arrivals
+        ]
         dead = []
         for r in refused:
             # Lone surrogates and the like kept visible, never an encoding error.
             raw = self.scrub(r.raw.encode("utf-8", "backslashreplace").decode())
-            dead.append((r.source, raw[: K.DEAD_LETTER_MAX_BYTES], self.scrub(r.reason)[:2000], r.record_id,
-                         len(raw), int(len(raw) > K.DEAD_LETTER_MAX_BYTES)))
+            dead.append(
+                (
+                    r.source,
+                    raw[: K.DEAD_LETTER_MAX_BYTES],
+                    self.scrub(r.reason)[:2000],
+                    r.record_id,
+                    len(raw),
+                    int(len(raw) > K.DEAD_LETTER_MAX_BYTES),
+                )
+            )
         reply = self._run("ingest", *guard, orjson.dumps(rows), orjson.dumps(dead))
         if reply[0] == "moved":
             raise Moved(reply[1])
-        return [Ingested(a.command, r) for a, r in zip(arrivals, reply[1:])]
+        return [Ingested(a.command, r) for a, r in zip(arrivals, reply[1:], strict=True)]
 
     def take(
         self,
@@ -171,8 +197,9 @@ class Ledger:
             budgets,
         )
 
-    def begin(self, batch_id: str, token: str, *, lease_ms: int, on_unknown: OnUnknown,
-              budget: str = "") -> BatchWork | None:
+    def begin(
+        self, batch_id: str, token: str, *, lease_ms: int, on_unknown: OnUnknown, budget: str = ""
+    ) -> BatchWork | None:
         """Hold the batch for one send; None if it is gone, held, or backing off.
 
         ``on_unknown`` is the backend's policy for a lost answer, kept on the
@@ -188,8 +215,7 @@ class Ledger:
         for i in range(3, len(reply), 3):
             ids.append(reply[i])
             commands.append(self._sendable(lane.kind, reply[i + 1], reply[i + 2]))
-        return BatchWork(batch_id, token, lane, int(reply[1]), ids, commands, on_unknown,
-                         reconcile=bool(int(reply[2])))
+        return BatchWork(batch_id, token, lane, int(reply[1]), ids, commands, on_unknown, reconcile=bool(int(reply[2])))
 
     @staticmethod
     def _sendable(kind: str, stored: str, extra: str) -> Sendable:
@@ -231,8 +257,15 @@ class Ledger:
         return bool(self._run("renew", work.batch_id, work.token, lease_ms))
 
     def release(
-        self, work: BatchWork, *, delay_ms: int, error: str, max_attempts: int, final: str = "failed",
-        reconcile: bool = False, lane_wide: bool = False,
+        self,
+        work: BatchWork,
+        *,
+        delay_ms: int,
+        error: str,
+        max_attempts: int,
+        final: str = "failed",
+        reconcile: bool = False,
+        lane_wide: bool = False,
     ) -> str:
         """Retry later (``'retry'``); past max attempts end as ``final`` ('failed'
         when nothing can have applied, 'in_doubt' when the last answer was
@@ -264,8 +297,9 @@ class Ledger:
 
     # --- ops ----------------------------------------------------------------
 
-    def replay(self, targets: list[tuple[int, str]], *, actor: str, allow_in_doubt: bool,
-               kind: str = "grant") -> list[str]:
+    def replay(
+        self, targets: list[tuple[int, str]], *, actor: str, allow_in_doubt: bool, kind: str = "grant"
+    ) -> list[str]:
         """Re-buffer failed (and, if allowed, in_doubt) commands of ``kind``; one code per target.
 
         ``targets`` are (project_id, record id). Codes: replayed, missing,
@@ -293,20 +327,32 @@ class Ledger:
         now_ms = time.time_ns() // 1_000_000
         key = self.keys.dead_letter(letter_id)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping={
-            "id": letter_id,
-            "raw": raw[: K.DEAD_LETTER_MAX_BYTES],
-            "truncated": int(cut),
-            "size": len(raw),
-            "reason": reason[:2000],
-            "src": source,
-            "epid": purchase_id,
-            "at": now_ms,
-        })
+        pipe.hset(
+            key,
+            mapping={
+                "id": letter_id,
+                "raw": raw[: K.DEAD_LETTER_MAX_BYTES],
+                "truncated": int(cut),
+                "size": len(raw),
+                "reason": reason[:2000],
+                "src": source,
+                "epid": purchase_id,
+                "at": now_ms,
+            },
+        )
         pipe.pexpire(key, self.ttl_ms)
         pipe.zadd(self.keys.index("dead"), {letter_id: now_ms})
-        pipe.xadd(self.keys.outcomes, {"project_id": "", "external_purchase_id": purchase_id, "status": "dead",
-                                       "at": now_ms, "dead_letter": letter_id},
-                  maxlen=K.OUTCOME_STREAM_MAXLEN, approximate=True)
+        pipe.xadd(
+            self.keys.outcomes,
+            {
+                "project_id": "",
+                "external_purchase_id": purchase_id,
+                "status": "dead",
+                "at": now_ms,
+                "dead_letter": letter_id,
+            },
+            maxlen=K.OUTCOME_STREAM_MAXLEN,
+            approximate=True,
+        )
         pipe.execute()
         return letter_id

@@ -11,7 +11,8 @@ import logging
 import re
 import sys
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import structlog
 
@@ -66,9 +67,7 @@ def configure(settings, *, stream=None) -> None:
         level = logging.INFO
     redactor = Redactor(settings.secrets())
     renderer = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
     structlog.configure(
         processors=[

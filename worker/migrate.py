@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import redis
@@ -52,8 +53,9 @@ return 1
 """
 
 
-def converted(fields: dict[str, str], kind: str, refund_data: Callable[[str, dict, Any], dict | None]
-              ) -> tuple[str, str]:
+def converted(
+    fields: dict[str, str], kind: str, refund_data: Callable[[str, dict, Any], dict | None]
+) -> tuple[str, str]:
     """(record value, claim value) of one old record hash."""
     header: dict[str, Any] = {}
     for name, cast in _HEADER.items():
@@ -68,10 +70,14 @@ def converted(fields: dict[str, str], kind: str, refund_data: Callable[[str, dic
     final = status not in ("pending", "sending", "waiting", "")
     refund = ""
     if kind == GRANT and status == "granted" and fields.get("cmd"):
-        data = refund_data(kind, orjson.loads(fields["cmd"]), orjson.loads(fields["res"]) if fields.get("res") else None)
+        data = refund_data(
+            kind, orjson.loads(fields["cmd"]), orjson.loads(fields["res"]) if fields.get("res") else None
+        )
         refund = orjson.dumps(data).decode() if data else ""
-    claim = f"{fields.get('h', '')}|{status if final else ''}|{fields.get('rcv') or 0}|" \
-            f"{fields.get('cpl') or 0 if final else 0}|{refund}"
+    claim = (
+        f"{fields.get('h', '')}|{status if final else ''}|{fields.get('rcv') or 0}|"
+        f"{fields.get('cpl') or 0 if final else 0}|{refund}"
+    )
     return orjson.dumps(header).decode() + "\n" + body, claim
 
 
@@ -115,8 +121,7 @@ def _migrate(client: redis.Redis, keys: Keys, refund_data: Callable, lock: Lock)
     return done
 
 
-def _convert(client: redis.Redis, keys: Keys, convert: Any, kind: str, batch: list[str],
-             refund_data: Callable) -> int:
+def _convert(client: redis.Redis, keys: Keys, convert: Any, kind: str, batch: list[str], refund_data: Callable) -> int:
     if not batch:
         return 0
     pipe = client.pipeline(transaction=False)
@@ -126,10 +131,10 @@ def _convert(client: redis.Redis, keys: Keys, convert: Any, kind: str, batch: li
     replies = pipe.execute()
     count = 0
     head = f"{keys.prefix}:{KINDS[kind].namespace}:"
-    for key, fields, ttl in zip(batch, replies[::2], replies[1::2]):
+    for key, fields, ttl in zip(batch, replies[::2], replies[1::2], strict=True):
         if not fields:
             continue
-        project_id, _, record_id = key[len(head):].partition(":")
+        project_id, _, record_id = key[len(head) :].partition(":")
         value, claim = converted(fields, kind, refund_data)
         bucket, field = keys.claim(kind, project_id, record_id)
         count += convert(keys=[key, bucket], args=[value, ttl, field, claim])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ssl
 from urllib.parse import parse_qsl, urlsplit
 
-
 # ``ssl_cert_reqs`` values, spelled as redis-py spells them in a URL (it
 # rejects kombu's extra ``CERT_REQUIRED`` spellings, so those are refused here
 # too: one URL must work for the broker and for the store).

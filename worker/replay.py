@@ -14,9 +14,10 @@ the record's history (who, when, from which status, after how many attempts).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from schemas.records import REPLAYABLE, Status
 from worker.ledger import Ledger
@@ -37,7 +38,7 @@ def parse_time(text: str) -> int:
     """An ISO 8601 time as epoch milliseconds; a time without a zone is UTC."""
     dt = datetime.fromisoformat(text)
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
 
 
@@ -122,8 +123,13 @@ class Summary:
 def select(results: Results, filters: Filters) -> Iterator[dict[str, Any]]:
     """Records matching the filters, oldest first, at most ``filters.limit``."""
     found = 0
-    for record in results.iter(filters.status, kind=filters.kind, project_id=filters.project_id,
-                               since_ms=filters.since_ms, until_ms=filters.until_ms):
+    for record in results.iter(
+        filters.status,
+        kind=filters.kind,
+        project_id=filters.project_id,
+        since_ms=filters.since_ms,
+        until_ms=filters.until_ms,
+    ):
         if filters.matches(record):
             yield record
             found += 1
@@ -190,8 +196,9 @@ def replay(
     and sizes its progress bar there).
     """
     planned = plan(select(results, filters), force=force, idempotent=idempotent)
-    summary = Summary(planned, needs_force=filters.status is Status.in_doubt and not force
-                      and any(not p.replay for p in planned))
+    summary = Summary(
+        planned, needs_force=filters.status is Status.in_doubt and not force and any(not p.replay for p in planned)
+    )
     if on_planned:
         on_planned(summary)
     if dry_run or summary.needs_force:

@@ -7,8 +7,9 @@ Records are strings (schemas/records.py says how; worker/lua/_lib.lua writes the
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import redis
 
@@ -33,7 +34,7 @@ def iso_ms(ms: str | int | None) -> str | None:
     """Milliseconds since the epoch as ISO 8601 UTC (None for unset)."""
     if ms in (None, "", "0", 0):
         return None
-    return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
 
 def record_view(project_id: int, record_id: str, raw: str, kind: str = GRANT) -> dict[str, Any]:
@@ -102,8 +103,13 @@ def dead_view(raw: dict[str, str]) -> dict[str, Any]:
 def claim_view(value: str) -> dict[str, Any]:
     """A claim's value ("hash|status|first seen|final|refund data") as JSON."""
     h, st, at, done, refund = value.split("|", 4)
-    return {"payload_hash": h, "status": st or None, "first_seen_at": iso_ms(at), "completed_at": iso_ms(done),
-            "refund_data_kept": bool(refund)}
+    return {
+        "payload_hash": h,
+        "status": st or None,
+        "first_seen_at": iso_ms(at),
+        "completed_at": iso_ms(done),
+        "refund_data_kept": bool(refund),
+    }
 
 
 class Results:
@@ -132,8 +138,12 @@ class Results:
         if raw:
             view = self._view(project_id, purchase_id, raw, kind)
         else:
-            view = {"project_id": project_id, KINDS[kind].identity: purchase_id, "status": None,
-                    "note": "the record is past its retention (GRANTS_RESULT_RETENTION_DAYS); its claim remains"}
+            view = {
+                "project_id": project_id,
+                KINDS[kind].identity: purchase_id,
+                "status": None,
+                "note": "the record is past its retention (GRANTS_RESULT_RETENTION_DAYS); its claim remains",
+            }
         if claim and not raw:
             view["claim"] = claim_view(claim)
         if conflict:
@@ -165,8 +175,9 @@ class Results:
             views = self._views(wanted, kind)
             return [v for v in views if _received_within(v, since_ms, until_ms)][:limit]
         out = []
-        for view in self.iter(status, kind=kind, project_id=project_id, since_ms=since_ms, until_ms=until_ms,
-                              page=max(limit, 100)):
+        for view in self.iter(
+            status, kind=kind, project_id=project_id, since_ms=since_ms, until_ms=until_ms, page=max(limit, 100)
+        ):
             out.append(view)
             if len(out) >= limit:
                 break
@@ -176,7 +187,9 @@ class Results:
         pipe = self.redis.pipeline(transaction=False)
         for pid, epid in wanted:
             pipe.get(self.keys.record(pid, epid, kind))
-        return [record_view(pid, epid, raw, kind) for (pid, epid), raw in zip(wanted, pipe.execute()) if raw]
+        return [
+            record_view(pid, epid, raw, kind) for (pid, epid), raw in zip(wanted, pipe.execute(), strict=True) if raw
+        ]
 
     def iter(
         self,
@@ -219,17 +232,22 @@ class Results:
             else:
                 yield from self._views(wanted, kind)
 
-    def _streamed(self, status: Status, kind: str, project_id: int | None, since_ms: int | None,
-                  until_ms: int | None, page: int) -> Iterator[dict[str, Any]]:
+    def _streamed(
+        self, status: Status, kind: str, project_id: int | None, since_ms: int | None, until_ms: int | None, page: int
+    ) -> Iterator[dict[str, Any]]:
         start = f"{since_ms}-0" if since_ms is not None else "-"
         end = f"{until_ms}-18446744073709551615" if until_ms is not None else "+"
         while True:
             entries = self.redis.xrange(self.keys.outcomes, start, end, count=page)
             if not entries:
                 return
-            wanted = [(int(f["project_id"]), f["external_purchase_id"]) for _, f in entries
-                      if f.get("status") == status.value and f.get("kind", GRANT) == kind
-                      and (project_id is None or f.get("project_id") == str(project_id))]
+            wanted = [
+                (int(f["project_id"]), f["external_purchase_id"])
+                for _, f in entries
+                if f.get("status") == status.value
+                and f.get("kind", GRANT) == kind
+                and (project_id is None or f.get("project_id") == str(project_id))
+            ]
             yield from (v for v in self._views(wanted, kind) if v["status"] == status.value)
             start = "(" + entries[-1][0]
 
@@ -240,7 +258,7 @@ class Results:
         pipe = self.redis.pipeline(transaction=False)
         for batch_id in batches:
             pipe.hmget(self.keys.batch(batch_id), "members", "begun")
-        for batch_id, (members, begun) in zip(batches, pipe.execute()):
+        for batch_id, (members, begun) in zip(batches, pipe.execute(), strict=True):
             if members and (begun == "1") == (status is Status.sending):
                 found += [(Lane.of_batch(batch_id).project_id, m) for m in json.loads(members)]
         if status is Status.pending:
@@ -268,8 +286,9 @@ class Results:
         now (within the retention); 'pending' and 'sending' are read off the
         buffers and the batches in flight, which is where those commands are.
         """
-        indexed = [(k, s) for k, kind in KINDS.items() for s in kind.statuses
-                   if s in INDEXED_STATUSES or s is Status.conflict]
+        indexed = [
+            (k, s) for k, kind in KINDS.items() for s in kind.statuses if s in INDEXED_STATUSES or s is Status.conflict
+        ]
         pipe = self.redis.pipeline(transaction=False)
         for kind, s in indexed:
             pipe.zcard(self.keys.index(s.value, kind))
@@ -290,13 +309,15 @@ class Results:
             for s in _STREAMED:
                 if s.value in by[kind]:
                     by[kind][s.value] = totals[kind].get(s.value, 0)
-        for (kind, s), n in zip(indexed, counts):
+        for (kind, s), n in zip(indexed, counts, strict=True):
             by[kind][s.value] = n
         by[GRANT][Status.dead.value] = int(self.redis.hget(self.keys.totals, "dead") or 0)
         for kind in by:
-            by[kind]["pending"] = sum(n for (lane, _), n in zip(lanes, replies) if lane.partition(":")[0] == kind)
+            by[kind]["pending"] = sum(
+                n for (lane, _), n in zip(lanes, replies[: len(lanes)], strict=True) if lane.partition(":")[0] == kind
+            )
             by[kind]["sending"] = 0
-        for batch_id, (n, begun) in zip(leases, replies[len(lanes):]):
+        for batch_id, (n, begun) in zip(leases, replies[len(lanes) :], strict=True):
             kind = Lane.of_batch(batch_id).kind
             if kind in by:
                 by[kind]["sending" if begun == "1" else "pending"] += int(n or 0)

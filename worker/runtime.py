@@ -5,8 +5,8 @@ process gets its own sockets and its own pooled HTTP client."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import cached_property
-from typing import Callable
 
 import httpx
 import structlog
@@ -62,8 +62,9 @@ class Runtime:
     @cached_property
     def ledger(self) -> Ledger:
         limits, default = self.backends.batch_limits()
-        return Ledger.from_settings(self.redis, self.settings, batch_limits=limits, default_batch_limit=default,
-                                    scrub=self.redactor.scrub)
+        return Ledger.from_settings(
+            self.redis, self.settings, batch_limits=limits, default_batch_limit=default, scrub=self.redactor.scrub
+        )
 
     @cached_property
     def results(self) -> Results:

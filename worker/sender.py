@@ -29,8 +29,9 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, cast
+from typing import Any, cast
 
 import structlog
 
@@ -138,15 +139,21 @@ class Sender:
         self.rng = rng or random.Random()
         self.throttle = Throttle()
         self.lease_ms = int((settings.http_call_budget_s + SEND_LEASE_MARGIN_S) * 1000)
-        self.keeper = LeaseKeeper(ledger, lease_ms=self.lease_ms,
-                                  max_hold_s=MAX_HOLD_FACTOR * settings.http_call_budget_s)
+        self.keeper = LeaseKeeper(
+            ledger, lease_ms=self.lease_ms, max_hold_s=MAX_HOLD_FACTOR * settings.http_call_budget_s
+        )
 
     def send(self, batch_id: str) -> dict[str, Any]:
         """Attempt the batch once; returns a summary for the task result."""
         lane = Lane.of_batch(batch_id)
         backend = self.backends.for_lane(lane)
-        work = self.ledger.begin(batch_id, uuid.uuid4().hex, lease_ms=self.lease_ms, on_unknown=backend.on_unknown,
-                                 budget=self.backends.budget_spec(lane))
+        work = self.ledger.begin(
+            batch_id,
+            uuid.uuid4().hex,
+            lease_ms=self.lease_ms,
+            on_unknown=backend.on_unknown,
+            budget=self.backends.budget_spec(lane),
+        )
         if work is None:
             # Finished, held by a live attempt, or backing off: a duplicate dispatch.
             return {"batch_id": batch_id, "skipped": True}
@@ -180,8 +187,15 @@ class Sender:
         out = []
         for i, r in results:
             refund = backend.refund_data(work.kind, work.commands[i], r.response) if r.status == "applied" else None
-            out.append(Outcome(work.ids[i], applied if r.status == "applied" else r.status,
-                               result=r.response, error=r.error, refund=refund))
+            out.append(
+                Outcome(
+                    work.ids[i],
+                    applied if r.status == "applied" else r.status,
+                    result=r.response,
+                    error=r.error,
+                    refund=refund,
+                )
+            )
         return out
 
     def _read_back(self, backend: Backend, work: BatchWork, blog: Any) -> BatchWork:
@@ -229,17 +243,30 @@ class Sender:
         # Reading back right away could miss a request the backend is still
         # working on: give it at least a read timeout first.
         floor = self.settings.http_read_timeout_s if retry.reconcile else None
-        delay = backoff_s(work.attempt, base=self.settings.retry_base_s, cap=self.settings.retry_max_backoff_s,
-                          retry_after=getattr(exc, "retry_after", None) or floor, rng=self.rng)
+        delay = backoff_s(
+            work.attempt,
+            base=self.settings.retry_base_s,
+            cap=self.settings.retry_max_backoff_s,
+            retry_after=getattr(exc, "retry_after", None) or floor,
+            rng=self.rng,
+        )
         # A 429 or a wrong endpoint concerns the lane, not this batch: hold it.
         lane_wide = isinstance(exc, (errors.RateLimited, errors.EndpointRefused))
         if isinstance(exc, errors.EndpointRefused) and self.throttle(f"endpoint:{work.lane}"):
-            blog.error("lane backing off: the backend endpoint refused the call; check its base URL and "
-                       "configuration (said once per 30 s)", kind=work.kind, error=str(exc))
+            blog.error(
+                "lane backing off: the backend endpoint refused the call; check its base URL and "
+                "configuration (said once per 30 s)",
+                kind=work.kind,
+                error=str(exc),
+            )
         state = self.ledger.release(
-            work, delay_ms=int(delay * 1000), error=str(exc), max_attempts=self.settings.retry_max_attempts,
+            work,
+            delay_ms=int(delay * 1000),
+            error=str(exc),
+            max_attempts=self.settings.retry_max_attempts,
             final="failed" if certainly_not_applied else "in_doubt",
-            reconcile=retry.reconcile or (work.reconcile and certainly_not_applied), lane_wide=lane_wide,
+            reconcile=retry.reconcile or (work.reconcile and certainly_not_applied),
+            lane_wide=lane_wide,
         )
         if state == "fenced":
             # The sweeper gave the batch up for lost while we waited. This
@@ -248,8 +275,9 @@ class Sender:
                 return self._finish(work, everyone(work, "failed", exc).outcomes, blog)
             blog.warning("batch lease lost before its answer", error=str(exc))
         elif state in ("failed", "in_doubt"):
-            blog.error("batch ended: retries exhausted", status=state, error=str(exc),
-                       external_purchase_ids=work.ids[:50])
+            blog.error(
+                "batch ended: retries exhausted", status=state, error=str(exc), external_purchase_ids=work.ids[:50]
+            )
         else:
             blog.warning("batch will retry", in_s=round(delay, 3), error=str(exc))
         return {"batch_id": work.batch_id, "state": state, "retry_in_s": round(delay, 3)}

@@ -161,10 +161,12 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     @model_validator(mode="after")
-    def _keys_from_files(self) -> "Settings":
-        for path_field, key_field in (("xsolla_api_key_file", "xsolla_api_key"),
-                                      ("playfab_secret_key_file", "playfab_secret_key"),
-                                      ("backpack_token_file", "backpack_token")):
+    def _keys_from_files(self) -> Settings:
+        for path_field, key_field in (
+            ("xsolla_api_key_file", "xsolla_api_key"),
+            ("playfab_secret_key_file", "playfab_secret_key"),
+            ("backpack_token_file", "backpack_token"),
+        ):
             path = getattr(self, path_field)
             if path is not None:
                 object.__setattr__(self, key_field, SecretStr(path.read_text().strip()))

@@ -84,7 +84,7 @@ class Sweeper:
 class SweeperStep(bootsteps.StartStopStep):
     """Runs the sweeper inside ``celery worker`` (the main process)."""
 
-    requires = {"celery.worker.components:Pool"}
+    requires = {"celery.worker.components:Pool"}  # noqa: RUF012 (Celery's bootstep API)
 
     def __init__(self, worker, **kwargs):
         super().__init__(worker, **kwargs)

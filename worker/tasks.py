@@ -52,8 +52,11 @@ def send_batches(task, batch_ids: Any = None, *extra: Any, **unexpected: Any) ->
     """Send the given batches, then drain ready ones until the budget is spent."""
     rt: Runtime = task.app.grants_runtime()
     if extra or unexpected or not is_batch_list(batch_ids):
-        rt.record_unusable(_raw({"args": [batch_ids, *extra], "kwargs": unexpected}),
-                           "grants.send_batches takes one argument: a list of batch ids", source=task.request.id or "")
+        rt.record_unusable(
+            _raw({"args": [batch_ids, *extra], "kwargs": unexpected}),
+            "grants.send_batches takes one argument: a list of batch ids",
+            source=task.request.id or "",
+        )
         return {"dead": 1}
     deadline = time.monotonic() + DRAIN_BUDGET_S
     outcomes: Counter = Counter()
@@ -89,11 +92,25 @@ def replay(
     from worker.backends.registry import project_is_idempotent
 
     rt: Runtime = task.app.grants_runtime()
-    filters = rp.Filters(Status(status), kind=kind, project_id=project_id,
-                         since_ms=None if since is None else rp.parse_time(since),
-                         until_ms=None if until is None else rp.parse_time(until), sku=sku, user=user, limit=limit)
-    summary = rp.replay(rt.ledger, rt.results, filters, actor=actor, force=force, dry_run=dry_run,
-                        idempotent=lambda p: project_is_idempotent(rt.settings, p))
+    filters = rp.Filters(
+        Status(status),
+        kind=kind,
+        project_id=project_id,
+        since_ms=None if since is None else rp.parse_time(since),
+        until_ms=None if until is None else rp.parse_time(until),
+        sku=sku,
+        user=user,
+        limit=limit,
+    )
+    summary = rp.replay(
+        rt.ledger,
+        rt.results,
+        filters,
+        actor=actor,
+        force=force,
+        dry_run=dry_run,
+        idempotent=lambda p: project_is_idempotent(rt.settings, p),
+    )
     if summary.done:
         log.warning("replay", actor=actor, status=status, kind=kind, **summary.verdicts)
     return summary.as_dict()

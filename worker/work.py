@@ -31,7 +31,7 @@ class Lane:
     project_id: int
 
     @classmethod
-    def of_batch(cls, batch_id: str) -> "Lane":
+    def of_batch(cls, batch_id: str) -> Lane:
         """The lane a batch id names (the Lua prelude makes them so)."""
         kind, _, project = batch_id.partition("|")[2].partition(":")
         return cls(kind, int(project))
@@ -109,7 +109,7 @@ class BatchWork:
     def project_id(self) -> int:
         return self.lane.project_id
 
-    def without(self, done: set[str]) -> "BatchWork":
+    def without(self, done: set[str]) -> BatchWork:
         """The batch without the members in ``done`` (settled apart)."""
         kept = [i for i, record_id in enumerate(self.ids) if record_id not in done]
         return replace(self, ids=[self.ids[i] for i in kept], commands=[self.commands[i] for i in kept])

@@ -65,8 +65,18 @@ ITEM_STATUS_NEW = "new"
 _PREFIX = "/web/backpack/merchants/{merchant_id:int}/projects/{project_id:int}"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="backpack-sandbox"'}
 # The create answer: the fields of Xsolla's sample for every type ...
-_ANSWERED = ("item_id", "description", "image_url", "item_sku", "game_name",
-             "external_game_id", "item_type", "created_at", "item_status", "item_name")
+_ANSWERED = (
+    "item_id",
+    "description",
+    "image_url",
+    "item_sku",
+    "game_name",
+    "external_game_id",
+    "item_type",
+    "created_at",
+    "item_status",
+    "item_name",
+)
 # ... and those of one type only.
 _ANSWERED_BY_TYPE = {
     ItemType.game_key: ("code",),
@@ -96,8 +106,12 @@ class BackpackApi(Api):
     def routes(self) -> list[Route]:
         """One create route per item type, then list and delete."""
         out = [
-            Route(f"{_PREFIX}/user/{{user_id}}/{segment}", self._create_endpoint(item_type),
-                  methods=["POST"], name=f"backpack_{segment}")
+            Route(
+                f"{_PREFIX}/user/{{user_id}}/{segment}",
+                self._create_endpoint(item_type),
+                methods=["POST"],
+                name=f"backpack_{segment}",
+            )
             for segment, item_type in CREATE_PATHS.items()
         ]
         out += [
@@ -115,9 +129,7 @@ class BackpackApi(Api):
             return backpack_error(401, "Authorization header not sent", _CHALLENGE)
         scheme, _, token = header.partition(" ")
         # Bytes: compare_digest refuses non-ASCII str; headers are latin-1.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode("latin-1"), self._token
-        ):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1"), self._token):
             return backpack_error(401, "Invalid bearer token", _CHALLENGE)
         host_id = request.headers.get(HOST_ID_HEADER)
         if host_id is None:
@@ -154,8 +166,7 @@ class BackpackApi(Api):
         project_id: int = params["project_id"]
         external_vc = not self.store.metaframe_vc(project_id)
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        stored = [_stored_item(item, item_type, merchant_id, project_id, external_vc, now)
-                  for item in items]
+        stored = [_stored_item(item, item_type, merchant_id, project_id, external_vc, now) for item in items]
         operation_id = request.headers.get(OPERATION_ID_HEADER) or None
         self.store.create(merchant_id, project_id, user_id, stored, operation_id)
         self.core.stats.items_by_api["backpack"] += len(stored)
@@ -163,6 +174,7 @@ class BackpackApi(Api):
 
     async def list_items(self, request: Request) -> Response:
         """``GET .../users/{userId}/items``."""
+
         async def apply() -> Response:
             try:
                 offset = query_int(request, "offset", 0) or 0
@@ -172,18 +184,28 @@ class BackpackApi(Api):
             if offset < 0 or (limit is not None and limit < 0):
                 return backpack_error(400, "offset and limit must not be negative")
             params = request.path_params
-            return json_response(self.store.user_items(
-                params["merchant_id"], params["project_id"], params["user_id"], offset, limit,
-            ))
+            return json_response(
+                self.store.user_items(
+                    params["merchant_id"],
+                    params["project_id"],
+                    params["user_id"],
+                    offset,
+                    limit,
+                )
+            )
 
         return await self.call(request, apply)
 
     async def delete(self, request: Request) -> Response:
         """``DELETE .../users/{userId}/items/{itemId}``."""
+
         async def apply() -> Response:
             params = request.path_params
             if not self.store.delete(
-                params["merchant_id"], params["project_id"], params["user_id"], params["item_id"],
+                params["merchant_id"],
+                params["project_id"],
+                params["user_id"],
+                params["item_id"],
             ):
                 return backpack_error(404, "Item not found")
             return Response(status_code=204)
@@ -191,8 +213,9 @@ class BackpackApi(Api):
         return await self.call(request, apply)
 
 
-def _stored_item(item: BaseModel, item_type: ItemType, merchant_id: int, project_id: int,
-                 external_vc: bool, now: str) -> dict[str, Any]:
+def _stored_item(
+    item: BaseModel, item_type: ItemType, merchant_id: int, project_id: int, external_vc: bool, now: str
+) -> dict[str, Any]:
     """The item as the list call will return it."""
     fields = item.model_dump()
     full: dict[str, Any] = {

@@ -48,9 +48,7 @@ class BackpackStore:
 
     def metaframe_vc(self, project_id: int) -> bool:
         """Whether the project has a Metaframe virtual currency configured."""
-        row = self._db.execute(
-            "SELECT metaframe_vc FROM bp_projects WHERE project_id = ?", (project_id,)
-        ).fetchone()
+        row = self._db.execute("SELECT metaframe_vc FROM bp_projects WHERE project_id = ?", (project_id,)).fetchone()
         return bool(row and row[0])
 
     def set_metaframe_vc(self, project_id: int, on: bool) -> None:
@@ -62,7 +60,11 @@ class BackpackStore:
         )
 
     def create(
-        self, merchant_id: int, project_id: int, user_id: str, items: Sequence[dict[str, Any]],
+        self,
+        merchant_id: int,
+        project_id: int,
+        user_id: str,
+        items: Sequence[dict[str, Any]],
         operation_id: str | None,
     ) -> None:
         """Store created items (list-shaped dicts with ``item_id``) and audit
@@ -73,16 +75,32 @@ class BackpackStore:
             self._db.executemany(
                 "INSERT INTO bp_items (item_id, merchant_id, project_id, user_id, item_type, "
                 "operation_id, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(it["item_id"], merchant_id, project_id, user_id, it["item_type"], operation_id,
-                  json.dumps(it)) for it in items],
+                [
+                    (it["item_id"], merchant_id, project_id, user_id, it["item_type"], operation_id, json.dumps(it))
+                    for it in items
+                ],
             )
             self._store.add_audit(
-                (project_id, "backpack.create", operation, operation_id, user_id, it["item_sku"],
-                 it.get("quantity") or 1, now, it["item_id"]) for it in items
+                (
+                    project_id,
+                    "backpack.create",
+                    operation,
+                    operation_id,
+                    user_id,
+                    it["item_sku"],
+                    it.get("quantity") or 1,
+                    now,
+                    it["item_id"],
+                )
+                for it in items
             )
 
     def user_items(
-        self, merchant_id: int, project_id: int, user_id: str, offset: int = 0,
+        self,
+        merchant_id: int,
+        project_id: int,
+        user_id: str,
+        offset: int = 0,
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """A user's (undeleted) items, oldest first."""
@@ -108,15 +126,29 @@ class BackpackStore:
             now = time.time()
             body = json.loads(row[2])
             db.execute("UPDATE bp_items SET deleted_at = ? WHERE seq = ?", (now, row[0]))
-            self._store.add_audit([
-                (project_id, "backpack.delete", numbers.take(), row[1], user_id, body["item_sku"],
-                 body.get("quantity") or 1, now, item_id),
-            ])
+            self._store.add_audit(
+                [
+                    (
+                        project_id,
+                        "backpack.delete",
+                        numbers.take(),
+                        row[1],
+                        user_id,
+                        body["item_sku"],
+                        body.get("quantity") or 1,
+                        now,
+                        item_id,
+                    ),
+                ]
+            )
         return True
 
     def items(
-        self, merchant_id: int | None = None, project_id: int | None = None,
-        user_id: str | None = None, include_deleted: bool = False,
+        self,
+        merchant_id: int | None = None,
+        project_id: int | None = None,
+        user_id: str | None = None,
+        include_deleted: bool = False,
     ) -> list[dict[str, Any]]:
         """Items for the admin API: each item plus ``user_id``,
         ``operation_id`` and ``deleted`` (bool)."""

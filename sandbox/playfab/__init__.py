@@ -6,5 +6,11 @@ from sandbox.playfab.errors import playfab_error
 from sandbox.playfab.models import CatalogConfig, PlayFabConfig
 from sandbox.playfab.store import PlayFabStore
 
-__all__ = ["DEFAULT_PLAYFAB_SECRET_KEY", "CatalogConfig", "PlayFabApi", "PlayFabConfig",
-           "PlayFabStore", "playfab_error"]
+__all__ = [
+    "DEFAULT_PLAYFAB_SECRET_KEY",
+    "CatalogConfig",
+    "PlayFabApi",
+    "PlayFabConfig",
+    "PlayFabStore",
+    "playfab_error",
+]

@@ -89,8 +89,7 @@ class PlayFabApi(Api):
     name = "playfab"
     prefix = "/playfab/"
 
-    def __init__(self, core: Core, store: PlayFabStore, secret_key: str,
-                 config: PlayFabConfig | None = None) -> None:
+    def __init__(self, core: Core, store: PlayFabStore, secret_key: str, config: PlayFabConfig | None = None) -> None:
         """Serve ``store``'s title to callers sending ``secret_key``."""
         super().__init__(core)
         self.store = store
@@ -102,12 +101,9 @@ class PlayFabApi(Api):
     def routes(self) -> list[Route]:
         """The three Admin API routes."""
         return [
-            Route("/playfab/Admin/GrantItemsToUsers", self._endpoint(self._grant),
-                  methods=["POST"]),
-            Route("/playfab/Admin/GetUserInventory", self._endpoint(self._inventory),
-                  methods=["POST"]),
-            Route("/playfab/Admin/RevokeInventoryItems", self._endpoint(self._revoke),
-                  methods=["POST"]),
+            Route("/playfab/Admin/GrantItemsToUsers", self._endpoint(self._grant), methods=["POST"]),
+            Route("/playfab/Admin/GetUserInventory", self._endpoint(self._inventory), methods=["POST"]),
+            Route("/playfab/Admin/RevokeInventoryItems", self._endpoint(self._revoke), methods=["POST"]),
         ]
 
     # ------------------------------------------------------------ the hooks
@@ -116,8 +112,9 @@ class PlayFabApi(Api):
         """None if ``X-SecretKey`` is right, else the 401/403 answer."""
         key = request.headers.get(SECRET_KEY_HEADER)
         if key is None:
-            return playfab_error(401, PlayFabErrorCode.NotAuthenticated,
-                                 "This API method does not allow anonymous callers.")
+            return playfab_error(
+                401, PlayFabErrorCode.NotAuthenticated, "This API method does not allow anonymous callers."
+            )
         if not hmac.compare_digest(key.strip().encode("latin-1"), self._secret):
             return playfab_error(403, PlayFabErrorCode.NotAuthorized, "Invalid X-SecretKey header.")
         return None
@@ -162,8 +159,7 @@ class PlayFabApi(Api):
     def _title_currencies(self) -> list[str]:
         # The title's currencies as far as the sandbox knows them: those its
         # catalog bundles grant (PlayFab lists every title currency, at 0).
-        return sorted({code for item in (self._catalog_items or {}).values()
-                       for code in item.currencies})
+        return sorted({code for item in (self._catalog_items or {}).values() for code in item.currencies})
 
     def _players(self, ids: set[str]) -> tuple[set[str], set[str]]:
         """(existing, to_create) among ``ids``; the rest are unknown."""
@@ -177,17 +173,16 @@ class PlayFabApi(Api):
     def _title_refusal(self, grant: bool) -> Response | None:
         state = self.config.title_state
         if state == "product_disabled":
-            return playfab_error(400, PlayFabErrorCode.ProductDisabledForTitle,
-                                 "The legacy economy is disabled for this title.")
+            return playfab_error(
+                400, PlayFabErrorCode.ProductDisabledForTitle, "The legacy economy is disabled for this title."
+            )
         if state == "catalog_not_configured" and grant:
-            return playfab_error(400, PlayFabErrorCode.CatalogNotConfigured,
-                                 "No catalog is configured for this title.")
+            return playfab_error(400, PlayFabErrorCode.CatalogNotConfigured, "No catalog is configured for this title.")
         return None
 
     # ------------------------------------------------------------------ API
 
-    def _endpoint(self, handler: Callable[[bytes], Response]
-                  ) -> Callable[[Request], Awaitable[Response]]:
+    def _endpoint(self, handler: Callable[[bytes], Response]) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             async def apply() -> Response:
                 return handler(await request.body())
@@ -196,8 +191,9 @@ class PlayFabApi(Api):
 
         return endpoint
 
-    def _admit(self, model: type[_Req], body: bytes, grant: bool,
-               items: Callable[[_Req], int] | None = None) -> _Req | Response:
+    def _admit(
+        self, model: type[_Req], body: bytes, grant: bool, items: Callable[[_Req], int] | None = None
+    ) -> _Req | Response:
         """The request parsed, its items counted and the title state checked,
         or the refusal (400 InvalidParams or the title's error)."""
         try:
@@ -210,29 +206,33 @@ class PlayFabApi(Api):
         return req if refused is None else refused
 
     def _grant(self, body: bytes) -> Response:
-        req = self._admit(GrantItemsToUsersRequest, body, grant=True,
-                          items=lambda r: len(r.ItemGrants))
+        req = self._admit(GrantItemsToUsersRequest, body, grant=True, items=lambda r: len(r.ItemGrants))
         if isinstance(req, Response):
             return req
         catalog = self.catalog
         if catalog is not None and req.CatalogVersion not in (None, catalog.CatalogVersion):
-            return playfab_error(400, PlayFabErrorCode.CatalogNotConfigured,
-                                 f"Catalog version {req.CatalogVersion!r} is not configured.",
-                                 {"CatalogVersion": [req.CatalogVersion or ""]})
+            return playfab_error(
+                400,
+                PlayFabErrorCode.CatalogNotConfigured,
+                f"Catalog version {req.CatalogVersion!r} is not configured.",
+                {"CatalogVersion": [req.CatalogVersion or ""]},
+            )
         ids = {g.PlayFabId for g in req.ItemGrants}
         existing, to_create = self._players(ids)
         unknown = sorted(ids - existing - to_create)
         if unknown:
-            return playfab_error(400, PlayFabErrorCode.AccountNotFound, "User not found",
-                                 {"PlayFabId": unknown})
+            return playfab_error(400, PlayFabErrorCode.AccountNotFound, "User not found", {"PlayFabId": unknown})
         version = req.CatalogVersion or (catalog.CatalogVersion if catalog else None)
         # PlayFab's timestamps: ISO 8601 UTC with milliseconds and a "Z".
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         results: list[dict[str, Any]] = []
         to_store: list[tuple[int, dict[str, Any]]] = []
         for index, grant in enumerate(req.ItemGrants):
-            entry = (self._catalog_items.get(grant.ItemId) if self._catalog_items is not None
-                     else CatalogItem(ItemId=grant.ItemId))
+            entry = (
+                self._catalog_items.get(grant.ItemId)
+                if self._catalog_items is not None
+                else CatalogItem(ItemId=grant.ItemId)
+            )
             if entry is None:
                 # Not in the title's catalog: this item alone fails.
                 results.append({**_identity(grant), "Result": False})
@@ -252,13 +252,13 @@ class PlayFabApi(Api):
             return req
         existing, to_create = self._players({req.PlayFabId})
         if not existing and not to_create:
-            return playfab_error(400, PlayFabErrorCode.AccountNotFound, "User not found",
-                                 {"PlayFabId": [req.PlayFabId]})
+            return playfab_error(
+                400, PlayFabErrorCode.AccountNotFound, "User not found", {"PlayFabId": [req.PlayFabId]}
+            )
         return _success(self.inventory_data(req.PlayFabId, characters=False))
 
     def _revoke(self, body: bytes) -> Response:
-        req = self._admit(RevokeInventoryItemsRequest, body, grant=False,
-                          items=lambda r: len(r.Items))
+        req = self._admit(RevokeInventoryItemsRequest, body, grant=False, items=lambda r: len(r.Items))
         if isinstance(req, Response):
             return req
         existing, to_create = self._players({item.PlayFabId for item in req.Items})
@@ -266,10 +266,13 @@ class PlayFabApi(Api):
             [(i.PlayFabId, i.ItemInstanceId, i.CharacterId) for i in req.Items],
             existing | to_create,
         )
-        return _success({"Errors": [
-            {"Error": error, "Item": req.Items[index].model_dump(exclude_none=True)}
-            for index, error in errors
-        ]})
+        return _success(
+            {
+                "Errors": [
+                    {"Error": error, "Item": req.Items[index].model_dump(exclude_none=True)} for index, error in errors
+                ]
+            }
+        )
 
 
 def _success(data: dict[str, Any]) -> Response:
@@ -290,23 +293,31 @@ def _to_store(grant: ItemGrant, entry: CatalogItem, version: str | None, now: st
     """The store's record of one granted instance (``body``: as
     GetUserInventory will show it, no null fields)."""
     instance: dict[str, Any] = {"ItemId": grant.ItemId, "PurchaseDate": now}
-    for key, value in (("Annotation", grant.Annotation), ("CatalogVersion", version),
-                       ("ItemClass", entry.ItemClass), ("DisplayName", entry.DisplayName)):
+    for key, value in (
+        ("Annotation", grant.Annotation),
+        ("CatalogVersion", version),
+        ("ItemClass", entry.ItemClass),
+        ("DisplayName", entry.DisplayName),
+    ):
         if value is not None:
             instance[key] = value
     removed = set(grant.KeysToRemove or ())
     custom = {k: v for k, v in (grant.Data or {}).items() if v is not None and k not in removed}
     if custom:
         instance["CustomData"] = custom
-    return {"playfab_id": grant.PlayFabId, "character_id": grant.CharacterId,
-            "item_id": grant.ItemId, "annotation": grant.Annotation, "body": instance,
-            "currencies": entry.currencies}
+    return {
+        "playfab_id": grant.PlayFabId,
+        "character_id": grant.CharacterId,
+        "item_id": grant.ItemId,
+        "annotation": grant.Annotation,
+        "body": instance,
+        "currencies": entry.currencies,
+    }
 
 
 def _granted(stored: dict[str, Any], instance_id: str) -> dict[str, Any]:
     """A GrantedItemInstance with ``Result: true``."""
-    result = dict(stored["body"], ItemInstanceId=instance_id, PlayFabId=stored["playfab_id"],
-                  Result=True)
+    result = dict(stored["body"], ItemInstanceId=instance_id, PlayFabId=stored["playfab_id"], Result=True)
     if stored["character_id"] is not None:
         result["CharacterId"] = stored["character_id"]
     return result

@@ -13,9 +13,16 @@ from schemas.playfab import PlayFabErrorCode
 
 # .NET HttpStatusCode names, which PlayFab's "status" carries.
 _STATUS_NAMES = {
-    200: "OK", 400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
-    429: "TooManyRequests", 500: "InternalServerError", 502: "BadGateway",
-    503: "ServiceUnavailable", 504: "GatewayTimeout",
+    200: "OK",
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    429: "TooManyRequests",
+    500: "InternalServerError",
+    502: "BadGateway",
+    503: "ServiceUnavailable",
+    504: "GatewayTimeout",
 }
 _FAULT_CODES = {
     429: PlayFabErrorCode.APIRequestLimitExceeded,
@@ -27,8 +34,11 @@ _FAULT_CODES = {
 
 
 def playfab_error(
-    http: int, code: PlayFabErrorCode, message: str,
-    details: dict[str, list[str]] | None = None, retry_after: int | None = None,
+    http: int,
+    code: PlayFabErrorCode,
+    message: str,
+    details: dict[str, list[str]] | None = None,
+    retry_after: int | None = None,
 ) -> Response:
     """PlayFab's ApiErrorWrapper; ``retry_after`` fills ``retryAfterSeconds``."""
     body: dict[str, Any] = {
@@ -48,8 +58,9 @@ def playfab_error(
 def fault_error(status: int, retry_after: int | None) -> Response:
     """An injected error: the GenericErrorCodes PlayFab gives for that status."""
     code = _FAULT_CODES.get(status, PlayFabErrorCode.UnknownError)
-    return playfab_error(status, code, f"{_phrase_name(status)} (sandbox fault)",
-                         retry_after=retry_after if status == 429 else None)
+    return playfab_error(
+        status, code, f"{_phrase_name(status)} (sandbox fault)", retry_after=retry_after if status == 429 else None
+    )
 
 
 def invalid_params(exc: ValidationError | None, message: str = "Invalid input parameters") -> Response:

@@ -26,8 +26,9 @@ class PlayFabConfig(BaseModel):
 class _Bundle(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    BundledVirtualCurrencies: dict[Annotated[str, Field(min_length=1, max_length=16)],
-                                   Annotated[int, Field(ge=0)]] | None = None
+    BundledVirtualCurrencies: (
+        dict[Annotated[str, Field(min_length=1, max_length=16)], Annotated[int, Field(ge=0)]] | None
+    ) = None
 
 
 class CatalogItem(BaseModel):

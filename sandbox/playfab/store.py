@@ -67,9 +67,7 @@ class PlayFabStore:
 
     # ---------------------------------------------------------------- players
 
-    def create_players(
-        self, playfab_ids: Iterable[str], currencies: dict[str, int] | None = None
-    ) -> None:
+    def create_players(self, playfab_ids: Iterable[str], currencies: dict[str, int] | None = None) -> None:
         """Create players (existing ones are kept) and set their currencies."""
         now = time.time()
         ids = list(playfab_ids)
@@ -86,7 +84,8 @@ class PlayFabStore:
         """Which of ``playfab_ids`` are players."""
         execute = self._db.execute
         return {
-            pid for pid in set(playfab_ids)
+            pid
+            for pid in set(playfab_ids)
             if execute("SELECT 1 FROM pf_players WHERE playfab_id = ?", (pid,)).fetchone()
         }
 
@@ -96,9 +95,7 @@ class PlayFabStore:
 
     # ------------------------------------------------------------------ items
 
-    def grant(
-        self, grants: Sequence[dict[str, Any]], create_players: Iterable[str] = ()
-    ) -> list[str]:
+    def grant(self, grants: Sequence[dict[str, Any]], create_players: Iterable[str] = ()) -> list[str]:
         """Create item instances, in one transaction; returns their ItemInstanceIds.
 
         Each grant: ``playfab_id``, ``character_id``, ``item_id``,
@@ -121,8 +118,14 @@ class PlayFabStore:
                 db.execute(
                     "INSERT INTO pf_items (instance_id, playfab_id, character_id, item_id, annotation, body) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (instance_id, grant["playfab_id"], grant["character_id"], grant["item_id"],
-                     grant["annotation"], json.dumps(body)),
+                    (
+                        instance_id,
+                        grant["playfab_id"],
+                        grant["character_id"],
+                        grant["item_id"],
+                        grant["annotation"],
+                        json.dumps(body),
+                    ),
                 )
                 for code, amount in (grant.get("currencies") or {}).items():
                     db.execute(
@@ -130,8 +133,19 @@ class PlayFabStore:
                         "ON CONFLICT (playfab_id, code) DO UPDATE SET amount = amount + excluded.amount",
                         (grant["playfab_id"], code, amount),
                     )
-                audit_rows.append((0, "playfab.grant", operation, grant["annotation"],
-                                   grant["playfab_id"], grant["item_id"], 1, now, instance_id))
+                audit_rows.append(
+                    (
+                        0,
+                        "playfab.grant",
+                        operation,
+                        grant["annotation"],
+                        grant["playfab_id"],
+                        grant["item_id"],
+                        1,
+                        now,
+                        instance_id,
+                    )
+                )
                 instance_ids.append(instance_id)
             self._store.add_audit(audit_rows)
         return instance_ids
@@ -153,15 +167,14 @@ class PlayFabStore:
     def currencies(self, playfab_id: str) -> dict[str, int]:
         """The player's virtual currency balances, by code."""
         return {
-            code: amount for code, amount in self._db.execute(
+            code: amount
+            for code, amount in self._db.execute(
                 "SELECT code, amount FROM pf_currencies WHERE playfab_id = ? ORDER BY code",
                 (playfab_id,),
             )
         }
 
-    def revoke(
-        self, items: Sequence[tuple[str, str, str | None]], known_players: set[str]
-    ) -> list[tuple[int, str]]:
+    def revoke(self, items: Sequence[tuple[str, str, str | None]], known_players: set[str]) -> list[tuple[int, str]]:
         """Revoke (PlayFabId, ItemInstanceId, CharacterId) items in one
         transaction. Returns (index, GenericErrorCodes name) for each item not
         revoked: ``AccountNotFound`` when the player is not in
@@ -189,7 +202,6 @@ class PlayFabStore:
                 # One number for the call, taken only once it revokes something.
                 operation = operation or numbers.take()
                 db.execute("UPDATE pf_items SET revoked_at = ? WHERE seq = ?", (now, row[0]))
-                audit_rows.append((0, "playfab.revoke", operation, row[2], playfab_id, row[1], 1,
-                                   now, instance_id))
+                audit_rows.append((0, "playfab.revoke", operation, row[2], playfab_id, row[1], 1, now, instance_id))
             self._store.add_audit(audit_rows)
         return errors

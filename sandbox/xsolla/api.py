@@ -63,8 +63,7 @@ _CODE_INJECTED = 0
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="xsolla-sandbox"'}
 
 
-def xsolla_error(status: int, code: int, message: str,
-                 headers: dict[str, str] | None = None) -> Response:
+def xsolla_error(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """Xsolla's error body, ``message`` behind the ``[0401]:`` prefix."""
     return json_response(
         {"statusCode": status, "errorCode": code, "errorMessage": f"[0401]: {message}"},
@@ -79,8 +78,9 @@ class XsollaApi(Api):
     name = "xsolla"
     prefix = "/v2/"
 
-    def __init__(self, core: Core, store: XsollaStore, merchant_id: str, api_key: str,
-                 idempotent: bool = False) -> None:
+    def __init__(
+        self, core: Core, store: XsollaStore, merchant_id: str, api_key: str, idempotent: bool = False
+    ) -> None:
         """Serve ``store``'s inventories to callers presenting these credentials.
 
         ``idempotent``: apply each (project, external_purchase_id) at most
@@ -92,15 +92,12 @@ class XsollaApi(Api):
         self._merchant_id = str(merchant_id).encode()
         self._api_key = api_key.encode()
         # Exact header most clients send; lets the common case skip decoding.
-        self._expected_header = b"Basic " + base64.b64encode(
-            self._merchant_id + b":" + self._api_key
-        )
+        self._expected_header = b"Basic " + base64.b64encode(self._merchant_id + b":" + self._api_key)
 
     def routes(self) -> list[Route]:
         """The three inventory routes."""
         return [
-            Route(f"/v2/project/{{project_id:int}}/inventory/{kind}", self._endpoint(kind),
-                  methods=["POST"], name=kind)
+            Route(f"/v2/project/{{project_id:int}}/inventory/{kind}", self._endpoint(kind), methods=["POST"], name=kind)
             for kind in KINDS
         ]
 
@@ -111,17 +108,13 @@ class XsollaApi(Api):
         header = request.headers.get("authorization")
         # Bytes, not str: compare_digest refuses non-ASCII str, and a header
         # is whatever the client sent (Starlette decodes it as latin-1).
-        if header is not None and hmac.compare_digest(
-            header.encode("latin-1"), self._expected_header
-        ):
+        if header is not None and hmac.compare_digest(header.encode("latin-1"), self._expected_header):
             return None
         if header is None:
-            return xsolla_error(401, _CODE_AUTH, "Authorization failed: Authorization header not sent",
-                                _CHALLENGE)
+            return xsolla_error(401, _CODE_AUTH, "Authorization failed: Authorization header not sent", _CHALLENGE)
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic" or not encoded.strip():
-            return xsolla_error(401, _CODE_AUTH, "Authorization failed: Basic authorization expected",
-                                _CHALLENGE)
+            return xsolla_error(401, _CODE_AUTH, "Authorization failed: Basic authorization expected", _CHALLENGE)
         try:
             user, sep, password = base64.b64decode(encoded.strip(), validate=True).partition(b":")
         except (binascii.Error, ValueError):

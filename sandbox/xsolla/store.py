@@ -78,9 +78,7 @@ class NotEnough(Exception):
 
     def __init__(self, index: int, user_id: str, sku: str, have: Any, want: Any) -> None:
         """Operation ``index`` wants ``want`` of ``sku`` from a user who has ``have``."""
-        super().__init__(
-            f"operation {index}: user {user_id!r} has {have} of {sku!r}, cannot revoke {want}"
-        )
+        super().__init__(f"operation {index}: user {user_id!r} has {have} of {sku!r}, cannot revoke {want}")
         self.index = index
         self.user_id = user_id
         self.sku = sku
@@ -112,9 +110,7 @@ class XsollaStore:
 
     # ----------------------------------------------------------------- writes
 
-    def apply_purchases(
-        self, project_id: int, ops: Sequence[Any], idempotent: bool
-    ) -> list[dict[str, Any]]:
+    def apply_purchases(self, project_id: int, ops: Sequence[Any], idempotent: bool) -> list[dict[str, Any]]:
         """Grant the items of purchase operations, all in one transaction.
 
         Returns one result per operation, in order, shaped like Xsolla's
@@ -143,14 +139,10 @@ class XsollaStore:
         self, project_id: int, kind: str, ops: Sequence[Any], sign: int, idempotent: bool
     ) -> list[dict[str, Any]]:
         with self._store.write() as numbers:
-            balances = self._load_balances(
-                project_id, {(op.user.id, item.sku) for op in ops for item in op.items}
-            )
+            balances = self._load_balances(project_id, {(op.user.id, item.sku) for op in ops for item in op.items})
             seen = None
             if kind == "purchase" and idempotent:
-                seen = self._applied_ids(
-                    project_id, {op.purchase.external_purchase_id for op in ops}
-                )
+                seen = self._applied_ids(project_id, {op.purchase.external_purchase_id for op in ops})
             plan = _plan(project_id, kind, ops, sign, balances, seen, numbers)
             self._db.executemany(
                 _UPSERT_BALANCE,
@@ -164,9 +156,7 @@ class XsollaStore:
                 )
         return plan.results
 
-    def _load_balances(
-        self, project_id: int, pairs: set[tuple[str, str]]
-    ) -> dict[tuple[str, str], Any]:
+    def _load_balances(self, project_id: int, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], Any]:
         # One primary-key lookup per (user, sku). A single row-value
         # "(user_id, sku) IN (VALUES ...)" looked cheaper but SQLite only uses
         # the project_id prefix of the key for it and scans every balance of
@@ -215,9 +205,7 @@ class XsollaStore:
             return self._catalogs[project_id]
         except KeyError:
             pass
-        has = self._db.execute(
-            "SELECT 1 FROM catalog_projects WHERE project_id = ?", (project_id,)
-        ).fetchone()
+        has = self._db.execute("SELECT 1 FROM catalog_projects WHERE project_id = ?", (project_id,)).fetchone()
         skus: frozenset[str] | None = None
         if has:
             rows = self._db.execute("SELECT sku FROM catalog WHERE project_id = ?", (project_id,))
@@ -244,17 +232,21 @@ class XsollaStore:
     def balances(self, project_id: int | None, user_id: str | None = None) -> list[dict[str, Any]]:
         """Current balances, optionally for one project and/or one user."""
         clause, params = where((("project_id", project_id), ("user_id", user_id)))
-        sql = ("SELECT project_id, user_id, sku, quantity FROM balances"
-               f"{clause} ORDER BY project_id, user_id, sku")
+        sql = f"SELECT project_id, user_id, sku, quantity FROM balances{clause} ORDER BY project_id, user_id, sku"
         return [
-            {"project_id": p, "user_id": u, "sku": s, "quantity": q}
-            for p, u, s, q in self._db.execute(sql, params)
+            {"project_id": p, "user_id": u, "sku": s, "quantity": q} for p, u, s, q in self._db.execute(sql, params)
         ]
 
 
-def _plan(project_id: int, kind: str, ops: Sequence[Any], sign: int,
-          balances: dict[tuple[str, str], Any], seen: set[str] | None,
-          numbers: OperationNumbers) -> _Plan:
+def _plan(
+    project_id: int,
+    kind: str,
+    ops: Sequence[Any],
+    sign: int,
+    balances: dict[tuple[str, str], Any],
+    seen: set[str] | None,
+    numbers: OperationNumbers,
+) -> _Plan:
     """Walk the operations in order, updating ``balances`` in place, and
     return what to write and answer.
 
@@ -289,9 +281,7 @@ def _plan(project_id: int, kind: str, ops: Sequence[Any], sign: int,
                     raise NotEnough(index, user_id, item.sku, balances.get(key, 0), item.quantity)
                 balances[key] = balance
                 plan.touched.add(key)
-                plan.audit_rows.append(
-                    (project_id, kind, operation, epid, user_id, item.sku, item.quantity, now, None)
-                )
+                plan.audit_rows.append((project_id, kind, operation, epid, user_id, item.sku, item.quantity, now, None))
             items_out.append({"sku": item.sku, "quantity": item.quantity, "balance": balance})
         result: dict[str, Any] = {"user": {"id": user_id}}
         if is_purchase:

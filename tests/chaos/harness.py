@@ -41,8 +41,8 @@ import psutil
 from devstack.localstack import REPO_ROOT, Stack, wait_until
 from tests.helpers import operation
 from worker.keys import Keys
-from worker.settings import connect
 from worker.results import Results
+from worker.settings import connect
 
 PROJECT = 77001
 
@@ -107,25 +107,32 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return (self.faults.get("outage", 0) > 0 and self.doubles == 0 and self.unaccounted == 0 and self.failed_but_applied == 0
-                and self.granted_not_applied == 0 and not self.stats_mismatch
-                and self.in_doubt <= self.in_doubt_bound)
+        return (
+            self.faults.get("outage", 0) > 0
+            and self.doubles == 0
+            and self.unaccounted == 0
+            and self.failed_but_applied == 0
+            and self.granted_not_applied == 0
+            and not self.stats_mismatch
+            and self.in_doubt <= self.in_doubt_bound
+        )
 
     def line(self) -> str:
-        return (f"chaos: purchases={self.purchases} kills={self.kills}+{self.child_kills} children "
-                f"redis_restarts={self.redis_restarts} producer_reruns={self.producer_reruns} "
-                f"faults={json.dumps(self.faults, separators=(',', ':'))} doubles={self.doubles} "
-                f"unaccounted={self.unaccounted} granted={self.granted} failed={self.failed} "
-                f"in_doubt={self.in_doubt} (bound {self.in_doubt_bound}) "
-                f"elapsed={self.elapsed_s:.0f}s {'OK' if self.ok else 'FAILED'}")
+        return (
+            f"chaos: purchases={self.purchases} kills={self.kills}+{self.child_kills} children "
+            f"redis_restarts={self.redis_restarts} producer_reruns={self.producer_reruns} "
+            f"faults={json.dumps(self.faults, separators=(',', ':'))} doubles={self.doubles} "
+            f"unaccounted={self.unaccounted} granted={self.granted} failed={self.failed} "
+            f"in_doubt={self.in_doubt} (bound {self.in_doubt_bound}) "
+            f"elapsed={self.elapsed_s:.0f}s {'OK' if self.ok else 'FAILED'}"
+        )
 
 
 def write_feed(path: Path, plan: Plan) -> list[str]:
     """The purchases, each once, plus repeats scattered through the feed."""
     rng = random.Random(plan.seed)
     ids = [f"ch-{i}" for i in range(plan.purchases)]
-    lines = [json.dumps(operation(i, user=f"player-{rng.randrange(300)}", quantity=rng.choice((1, 2, 5))))
-             for i in ids]
+    lines = [json.dumps(operation(i, user=f"player-{rng.randrange(300)}", quantity=rng.choice((1, 2, 5)))) for i in ids]
     for _ in range(int(plan.purchases * plan.repeats_pct / 100)):
         j = rng.randrange(plan.purchases)
         lines.insert(rng.randrange(len(lines) + 1), lines[j])
@@ -150,10 +157,18 @@ class Chaos:
         # same short run of draws repeats and some faults never come up.
         p = self.plan
         self._fault_changes = getattr(self, "_fault_changes", 0) + 1
-        self.stack.sandbox_put("/sandbox/faults", {
-            "rate_5xx": p.rate_5xx, "rate_429": p.rate_429, "retry_after_s": 1, "rate_drop": p.rate_drop,
-            "latency_ms": p.latency_ms, "seed": p.seed * 1000 + self._fault_changes, **extra,
-        })
+        self.stack.sandbox_put(
+            "/sandbox/faults",
+            {
+                "rate_5xx": p.rate_5xx,
+                "rate_429": p.rate_429,
+                "retry_after_s": 1,
+                "rate_drop": p.rate_drop,
+                "latency_ms": p.latency_ms,
+                "seed": p.seed * 1000 + self._fault_changes,
+                **extra,
+            },
+        )
 
     def kill_worker(self) -> None:
         victim = self.rng.choice([w for w in self.stack.workers if w.alive()])
@@ -180,11 +195,16 @@ class Chaos:
 
     def publish(self, feed: Path) -> None:
         """Two producers, same feed, same time; a producer that fails is run again."""
+
         def producer(n: int) -> None:
             for _attempt in range(10):
                 out = subprocess.run(
                     [sys.executable, "-m", "ops", "publish", "--project-id", str(PROJECT), str(feed)],
-                    env=self.stack.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                    env=self.stack.env(),
+                    cwd=REPO_ROOT,
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
                 )
                 if out.returncode == 0:
                     return
@@ -202,8 +222,7 @@ class Chaos:
     def mayhem(self) -> None:
         """Kills, restarts, spikes and the outage, spread over the run."""
         p = self.plan
-        events = (["kill"] * p.kills + ["child"] * p.child_kills + ["redis"] * p.redis_restarts
-                  + ["spike"] * 2)
+        events = ["kill"] * p.kills + ["child"] * p.child_kills + ["redis"] * p.redis_restarts + ["spike"] * 2
         self.rng.shuffle(events)
         # The outage goes second: it must meet calls, not an idle pipeline.
         events.insert(1, "outage")
@@ -286,8 +305,9 @@ class Chaos:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.chaos.harness", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.chaos.harness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--short", action="store_true", help="the short form `make test` runs")
     parser.add_argument("--runs", type=int, default=1, help="run the whole thing this many times")
     parser.add_argument("--workdir", type=Path, default=REPO_ROOT / "var" / "chaos")

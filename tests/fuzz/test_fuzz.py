@@ -51,7 +51,11 @@ _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter
 def fuzz(examples: int, *, fixtures: bool = False) -> settings:
     """Derandomized (stable in CI), no example database, no per-example deadline."""
     return settings(
-        max_examples=examples, deadline=None, derandomize=True, database=None, print_blob=False,
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        print_blob=False,
         suppress_health_check=_SLOW_OK + ([HealthCheck.function_scoped_fixture] if fixtures else []),
     )
 
@@ -62,23 +66,89 @@ def fuzz(examples: int, *, fixtures: bool = False) -> settings:
 
 # Unicode edge cases (no lone surrogates: see test_lone_surrogates_never_reach_a_command).
 EDGE_TEXT = [
-    "", " ", "\t", "\x00", "a\x00b", "\x1b[31m", "\x7f", "\x85", "\u00a0", "\u2028", "\u2029",
-    "\u200b", "\u200d", "\u2060", "\ufeff", "\u202e", "\u202egnp.eulav", "\u05e9\u05dc\u05d5\u05dd",
-    "\u0645\u0631\u062d\u0628\u0627", "\u0661\u0662.\u0669\u0669", "\uff11\uff12", "\U0001d7d8",
-    "e\u0301", "\u0130", "\ufb01", "\uff21", "\U0001f600", "\U0001f469\u200d\U0001f469\u200d\U0001f467",
-    "\U0001f1fa\U0001f1f8", "\ufffd", "\uffff", "\U0010ffff", "gem.pack ", " gem.pack", "GEM.PACK",
-    "x" * (MAX_ID_LENGTH + 1), "\u00e9" * MAX_ID_LENGTH, "usd", "USD\x00", "\uff35SD", "2.99\n",
-    "2020-01-01\x0005:00:00", "2020-01-01\n05:00:00", "2020-01-01\U0001f60005:00", "null", "NaN",
+    "",
+    " ",
+    "\t",
+    "\x00",
+    "a\x00b",
+    "\x1b[31m",
+    "\x7f",
+    "\x85",
+    "\u00a0",
+    "\u2028",
+    "\u2029",
+    "\u200b",
+    "\u200d",
+    "\u2060",
+    "\ufeff",
+    "\u202e",
+    "\u202egnp.eulav",
+    "\u05e9\u05dc\u05d5\u05dd",
+    "\u0645\u0631\u062d\u0628\u0627",
+    "\u0661\u0662.\u0669\u0669",
+    "\uff11\uff12",
+    "\U0001d7d8",
+    "e\u0301",
+    "\u0130",
+    "\ufb01",
+    "\uff21",
+    "\U0001f600",
+    "\U0001f469\u200d\U0001f469\u200d\U0001f467",
+    "\U0001f1fa\U0001f1f8",
+    "\ufffd",
+    "\uffff",
+    "\U0010ffff",
+    "gem.pack ",
+    " gem.pack",
+    "GEM.PACK",
+    "x" * (MAX_ID_LENGTH + 1),
+    "\u00e9" * MAX_ID_LENGTH,
+    "usd",
+    "USD\x00",
+    "\uff35SD",
+    "2.99\n",
+    "2020-01-01\x0005:00:00",
+    "2020-01-01\n05:00:00",
+    "2020-01-01\U0001f60005:00",
+    "null",
+    "NaN",
 ]
 NUMBER_EDGES = [
-    0, -1, 1, 2**31 - 1, 2**31, 2**53 + 1, 2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1,
-    -(2**70), 10**400, -(10**400), 0.0, -0.0, 5e-324, 1e-300, 0.5, 1.5, 2147483647.0, 2147483647.5,
-    1e308, -1e308, float("inf"), float("-inf"), float("nan"),
+    0,
+    -1,
+    1,
+    2**31 - 1,
+    2**31,
+    2**53 + 1,
+    2**63 - 1,
+    2**63,
+    2**64 - 1,
+    2**64,
+    -(2**63),
+    -(2**63) - 1,
+    -(2**70),
+    10**400,
+    -(10**400),
+    0.0,
+    -0.0,
+    5e-324,
+    1e-300,
+    0.5,
+    1.5,
+    2147483647.0,
+    2147483647.5,
+    1e308,
+    -1e308,
+    float("inf"),
+    float("-inf"),
+    float("nan"),
 ]
 
 texts = st.one_of(st.text(max_size=30), st.sampled_from(EDGE_TEXT))  # st.text(): no surrogates
 numbers = st.one_of(
-    st.integers(), st.floats(), st.sampled_from(NUMBER_EDGES),
+    st.integers(),
+    st.floats(),
+    st.sampled_from(NUMBER_EDGES),
 )
 scalars = st.one_of(st.none(), st.booleans(), numbers, texts)
 json_like = st.recursive(
@@ -90,14 +160,19 @@ json_like = st.recursive(
 # Values that strict JSON (and orjson) can carry exactly.
 plain_json = st.recursive(
     st.one_of(
-        st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**64 - 1),
-        st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20),
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**63), max_value=2**64 - 1),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=20),
     ),
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
     max_leaves=8,
 )
 
-ids = st.one_of(st.text(min_size=1, max_size=40), st.sampled_from([e for e in EDGE_TEXT if 1 <= len(e) <= MAX_ID_LENGTH]))
+ids = st.one_of(
+    st.text(min_size=1, max_size=40), st.sampled_from([e for e in EDGE_TEXT if 1 <= len(e) <= MAX_ID_LENGTH])
+)
 skus = st.from_regex(r"[a-z0-9._-]{1,40}", fullmatch=True)
 quantities = st.one_of(
     st.integers(min_value=1, max_value=MAX_QUANTITY),
@@ -147,21 +222,73 @@ INVALID_FOR = {
     ("items",): [None, [], {}, "gem", [None], [{"sku": "a", "quantity": 1}] * (MAX_ITEMS_PER_OPERATION + 1)],
     ("items", 0): [None, 1, "gem.pack", [], {"sku": "a"}, {"quantity": 1}, {"sku": "a", "quantity": 1, "x": 1}],
     ("items", 0, "sku"): [None, "", "Gem", "gem pack", "gém", "\u0661", "\uff41", "a\x00", "a\n", 1, ["a"], "x" * 256],
-    ("items", 0, "quantity"): [0, -1, -0.0, "1", True, False, None, 2**31, 10**400, -(10**400), float("nan"),
-                               float("inf"), float("-inf"), 1e308, [1], {"n": 1}, 2147483647.5],
+    ("items", 0, "quantity"): [
+        0,
+        -1,
+        -0.0,
+        "1",
+        True,
+        False,
+        None,
+        2**31,
+        10**400,
+        -(10**400),
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+        1e308,
+        [1],
+        {"n": 1},
+        2147483647.5,
+    ],
     ("purchase",): [None, [], "2.99", {}],
-    ("purchase", "amount"): [2.99, 3, None, "", "-1", "1e3", "2,99", " 1", "1 ", "1.", ".5", "\u0662.\u0669\u0669",
-                             "\uff11", "1" * 19, "NaN", "Infinity", "2.99\n"],
+    ("purchase", "amount"): [
+        2.99,
+        3,
+        None,
+        "",
+        "-1",
+        "1e3",
+        "2,99",
+        " 1",
+        "1 ",
+        "1.",
+        ".5",
+        "\u0662.\u0669\u0669",
+        "\uff11",
+        "1" * 19,
+        "NaN",
+        "Infinity",
+        "2.99\n",
+    ],
     ("purchase", "currency"): [None, "", "usd", "US", "USDD", "XXXX", "\uff35SD", "USD\x00", 840],
     ("purchase", "external_purchase_id"): [None, "", 1, 10**400, ["a"], "x" * (MAX_ID_LENGTH + 1)],
-    ("purchase", "external_purchase_date"): [None, "", "yesterday", "2020-13-01", 1577836800, "2020-01-01\x0005:00:00",
-                                             "2020-01-01\n05:00:00", "2020-01-01\U0001f60005:00",
-                                             "\uff12\uff10\uff12\uff10-01-01", "2020-01-01T05:00:00+05:00\x00"],
+    ("purchase", "external_purchase_date"): [
+        None,
+        "",
+        "yesterday",
+        "2020-13-01",
+        1577836800,
+        "2020-01-01\x0005:00:00",
+        "2020-01-01\n05:00:00",
+        "2020-01-01\U0001f60005:00",
+        "\uff12\uff10\uff12\uff10-01-01",
+        "2020-01-01T05:00:00+05:00\x00",
+    ],
     ("comment",): ["", "x" * (MAX_COMMENT_LENGTH + 1), 1, [], {}],
     ("platform",): ["", "dreamcast", "XSOLLA", 1, ["xsolla"]],
-    ("custom_parameters",): [{}, [], "x", 1, {str(i): i for i in range(MAX_CUSTOM_PARAMETERS + 1)},
-                             {"x": 10**400}, {"x": float("nan")}, {"x": float("inf")},
-                             {"x": nested(300)}, {"x": nested(MAX_CUSTOM_PARAMETERS_DEPTH + 1)}],
+    ("custom_parameters",): [
+        {},
+        [],
+        "x",
+        1,
+        {str(i): i for i in range(MAX_CUSTOM_PARAMETERS + 1)},
+        {"x": 10**400},
+        {"x": float("nan")},
+        {"x": float("inf")},
+        {"x": nested(300)},
+        {"x": nested(MAX_CUSTOM_PARAMETERS_DEPTH + 1)},
+    ],
 }
 PATHS = list(INVALID_FOR)
 
@@ -311,8 +438,11 @@ def test_schema_valid_operations_are_accepted(project_id, op):
 @example(project_id=7, op=operation("a", custom_parameters={"x": float("nan")}))  # queued as null
 @example(project_id=7, op=operation("a", custom_parameters={"x": nested(300)}))  # serialization depth exceeded
 @example(project_id=7, op=operation("a", amount="\u0662.\u0669\u0669"))  # Arabic-Indic digits matched \d
-@example(project_id=7, op=operation("a") | {"purchase": {**operation("a")["purchase"],
-                                                         "external_purchase_date": "2020-01-01\x0005:00:00"}})
+@example(
+    project_id=7,
+    op=operation("a")
+    | {"purchase": {**operation("a")["purchase"], "external_purchase_date": "2020-01-01\x0005:00:00"}},
+)
 def test_schema_mutated_operations(project_id, op):
     try_command(project_id, op)
 
@@ -324,8 +454,11 @@ def test_schema_refuses_each_invalid_field(project_id, op):
         GrantCommand(project_id=project_id, operation=op)
 
 
-@pytest.mark.parametrize(("path", "value"), [(p, v) for p in PATHS for v in INVALID_FOR[p]],
-                         ids=[f"{'.'.join(map(str, p))}-{i}" for p in PATHS for i in range(len(INVALID_FOR[p]))])
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [(p, v) for p in PATHS for v in INVALID_FOR[p]],
+    ids=[f"{'.'.join(map(str, p))}-{i}" for p in PATHS for i in range(len(INVALID_FOR[p]))],
+)
 def test_schema_refuses_every_listed_invalid_value(path, value):
     op = operation("p-1", comment="c", platform="xsolla", custom_parameters={"a": 1})
     set_path(op, path, value)
@@ -357,6 +490,7 @@ def test_lone_surrogates_never_reach_a_command(op, path, bad):
 # 2. parse_command
 # --------------------------------------------------------------------------
 
+
 def try_parse(message: Any) -> None:
     try:
         cmd, enqueued = parse_command(message)
@@ -386,12 +520,16 @@ def mutated_messages(draw) -> dict[str, Any]:
 
 
 @fuzz(200)
-@given(message=st.one_of(
-    json_like,
-    st.dictionaries(st.sampled_from(["v", "kind", "project_id", "operation", "enqueued_at"]), json_like),
-    st.fixed_dictionaries({"v": st.just(ENVELOPE_VERSION), "kind": st.just("grant")},
-                          optional={"project_id": any_project_ids, "operation": json_like, "enqueued_at": json_like}),
-))
+@given(
+    message=st.one_of(
+        json_like,
+        st.dictionaries(st.sampled_from(["v", "kind", "project_id", "operation", "enqueued_at"]), json_like),
+        st.fixed_dictionaries(
+            {"v": st.just(ENVELOPE_VERSION), "kind": st.just("grant")},
+            optional={"project_id": any_project_ids, "operation": json_like, "enqueued_at": json_like},
+        ),
+    )
+)
 def test_parse_command_arbitrary_values(message):
     try_parse(message)
 
@@ -405,6 +543,7 @@ def test_parse_command_mutated_messages(message):
 # --------------------------------------------------------------------------
 # 3. read_feed
 # --------------------------------------------------------------------------
+
 
 def feed(text: str) -> tuple[list[GrantCommand], list[FeedError]]:
     good: list[GrantCommand] = []
@@ -429,7 +568,7 @@ DEEP = "[" * 100_000 + "]" * 100_000
 
 
 @fuzz(300)
-@given(text=st.one_of(st.text(), st.text(alphabet="[]{}\",:0123456789.eE-+ntrufalsNIiy \n\t\\")))
+@given(text=st.one_of(st.text(), st.text(alphabet='[]{}",:0123456789.eE-+ntrufalsNIiy \n\t\\')))
 @example(text=DEEP)  # RecursionError from the array reader (stdlib json)
 @example(text="[" + "1" * 5000 + "]")  # ValueError: Exceeds the limit (4300 digits) for integer string conversion
 @example(text='[{"a": NaN}, Infinity, -Infinity, 1e999, "\\ud800"]')
@@ -452,9 +591,14 @@ def bad_lines(draw) -> str:
     if kind == "garbage":  # invalid wherever it lands (raw control characters), or around the object
         good = json.dumps(draw(valid_operations()))
         i = draw(st.integers(min_value=0, max_value=len(good)))
-        around = draw(st.sampled_from([("", "}"), ("", ","), ("", " x"), (",", ""), ("{", ""), ("'", "'"), ("", "NaN")]))
-        return draw(st.sampled_from([good[:i] + draw(st.sampled_from(["\x00", "\x01", "\x1f"])) + good[i:],
-                                     around[0] + good + around[1]]))
+        around = draw(
+            st.sampled_from([("", "}"), ("", ","), ("", " x"), (",", ""), ("{", ""), ("'", "'"), ("", "NaN")])
+        )
+        return draw(
+            st.sampled_from(
+                [good[:i] + draw(st.sampled_from(["\x00", "\x01", "\x1f"])) + good[i:], around[0] + good + around[1]]
+            )
+        )
     if kind == "text":
         return one_line(draw(st.text(min_size=1, max_size=40).filter(lambda s: not s.lstrip().startswith("{"))))
     if kind == "mutated":
@@ -462,8 +606,11 @@ def bad_lines(draw) -> str:
     if kind == "scalar":
         return json.dumps(draw(st.one_of(st.none(), st.booleans(), numbers, st.lists(st.integers(), max_size=3))))
     if kind == "huge":
-        return json.dumps(operation("huge")).replace('"quantity": 1', '"quantity": ' + draw(
-            st.sampled_from(["1e999", "-1e999", str(10**400), "1" * 5000, "NaN", "Infinity", "0.0e99999"])))
+        return json.dumps(operation("huge")).replace(
+            '"quantity": 1',
+            '"quantity": '
+            + draw(st.sampled_from(["1e999", "-1e999", str(10**400), "1" * 5000, "NaN", "Infinity", "0.0e99999"])),
+        )
     if kind == "deep":
         return "[" * 2000 + "]" * 2000
     return json.dumps([operation("in-an-array")])
@@ -472,11 +619,17 @@ def bad_lines(draw) -> str:
 @st.composite
 def jsonl_feeds(draw, min_entries: int = 0) -> tuple[str, list[str], list[int]]:
     """(text, external ids of the valid lines in order, numbers of the invalid lines)."""
-    entries = draw(st.lists(st.one_of(
-        st.tuples(st.just("ok"), valid_operations()),
-        st.tuples(st.just("bad"), bad_lines()),
-        st.tuples(st.just("blank"), st.sampled_from(["", " ", "\t", "  \t "])),
-    ), min_size=min_entries, max_size=12))
+    entries = draw(
+        st.lists(
+            st.one_of(
+                st.tuples(st.just("ok"), valid_operations()),
+                st.tuples(st.just("bad"), bad_lines()),
+                st.tuples(st.just("blank"), st.sampled_from(["", " ", "\t", "  \t "])),
+            ),
+            min_size=min_entries,
+            max_size=12,
+        )
+    )
     # The reader tells JSON lines from an array by the first character: start with an operation.
     entries.insert(0, ("ok", draw(valid_operations())))
     lines, good, bad = [], [], []
@@ -504,11 +657,16 @@ def test_read_feed_json_lines_mixed(data):
 @st.composite
 def array_feeds(draw) -> tuple[str, list[str], bool]:
     """(text, ids of the valid elements before any break, whether the array is broken)."""
-    elements = draw(st.lists(st.one_of(
-        st.tuples(st.just("ok"), valid_operations()),
-        st.tuples(st.just("bad"), mutated_operations(surely_invalid=True)),
-        st.tuples(st.just("bad"), json_like),
-    ), max_size=8))
+    elements = draw(
+        st.lists(
+            st.one_of(
+                st.tuples(st.just("ok"), valid_operations()),
+                st.tuples(st.just("bad"), mutated_operations(surely_invalid=True)),
+                st.tuples(st.just("bad"), json_like),
+            ),
+            max_size=8,
+        )
+    )
     indent = draw(st.sampled_from([None, 0, 1, 2]))
     texts_, good = [], []
     for kind, value in elements:
@@ -546,14 +704,16 @@ def test_read_feed_oversized_inputs():
     too_many_items = operation("items")
     too_many_items["items"] = [{"sku": "gem", "quantity": 1}] * 10_000
     too_many_params = operation("params", custom_parameters={str(i): i for i in range(MAX_CUSTOM_PARAMETERS + 1)})
-    text = "\n".join([
-        json.dumps(operation("first")),
-        json.dumps(operation("long", comment="x" * 200, custom_parameters={"blob": "x" * (5 << 20)})),
-        json.dumps(too_many_items),
-        json.dumps(too_many_params),
-        json.dumps(operation("last")),
-        big,
-    ])
+    text = "\n".join(
+        [
+            json.dumps(operation("first")),
+            json.dumps(operation("long", comment="x" * 200, custom_parameters={"blob": "x" * (5 << 20)})),
+            json.dumps(too_many_items),
+            json.dumps(too_many_params),
+            json.dumps(operation("last")),
+            big,
+        ]
+    )
     good, bad = feed(text)
     assert [c.external_purchase_id for c in good] == ["first", "last"]
     by_line = {e.line: e for e in bad}
@@ -576,8 +736,11 @@ def test_read_feed_huge_line_is_refused_without_holding_it():
 
     class Stream(io.TextIOBase):  # 64 MB of "x" between two good lines, never in memory at once
         def __init__(self):
-            self.parts = iter([json.dumps(operation("a")) + "\n{\"comment\": \""]
-                              + ["x" * (1 << 20)] * (size >> 20) + ["\"}\n", json.dumps(operation("b")) + "\n"])
+            self.parts = iter(
+                [json.dumps(operation("a")) + '\n{"comment": "']
+                + ["x" * (1 << 20)] * (size >> 20)
+                + ['"}\n', json.dumps(operation("b")) + "\n"]
+            )
             self.buf = ""
 
         def readable(self):
@@ -614,6 +777,7 @@ def test_read_feed_huge_line_is_refused_without_holding_it():
 # --------------------------------------------------------------------------
 # 4. The CLI, end to end, and 5. memory
 # --------------------------------------------------------------------------
+
 
 @pytest.fixture
 def publish_cli(redis_server, monkeypatch, tmp_path, capfd):
@@ -711,7 +875,7 @@ def cli_feeds(draw) -> tuple[bytes, list[str], list[int], bool]:
 def _ok_ids_by_line(lines: list[str], good: list[str], bad: list[int]) -> list[tuple[int, str]]:
     numbers = [n for n, line in enumerate(lines, start=1) if line.strip() and n not in bad]
     assert len(numbers) == len(good)
-    return list(zip(numbers, good))
+    return list(zip(numbers, good, strict=True))
 
 
 @fuzz(60, fixtures=True)
@@ -736,40 +900,71 @@ def _big_cases() -> dict[str, tuple[bytes, list[str], list[int]]]:
     return {
         "5 MB line": (
             "\n".join([ok[0], json.dumps(operation("long", custom_parameters={"blob": "x" * (5 << 20)})), ok[1]]),
-            ["ok-0", "ok-1"], [2]),
+            ["ok-0", "ok-1"],
+            [2],
+        ),
         "10,000 items": ("\n".join([ok[0], json.dumps(items), ok[1]]), ["ok-0", "ok-1"], [2]),
         "201 custom_parameters": (
             "\n".join([ok[0], json.dumps(operation("cp", custom_parameters={f"k{i}": i for i in range(201)})), ok[1]]),
-            ["ok-0", "ok-1"], [2]),
+            ["ok-0", "ok-1"],
+            [2],
+        ),
         "1e999 and 10**400": (
-            "\n".join([ok[0],
-                       json.dumps(operation("inf")).replace('"quantity": 1', '"quantity": 1e999'),
-                       json.dumps(operation("big")).replace('"quantity": 1', f'"quantity": {10**400}'),
-                       json.dumps(operation("bigcp", custom_parameters={"n": 1})).replace('"n": 1', f'"n": {10**400}'),
-                       json.dumps(operation("bigcp2", custom_parameters={"n": 1})).replace('"n": 1', '"n": 1e999'),
-                       ok[1]]),
-            ["ok-0", "ok-1"], [2, 3, 4, 5]),
+            "\n".join(
+                [
+                    ok[0],
+                    json.dumps(operation("inf")).replace('"quantity": 1', '"quantity": 1e999'),
+                    json.dumps(operation("big")).replace('"quantity": 1', f'"quantity": {10**400}'),
+                    json.dumps(operation("bigcp", custom_parameters={"n": 1})).replace('"n": 1', f'"n": {10**400}'),
+                    json.dumps(operation("bigcp2", custom_parameters={"n": 1})).replace('"n": 1', '"n": 1e999'),
+                    ok[1],
+                ]
+            ),
+            ["ok-0", "ok-1"],
+            [2, 3, 4, 5],
+        ),
         "100,000-deep array, JSON lines": ("\n".join([ok[0], DEEP, ok[1]]), ["ok-0", "ok-1"], [2]),
         "300-deep custom_parameters": (
-            "\n".join([ok[0], json.dumps(operation("deep", custom_parameters={"x": 1})).replace(
-                '"x": 1', '"x": ' + "[" * 300 + "]" * 300), ok[1]]),
-            ["ok-0", "ok-1"], [2]),
+            "\n".join(
+                [
+                    ok[0],
+                    json.dumps(operation("deep", custom_parameters={"x": 1})).replace(
+                        '"x": 1', '"x": ' + "[" * 300 + "]" * 300
+                    ),
+                    ok[1],
+                ]
+            ),
+            ["ok-0", "ok-1"],
+            [2],
+        ),
         "100,000-deep array, whole file": (DEEP, [], [1]),
         "array with a 5 MB element": (
-            "[" + ",\n".join([ok[0], json.dumps(operation("long", custom_parameters={"blob": "x" * (5 << 20)})),
-                              ok[1]]) + "]",
-            ["ok-0", "ok-1"], [2]),
+            "["
+            + ",\n".join([ok[0], json.dumps(operation("long", custom_parameters={"blob": "x" * (5 << 20)})), ok[1]])
+            + "]",
+            ["ok-0", "ok-1"],
+            [2],
+        ),
         "array with a 100,000-deep element": ("[" + ok[0] + ",\n" + DEEP + "]", ["ok-0"], [2]),
         "array with huge numbers": (
-            "[" + ",\n".join([ok[0],
-                               json.dumps(operation("bigcp", custom_parameters={"n": 10**400})),
-                               json.dumps(operation("nan", custom_parameters={"n": float("nan")})),
-                               json.dumps(operation("sur", user="x")).replace('"id": "x"', '"id": "\\ud800"'),
-                               json.dumps(operation("sur-date")).replace("2026-11-21T10", "2026-11-21\\ud80010"),
-                               ok[1],
-                               "1" * 5000, ok[2]]) + "]",
+            "["
+            + ",\n".join(
+                [
+                    ok[0],
+                    json.dumps(operation("bigcp", custom_parameters={"n": 10**400})),
+                    json.dumps(operation("nan", custom_parameters={"n": float("nan")})),
+                    json.dumps(operation("sur", user="x")).replace('"id": "x"', '"id": "\\ud800"'),
+                    json.dumps(operation("sur-date")).replace("2026-11-21T10", "2026-11-21\\ud80010"),
+                    ok[1],
+                    "1" * 5000,
+                    ok[2],
+                ]
+            )
+            + "]",
             # Each element judged alone: the one after the 5,000 digits stands.
-            ["ok-0", "ok-1", "ok-2"], [2, 3, 4, 5, 7]),
+            ["ok-0", "ok-1", "ok-2"],
+            [2, 3, 4, 5, 7],
+        ),
     }
 
 
@@ -799,12 +994,22 @@ def test_cli_publish_invalid_utf8_is_reported_per_line(publish_cli):
     for number in (2, 3, 5):
         assert f"line {number}: " in err, err
     # The same bytes inside the elements of a JSON array (read whole, stdlib json).
-    latin1 = {"user": "caf\xe9", "comment": "caf\xe9", "purchase_id": "caf\xe9",
-              "custom_parameters": {"caf\xe9": 1}, "extra": {"caf\xe9": 1}}
+    latin1 = {
+        "user": "caf\xe9",
+        "comment": "caf\xe9",
+        "purchase_id": "caf\xe9",
+        "custom_parameters": {"caf\xe9": 1},
+        "extra": {"caf\xe9": 1},
+    }
     elements = []
     for field, value in latin1.items():
-        op = operation(value) if field == "purchase_id" else operation(f"bad-{field}") if field == "extra" else \
-            operation(f"bad-{field}", **{field: value})
+        op = (
+            operation(value)
+            if field == "purchase_id"
+            else operation(f"bad-{field}")
+            if field == "extra"
+            else operation(f"bad-{field}", **{field: value})
+        )
         if field == "extra":
             op.update(value)
         elements.append(json.dumps(op, ensure_ascii=False).encode("latin-1"))

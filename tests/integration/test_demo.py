@@ -16,9 +16,12 @@ pytestmark = pytest.mark.integration
 def test_demo_runs_the_sample_feed_end_to_end(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRANTS_")}
     out = subprocess.run(
-        [sys.executable, "-m", "ops", "demo", "--no-keep", "--workdir", str(tmp_path / "demo"),
-         "--flower-port", "0"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240,
+        [sys.executable, "-m", "ops", "demo", "--no-keep", "--workdir", str(tmp_path / "demo"), "--flower-port", "0"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     text = out.stdout

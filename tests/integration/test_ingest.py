@@ -15,13 +15,12 @@ import time
 
 import pytest
 
-from producers.aio import AsyncPublisher
 from devstack.localstack import REPO_ROOT, redis_binary, wait_until
+from producers.aio import AsyncPublisher
 from producers.publisher import Publisher, PublishFailed
-from schemas.commands import RevokeCommand
 from schemas.records import Status
 from tests.conftest import make_stack, settings_for
-from tests.helpers import command, operation, publish_raw, wait_final
+from tests.helpers import command, operation, wait_final
 from worker.keys import Keys
 from worker.results import Results
 from worker.settings import Settings, connect
@@ -30,8 +29,15 @@ pytestmark = pytest.mark.integration
 
 
 def grants(stack, *argv, stdin=None):
-    return subprocess.run([sys.executable, "-m", "ops", *argv], env=stack.env(), cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120, input=stdin)
+    return subprocess.run(
+        [sys.executable, "-m", "ops", *argv],
+        env=stack.env(),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        input=stdin,
+    )
 
 
 def test_the_earliest_published_payload_is_the_original_always(tmp_path, project_id):
@@ -51,9 +57,13 @@ def test_the_earliest_published_payload_is_the_original_always(tmp_path, project
             out = grants(stack, "publish", "--project-id", str(project_id), "-", stdin="\n".join(lines) + "\n")
             assert out.returncode == 0, out.stderr
             wait_final(results, project_id, [f"r{round_}-{i}" for i in range(2_100)], timeout=60)
+
             # The repeats come 2,000 lines later: wait until each is seen.
-            records = wait_until(lambda: (recs := {e: results.get(project_id, e) for e in originals})
-                                 and all("conflicts" in r for r in recs.values()) and recs, 30, "the repeats")
+            def seen(wanted=originals):
+                recs = {e: results.get(project_id, e) for e in wanted}
+                return recs if all("conflicts" in r for r in recs.values()) else None
+
+            records = wait_until(seen, 30, "the repeats")
             for epid, record in records.items():
                 assert record["status"] == "granted"
                 assert record["command"]["operation"]["items"][0]["quantity"] == 1, epid
@@ -67,17 +77,25 @@ def test_the_earliest_published_payload_is_the_original_always(tmp_path, project
 def test_a_revoke_published_right_after_its_grant_by_another_process_applies_after_it(stack, results, project_id):
     ids = [f"ord-{i}" for i in range(40)]
     grant_publisher = Publisher(settings_for(stack))
-    script = ("import sys, json\n"
-              "from producers.publisher import Publisher\n"
-              "from schemas.commands import RevokeCommand\n"
-              "from worker.settings import Settings\n"
-              "p = Publisher(Settings())\n"
-              "for line in sys.stdin:\n"
-              "    pid, epid = json.loads(line)\n"
-              "    p.publish(RevokeCommand(project_id=pid, external_purchase_id=epid, comment='Refund'))\n"
-              "    print('ok', flush=True)\n")
-    refunder = subprocess.Popen([sys.executable, "-c", script], env=stack.env(), cwd=REPO_ROOT, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    script = (
+        "import sys, json\n"
+        "from producers.publisher import Publisher\n"
+        "from schemas.commands import RevokeCommand\n"
+        "from worker.settings import Settings\n"
+        "p = Publisher(Settings())\n"
+        "for line in sys.stdin:\n"
+        "    pid, epid = json.loads(line)\n"
+        "    p.publish(RevokeCommand(project_id=pid, external_purchase_id=epid, comment='Refund'))\n"
+        "    print('ok', flush=True)\n"
+    )
+    refunder = subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=stack.env(),
+        cwd=REPO_ROOT,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     try:
         for epid in ids:
             grant_publisher.publish(command(project_id, epid, quantity=2))  # returns once Redis has it
@@ -107,8 +125,9 @@ def test_a_worker_killed_while_ingesting_loses_nothing_and_claims_nothing_twice(
         client = connect(stack.redis.url)
         results = Results(client, Keys())
         ids = [f"kill-{i}" for i in range(20_000)]
-        Publisher(settings_for(stack)).publish_many(command(project_id, i, user=f"u{n % 31}")
-                                                    for n, i in enumerate(ids))
+        Publisher(settings_for(stack)).publish_many(
+            command(project_id, i, user=f"u{n % 31}") for n, i in enumerate(ids)
+        )
         time.sleep(0.3)  # ingestion under way
         for worker in list(stack.workers):
             worker.kill()  # both: whichever held the ingestion lock dies with the range it read
@@ -150,8 +169,9 @@ def test_raw_redis_cli_entries_from_another_language(stack, results, project_id)
     port = str(stack.redis.port)
 
     def xadd(*fields: str) -> str:
-        out = subprocess.run([cli, "-p", port, "XADD", "grants:commands", "*", *fields],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            [cli, "-p", port, "XADD", "grants:commands", "*", *fields], capture_output=True, text=True, timeout=10
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
@@ -264,9 +284,14 @@ def test_commands_left_on_the_old_celery_queue_are_drained_once_in_order(tmp_pat
         with Connection(stack.redis.url) as conn:
             producer = Producer(conn)
             for n, chunk in enumerate(chunks):
-                producer.publish([[json.dumps(chunk)], {}, {}], exchange=exchange, routing_key="grants.ingest",
-                                 serializer="json", headers={"task": "grants.ingest", "id": f"old-{n}"},
-                                 declare=[Queue("grants.ingest", exchange, routing_key="grants.ingest")])
+                producer.publish(
+                    [[json.dumps(chunk)], {}, {}],
+                    exchange=exchange,
+                    routing_key="grants.ingest",
+                    serializer="json",
+                    headers={"task": "grants.ingest", "id": f"old-{n}"},
+                    declare=[Queue("grants.ingest", exchange, routing_key="grants.ingest")],
+                )
         client = connect(stack.redis.url)
         assert client.llen("grants.ingest") == 5
         stack.start_worker(concurrency=2)

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.integration
 
 
 def grants(stack, *argv, expect=0):
-    out = subprocess.run([sys.executable, "-m", "ops", *argv], env=stack.env(), cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "ops", *argv], env=stack.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == expect, out.stdout + out.stderr
     return out
 
@@ -39,14 +40,25 @@ def test_poison_messages_become_dead_letters_and_the_worker_goes_on(stack, resul
     app.send_task("grants.ingest", args=["[]", "extra"], queue="grants.ingest")
     app.send_task("grants.nope", args=[1], queue="grants.ingest")
     with Connection(stack.redis.url) as conn:  # a body that is not JSON at all
-        Producer(conn).publish(b"\x00\xffgarbage", exchange=Exchange("grants.ingest", type="direct"),
-                               routing_key="grants.ingest", content_type="application/json",
-                               content_encoding="utf-8", headers={"task": "grants.ingest", "id": "hand-made-1"})
+        Producer(conn).publish(
+            b"\x00\xffgarbage",
+            exchange=Exchange("grants.ingest", type="direct"),
+            routing_key="grants.ingest",
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers={"task": "grants.ingest", "id": "hand-made-1"},
+        )
     assert wait_final(results, project_id, ["pm-good"])["pm-good"]["status"] == "granted"
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         reasons = [d["reason"] for d in dead_letters(stack)]
-        if sum(any(k in r for r in reasons) for k in ("items", "not JSON", "one argument", "unknown task", "undecodable")) == 5:
+        if (
+            sum(
+                any(k in r for r in reasons)
+                for k in ("items", "not JSON", "one argument", "unknown task", "undecodable")
+            )
+            == 5
+        ):
             break
         time.sleep(0.2)
     letters = dead_letters(stack)
@@ -134,7 +146,9 @@ def test_one_unencodable_command_does_not_sink_its_chunk(stack, results, project
     assert {r["status"] for r in records.values()} == {"granted"}
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        letters = [d for d in dead_letters(stack) if d["external_purchase_id"] == "ue-huge" or "\\ud800" in (d["raw"] or "")]
+        letters = [
+            d for d in dead_letters(stack) if d["external_purchase_id"] == "ue-huge" or "\\ud800" in (d["raw"] or "")
+        ]
         if len(letters) >= 2:
             break
         time.sleep(0.2)

@@ -13,7 +13,6 @@ import pytest
 
 from devstack.localstack import REPO_ROOT
 from schemas.records import Status
-from tests.conftest import settings_for
 from tests.helpers import command, operation, wait_final
 
 pytestmark = pytest.mark.integration
@@ -52,8 +51,14 @@ def test_duplicates_from_two_concurrent_producers_are_granted_once(stack, result
     feed.write_text("".join(json.dumps(operation(i)) + "\n" for i in ids * 3))
     env = stack.env()
     procs = [
-        subprocess.Popen([sys.executable, "-m", "ops", "publish", "--project-id", str(project_id), str(feed)],
-                         env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "ops", "publish", "--project-id", str(project_id), str(feed)],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     for p in procs:
@@ -114,7 +119,9 @@ def test_503_then_success(stack, publisher, results, project_id, sandbox_faults)
     assert stack.audit_counts(project_id) == {"u-1": 1}
 
 
-def test_read_timeout_without_idempotency_is_in_doubt_and_not_resent(stack, publisher, results, project_id, sandbox_faults):
+def test_read_timeout_without_idempotency_is_in_doubt_and_not_resent(
+    stack, publisher, results, project_id, sandbox_faults
+):
     # The sandbox applies the grant, then answers after the worker's 1.5 s read timeout.
     sandbox_faults(script=[{"action": "hang", "seconds": 3}])
     publisher.publish(command(project_id, "t-1"))
@@ -144,15 +151,23 @@ def test_results_cli_prints_records_lists_and_stats(stack, publisher, results, p
     wait_final(results, project_id, ["cli-1"])
 
     def grants(*argv):
-        out = subprocess.run([sys.executable, "-m", "ops", *argv], env=stack.env(), cwd=REPO_ROOT,
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [sys.executable, "-m", "ops", *argv],
+            env=stack.env(),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 
     record = grants("results", "get", "cli-1", "--project-id", str(project_id))
     assert record["status"] == "granted" and record["external_purchase_id"] == "cli-1"
     listed = grants("results", "list", "--status", "granted", "--project-id", str(project_id), "--json")
-    assert [(r["project_id"], r["external_purchase_id"], r["status"]) for r in listed] == [(project_id, "cli-1", "granted")]
+    assert [(r["project_id"], r["external_purchase_id"], r["status"]) for r in listed] == [
+        (project_id, "cli-1", "granted")
+    ]
     stats = grants("results", "stats", "--json")
     assert stats["counts"]["granted"] >= 1
     assert {"backlog", "oldest_waiting_age_s"} <= stats.keys()
@@ -175,7 +190,11 @@ def test_publish_cli_reports_invalid_lines_and_publishes_the_rest(stack, results
     feed.write_text("\n".join(lines) + "\n")
     out = subprocess.run(
         [sys.executable, "-m", "ops", "publish", "--project-id", str(project_id), str(feed)],
-        env=stack.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
+        env=stack.env(),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 1
     errors = out.stderr.strip().splitlines()
@@ -194,7 +213,12 @@ def test_publish_accepts_the_api_request_body_array(stack, results, project_id, 
     feed.write_text(json.dumps(body, indent=2))
     out = subprocess.run(
         [sys.executable, "-m", "ops", "publish", "--project-id", str(project_id), "-"],
-        input=feed.read_text(), env=stack.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
+        input=feed.read_text(),
+        env=stack.env(),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 0, out.stderr
     records = wait_final(results, project_id, ["a-1", "a-2"])
@@ -236,10 +260,17 @@ def test_flower_cannot_be_driven_cross_site(stack, publisher, results, project_i
     base = f"http://127.0.0.1:{stack.flower_port}"
     body = json.dumps({"kwargs": {"status": "failed", "project_id": project_id, "force": True, "actor": "attacker"}})
     assert httpx.post(f"{base}/api/task/async-apply/grants.replay", content=body, timeout=10).status_code == 401
-    for headers in ({"Origin": "https://evil.example", "Content-Type": "text/plain"},
-                    {"Sec-Fetch-Site": "cross-site", "Content-Type": "text/plain"}):
-        answer = httpx.post(f"{base}/api/task/async-apply/grants.replay", content=body, headers=headers,
-                            auth=stack.flower_auth, timeout=10)
+    for headers in (
+        {"Origin": "https://evil.example", "Content-Type": "text/plain"},
+        {"Sec-Fetch-Site": "cross-site", "Content-Type": "text/plain"},
+    ):
+        answer = httpx.post(
+            f"{base}/api/task/async-apply/grants.replay",
+            content=body,
+            headers=headers,
+            auth=stack.flower_auth,
+            timeout=10,
+        )
         assert answer.status_code == 403, answer.text
         assert answer.headers.get("access-control-allow-origin") is None
     # The operator's own call (same origin, with the credentials) is served.
@@ -260,49 +291,76 @@ def test_no_secret_in_logs_or_results_store(stack, results):
         assert not any(stack.api_key in (v or "") for v in values), key
 
 
-def test_secrets_echoed_by_a_backend_are_stored_and_logged_nowhere(stack, publisher, results, project_id,
-                                                                   sandbox_faults):
+def test_secrets_echoed_by_a_backend_are_stored_and_logged_nowhere(
+    stack, publisher, results, project_id, sandbox_faults
+):
     """A 500 and a 400 whose bodies echo our request headers (Basic auth,
     Backpack's bearer token): the records keep the error, never a secret in
     any form (raw, base64 Basic, bearer); nor do the logs or `results get`."""
     from schemas.commands import BackpackCreateCommand
     from tests.helpers import redis_text, secret_forms
 
-    sandbox_faults(script=[{"status": 500, "echo_headers": True}, {"status": 400, "echo_headers": True},
-                           {"path": "/virtual_items", "status": 500, "echo_headers": True}])
+    sandbox_faults(
+        script=[
+            {"status": 500, "echo_headers": True},
+            {"status": 400, "echo_headers": True},
+            {"path": "/virtual_items", "status": 500, "echo_headers": True},
+        ]
+    )
     publisher.publish(command(project_id, "echo-500"))
     wait_final(results, project_id, ["echo-500"])
     publisher.publish(command(project_id, "echo-400"))
     wait_final(results, project_id, ["echo-400"])
-    publisher.publish(BackpackCreateCommand(project_id=project_id, operation_id="echo-bp", user_id="u-echo",
-                                            item_type="virtual_items", items=[{"item_sku": "s", "item_name": "S", "image_url": "https://cdn.example/s.png",
-                                                                   "external_game_id": "g"}]))
+    publisher.publish(
+        BackpackCreateCommand(
+            project_id=project_id,
+            operation_id="echo-bp",
+            user_id="u-echo",
+            item_type="virtual_items",
+            items=[
+                {"item_sku": "s", "item_name": "S", "image_url": "https://cdn.example/s.png", "external_game_id": "g"}
+            ],
+        )
+    )
     deadline = time.monotonic() + 20
     while (results.get(project_id, "echo-bp", "backpack.create") or {}).get("status") in (None, "pending", "sending"):
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    errors = [results.get(project_id, "echo-500")["error"], results.get(project_id, "echo-400")["error"],
-              results.get(project_id, "echo-bp", "backpack.create")["error"]]
+    errors = [
+        results.get(project_id, "echo-500")["error"],
+        results.get(project_id, "echo-400")["error"],
+        results.get(project_id, "echo-bp", "backpack.create")["error"],
+    ]
     assert all("authorization" in e.lower() for e in errors), errors  # the echo itself is kept...
     forms = secret_forms(stack.merchant_id, stack.api_key, stack.backpack_token)
-    shown = subprocess.run([sys.executable, "-m", "ops", "results", "get", "echo-500", "--project-id",
-                            str(project_id)], env=stack.env(), cwd=REPO_ROOT, capture_output=True, text=True,
-                           timeout=30).stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "ops", "results", "get", "echo-500", "--project-id", str(project_id)],
+        env=stack.env(),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
     logs = "".join(p.read_text(errors="replace") for p in stack.workdir.glob("w*.log"))
     for text in (*errors, shown, logs, redis_text(results.redis, "grants:*")):
         for secret in forms:  # ...without any secret in it
             assert secret not in text
 
 
-@pytest.mark.parametrize("refusal", [
-    {"status": 302, "location": "https://elsewhere.example/api"},
-    {"status": 301},
-    {"status": 307},
-    {"status": 404, "body": "Not Found"},
-    {"status": 405, "body": "<html>Method Not Allowed</html>"},
-], ids=["302", "301", "307", "404-proxy", "405"])
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        {"status": 302, "location": "https://elsewhere.example/api"},
+        {"status": 301},
+        {"status": 307},
+        {"status": 404, "body": "Not Found"},
+        {"status": 405, "body": "<html>Method Not Allowed</html>"},
+    ],
+    ids=["302", "301", "307", "404-proxy", "405"],
+)
 def test_a_redirect_or_an_endpoint_wide_refusal_fails_the_lane_replayably_without_splitting(
-        stack, publisher, results, project_id, sandbox_faults, refusal):
+    stack, publisher, results, project_id, sandbox_faults, refusal
+):
     """The endpoint or configuration is wrong, not the commands: nothing is
     split (each purchase is not sent 4-7 times), the lane backs off, one loud
     log line says so, and after the retries every command is failed (safe to
@@ -326,14 +384,21 @@ def test_a_redirect_or_an_endpoint_wide_refusal_fails_the_lane_replayably_withou
     loud = [line for line in logs.splitlines() if "lane backing off" in line and f'"project_id": {project_id}' in line]
     assert 1 <= len(loud) <= 2, loud  # once per interval per pool process, not per attempt or command
     # Fixed configuration: the replay grants them.
-    out = subprocess.run([sys.executable, "-m", "ops", "replay", "--status", "failed", "--project-id",
-                          str(project_id)], env=stack.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "ops", "replay", "--status", "failed", "--project-id", str(project_id)],
+        env=stack.env(),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "replayed 3 of 3 selected" in out.stdout, out.stdout + out.stderr
     assert {r["status"] for r in wait_final(results, project_id, ids, timeout=30).values()} == {"granted"}
 
 
-def test_413_splits_and_only_a_single_command_still_too_large_is_rejected(stack, publisher, results, project_id,
-                                                                          sandbox_faults):
+def test_413_splits_and_only_a_single_command_still_too_large_is_rejected(
+    stack, publisher, results, project_id, sandbox_faults
+):
     # Behind a slow first call, the four accumulate into one batch, refused whole.
     sandbox_faults(script=[{"action": "hang", "seconds": 0.5}, {"status": 413, "body": "Request Entity Too Large"}])
     publisher.publish(command(project_id, "big-first"))
@@ -350,8 +415,17 @@ def test_413_splits_and_only_a_single_command_still_too_large_is_rejected(stack,
 
 
 def test_a_404_naming_an_item_still_isolates_it_by_splitting(stack, publisher, results, project_id, sandbox_faults):
-    sandbox_faults(script=[{"status": 404, "body": json.dumps(
-        {"statusCode": 404, "errorCode": 4001, "errorMessage": "[0401]: Item with sku = 'x' not found"})}] * 3)
+    sandbox_faults(
+        script=[
+            {
+                "status": 404,
+                "body": json.dumps(
+                    {"statusCode": 404, "errorCode": 4001, "errorMessage": "[0401]: Item with sku = 'x' not found"}
+                ),
+            }
+        ]
+        * 3
+    )
     ids = [f"sku404-{i}" for i in range(2)]
     publisher.publish_many(command(project_id, i) for i in ids)
     records = wait_final(results, project_id, ids)
@@ -383,6 +457,12 @@ def test_an_answer_naming_another_user_confirms_nothing(stack, publisher, result
 
 @pytest.mark.parametrize("limit", ["0", "-1"])
 def test_replay_limit_must_be_positive(stack, limit):
-    out = subprocess.run([sys.executable, "-m", "ops", "replay", "--status", "failed", "--limit", limit],
-                         env=stack.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "ops", "replay", "--status", "failed", "--limit", limit],
+        env=stack.env(),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 2 and "at least 1" in out.stderr and "Traceback" not in out.stderr

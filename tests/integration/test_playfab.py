@@ -13,8 +13,8 @@ from schemas.commands import RevokeCommand
 from tests.conftest import FAST, settings_for
 from tests.helpers import command, wait_final
 from worker.keys import Keys
-from worker.settings import connect
 from worker.results import Results
+from worker.settings import connect
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,8 @@ def pf(tmp_path_factory):
         stack.start_redis()
         stack.start_sandbox()
         stack.settings_env["GRANTS_PROJECTS"] = json.dumps(
-            {str(PF): {"backend": "playfab", "base_url": f"{stack.sandbox_url}/playfab"}})
+            {str(PF): {"backend": "playfab", "base_url": f"{stack.sandbox_url}/playfab"}}
+        )
         stack.start_worker(concurrency=2)
         stack.sandbox_put("/sandbox/playfab/config", {"shuffle_results": True})
         import httpx
@@ -59,15 +60,18 @@ def purchase(epid, user, items):
 
 def test_shuffled_results_are_matched_by_identity(pf, results):
     ids = [f"pf-m{i}" for i in range(12)]
-    cmds = [command(PF, epid, user=PLAYERS[i % 3], sku=["sword", "shield", "gem"][i % 3], quantity=1 + i % 3)
-            for i, epid in enumerate(ids)]
+    cmds = [
+        command(PF, epid, user=PLAYERS[i % 3], sku=["sword", "shield", "gem"][i % 3], quantity=1 + i % 3)
+        for i, epid in enumerate(ids)
+    ]
     Publisher(settings_for(pf)).publish_many(cmds)
     records = wait_final(results, PF, ids)
     assert {r["status"] for r in records.values()} == {"granted"}
     for c in cmds:
         got = records[c.external_purchase_id]["response"]["ItemGrantResults"]
         assert {(g["PlayFabId"], g["ItemId"], g["Annotation"]) for g in got} == {
-            (c.user_id, c.operation.items[0].sku, c.external_purchase_id)}
+            (c.user_id, c.operation.items[0].sku, c.external_purchase_id)
+        }
         assert len(got) == c.operation.items[0].quantity
     assert counts(pf)["counts"] == {epid: 1 for epid in ids}
 
@@ -87,8 +91,11 @@ def test_a_read_timeout_is_reconciled_from_the_inventory_not_doubted_or_doubled(
 
 
 def test_unknown_account_rejects_that_users_grants_only(pf, results):
-    cmds = [command(PF, "pf-ok1", user="PF-ANA", sku="gem"), command(PF, "pf-ghost", user="PF-NOBODY", sku="gem"),
-            command(PF, "pf-ok2", user="PF-CHEN", sku="gem")]
+    cmds = [
+        command(PF, "pf-ok1", user="PF-ANA", sku="gem"),
+        command(PF, "pf-ghost", user="PF-NOBODY", sku="gem"),
+        command(PF, "pf-ok2", user="PF-CHEN", sku="gem"),
+    ]
     Publisher(settings_for(pf)).publish_many(cmds)
     records = wait_final(results, PF, ["pf-ok1", "pf-ghost", "pf-ok2"])
     assert records["pf-ghost"]["status"] == "rejected" and "AccountNotFound" in records["pf-ghost"]["error"]
@@ -98,10 +105,12 @@ def test_unknown_account_rejects_that_users_grants_only(pf, results):
 def test_result_false_fails_that_command_only(pf, results):
     pf.sandbox_put("/sandbox/playfab/catalog", {"CatalogVersion": "main", "Catalog": ["gem", "sword", "shield"]})
     try:
-        Publisher(settings_for(pf)).publish_many([
-            command(PF, "pf-cat-ok", user="PF-ANA", sku="sword"),
-            command(PF, "pf-cat-no", user="PF-ANA", sku="not.in.catalog"),
-        ])
+        Publisher(settings_for(pf)).publish_many(
+            [
+                command(PF, "pf-cat-ok", user="PF-ANA", sku="sword"),
+                command(PF, "pf-cat-no", user="PF-ANA", sku="not.in.catalog"),
+            ]
+        )
         records = wait_final(results, PF, ["pf-cat-ok", "pf-cat-no"])
     finally:
         pf.sandbox_put("/sandbox/playfab/catalog", None)
@@ -169,11 +178,13 @@ def test_product_disabled_is_final_for_the_call_and_rate_limits_are_retried(pf, 
 def test_playfab_fields_travel_in_custom_parameters(pf, results):
     extras = {"playfab": {"Data": {"source": "store", "campaign": "winter"}, "CustomTags": {"trace": "t-1"}}}
     bad = {"playfab": {"Data": {"!hidden": "x"}}}
-    Publisher(settings_for(pf)).publish_many([
-        command(PF, "pf-data", user="PF-ANA", sku="gem", custom_parameters=extras),
-        command(PF, "pf-bad-data", user="PF-ANA", sku="gem", custom_parameters=bad),
-        command(PF, "pf-half", user="PF-ANA", sku="gem", quantity=1.5),
-    ])
+    Publisher(settings_for(pf)).publish_many(
+        [
+            command(PF, "pf-data", user="PF-ANA", sku="gem", custom_parameters=extras),
+            command(PF, "pf-bad-data", user="PF-ANA", sku="gem", custom_parameters=bad),
+            command(PF, "pf-half", user="PF-ANA", sku="gem", quantity=1.5),
+        ]
+    )
     records = wait_final(results, PF, ["pf-data", "pf-bad-data", "pf-half"])
     assert records["pf-data"]["status"] == "granted"
     instance = records["pf-data"]["response"]["ItemGrantResults"][0]
@@ -189,13 +200,17 @@ def test_what_a_read_back_proved_applied_is_final_whatever_the_rest_meets(pf, re
     again and meets a 400 (split) or 503s (retries exhausted). A stays
     granted once: never sent again, never marked failed, never replayed."""
     a, b = f"pf-part-a-{then[:3]}", f"pf-part-b-{then[:3]}"
-    follow_up = [{"path": "GrantItemsToUsers", "status": 400}] if then == "400" else \
-        [{"path": "GrantItemsToUsers", "status": 503}] * 8
+    follow_up = (
+        [{"path": "GrantItemsToUsers", "status": 400}]
+        if then == "400"
+        else [{"path": "GrantItemsToUsers", "status": 503}] * 8
+    )
     pf.sandbox_put("/sandbox/playfab/catalog", {"CatalogVersion": "main", "Catalog": ["sword"]})
     pf.sandbox_put("/sandbox/faults", {"script": [{"path": "GrantItemsToUsers", "action": "drop"}, *follow_up]})
     try:
-        Publisher(settings_for(pf)).publish_many([command(PF, a, user="PF-ANA", sku="sword"),
-                                                  command(PF, b, user="PF-ANA", sku="not.in.catalog")])
+        Publisher(settings_for(pf)).publish_many(
+            [command(PF, a, user="PF-ANA", sku="sword"), command(PF, b, user="PF-ANA", sku="not.in.catalog")]
+        )
         records = wait_final(results, PF, [a, b], timeout=60)
     finally:
         pf.sandbox_put("/sandbox/faults", {})
@@ -213,9 +228,14 @@ def test_what_a_read_back_proved_applied_is_final_whatever_the_rest_meets(pf, re
 
         pf.sandbox_put("/sandbox/playfab/catalog", {"CatalogVersion": "main", "Catalog": ["sword"]})
         try:
-            out = subprocess.run([sys.executable, "-m", "ops", "replay", "--status", "failed",
-                                  "--project-id", str(PF)], env=pf.env(), cwd=REPO_ROOT, capture_output=True,
-                                 text=True, timeout=60)
+            out = subprocess.run(
+                [sys.executable, "-m", "ops", "replay", "--status", "failed", "--project-id", str(PF)],
+                env=pf.env(),
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert out.returncode == 0 and "replayed 1 of 1 selected" in out.stdout, out.stdout + out.stderr
             deadline = time.monotonic() + 20
             while results.get(PF, b)["status"] not in ("rejected", "granted") and time.monotonic() < deadline:

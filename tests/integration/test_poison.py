@@ -10,13 +10,13 @@ import time
 
 import pytest
 
+from producers.publisher import Publisher
 from schemas.records import Status
 from tests.conftest import make_stack, settings_for
-from producers.publisher import Publisher
 from tests.helpers import command, kombu_envelope, wait_final
 from worker.keys import Keys
-from worker.settings import connect
 from worker.results import Results
+from worker.settings import connect
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +31,9 @@ def poison(queue: str, task: str) -> list[bytes]:
         b"[1,2,3]",
         DEEP.encode(),
         kombu_envelope(DEEP, task=task, queue=queue),
-        kombu_envelope("gASVCAAAAAAAAACMBHB3bmWULg==", task=task, queue=queue,
-                       content_type="application/x-python-serialize"),
+        kombu_envelope(
+            "gASVCAAAAAAAAACMBHB3bmWULg==", task=task, queue=queue, content_type="application/x-python-serialize"
+        ),
         kombu_envelope("[[], {}, {}]", task="grants.no_such_task", queue=queue),
         kombu_envelope("[[], {}, {}]", task=task, queue=queue, headers=["not", "a", "dict"]),
         kombu_envelope('[[["not-a-batch-id"]], {}, {}]', task=task, queue=queue),
@@ -94,10 +95,11 @@ def test_each_element_of_a_hand_made_chunk_is_judged_alone(tmp_path, project_id)
             "1" * 5000,
             json.dumps({"v": 1, "kind": "grant", "project_id": project_id, "junk": "x" * 70_000}),
         ]
-        elements = valid[:300] + [bad[0]] + valid[300:600] + [bad[1]] + valid[600:] + [bad[2]]
+        elements = [*valid[:300], bad[0], *valid[300:600], bad[1], *valid[600:], bad[2]]
         chunk = "[" + ",".join(elements) + "]"
-        client.lpush("grants.ingest", kombu_envelope(json.dumps([[chunk], {}, {}]), task="grants.ingest",
-                                                     queue="grants.ingest"))
+        client.lpush(
+            "grants.ingest", kombu_envelope(json.dumps([[chunk], {}, {}]), task="grants.ingest", queue="grants.ingest")
+        )
         results = Results(client, Keys())
         records = wait_final(results, project_id, ids, timeout=60)
         assert {r["status"] for r in records.values()} == {"granted"}

@@ -11,8 +11,8 @@ from schemas.records import Status
 from tests.conftest import make_stack, settings_for
 from tests.helpers import command, wait_final
 from worker.keys import Keys
-from worker.settings import connect
 from worker.results import Results
+from worker.settings import connect
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,9 @@ def test_worker_sigkilled_mid_run_loses_nothing_and_doubles_nothing(tmp_path, pr
         # Slow calls, so the kill lands while batches are on the wire.
         stack.sandbox_put("/sandbox/faults", {"latency_ms": 150})
         ids = [f"k-{i}" for i in range(2000)]
-        Publisher(settings_for(stack)).publish_many(command(project_id, i, user=f"u{n % 13}") for n, i in enumerate(ids))
+        Publisher(settings_for(stack)).publish_many(
+            command(project_id, i, user=f"u{n % 13}") for n, i in enumerate(ids)
+        )
         results = Results(connect(stack.redis.url), Keys())
         deadline = time.monotonic() + 30
         while results.stats()["counts"]["granted"] < 200 and time.monotonic() < deadline:
@@ -77,7 +79,9 @@ def test_sigterm_finishes_or_hands_back_within_bounds_and_loses_nothing(tmp_path
     try:
         stack.sandbox_put("/sandbox/faults", {"latency_ms": 100})
         ids = [f"st-{i}" for i in range(1500)]
-        Publisher(settings_for(stack)).publish_many(command(project_id, i, user=f"u{n % 11}") for n, i in enumerate(ids))
+        Publisher(settings_for(stack)).publish_many(
+            command(project_id, i, user=f"u{n % 11}") for n, i in enumerate(ids)
+        )
         results = Results(connect(stack.redis.url), Keys())
         deadline = time.monotonic() + 30
         while results.stats()["counts"]["granted"] < 100 and time.monotonic() < deadline:
@@ -104,7 +108,9 @@ def test_a_backlog_stays_in_redis_not_in_worker_memory(tmp_path, project_id):
     stack = make_stack(tmp_path, workers=0)
     try:
         ids = [f"bl-{i}" for i in range(20_000)]
-        Publisher(settings_for(stack)).publish_many(command(project_id, i, user=f"u{n % 97}") for n, i in enumerate(ids))
+        Publisher(settings_for(stack)).publish_many(
+            command(project_id, i, user=f"u{n % 97}") for n, i in enumerate(ids)
+        )
         worker = stack.start_worker(concurrency=2)
         results = Results(connect(stack.redis.url), Keys())
         peak = 0

@@ -21,7 +21,9 @@ def wait_revokes(results, project_id, ids, timeout=30.0):
         if all(r and r.get("revoke") and r["revoke"]["status"] in final for r in recs.values()):
             return recs
         time.sleep(0.1)
-    raise AssertionError(f"revokes without an outcome: {[i for i, r in recs.items() if not (r or {}).get('revoke')][:5]}")
+    raise AssertionError(
+        f"revokes without an outcome: {[i for i, r in recs.items() if not (r or {}).get('revoke')][:5]}"
+    )
 
 
 def test_revoke_racing_its_grant_never_leaves_a_grant_standing(stack, publisher, results, project_id):
@@ -74,30 +76,45 @@ def test_revoke_before_the_grant_and_of_unknown_purchases(stack, publisher, resu
 def test_revoke_the_inventory_cannot_cover_is_rejected_alone(stack, publisher, results, project_id):
     import httpx
 
-    publisher.publish_many([command(project_id, "rc-used", user="u-used", sku="potion", quantity=2),
-                            command(project_id, "rc-kept", user="u-kept", sku="potion", quantity=2)])
+    publisher.publish_many(
+        [
+            command(project_id, "rc-used", user="u-used", sku="potion", quantity=2),
+            command(project_id, "rc-kept", user="u-kept", sku="potion", quantity=2),
+        ]
+    )
     wait_final(results, project_id, ["rc-used", "rc-kept"])
     # The first player used one potion up: take it out of the inventory, as the game would.
-    httpx.post(f"{stack.sandbox_url}/v2/project/{project_id}/inventory/revoke",
-               json=[{"user": {"id": "u-used"}, "items": [{"sku": "potion", "quantity": 1}]}],
-               auth=(stack.merchant_id, stack.api_key)).raise_for_status()
-    publisher.publish_many([RevokeCommand(project_id=project_id, external_purchase_id=i) for i in ("rc-used", "rc-kept")])
+    httpx.post(
+        f"{stack.sandbox_url}/v2/project/{project_id}/inventory/revoke",
+        json=[{"user": {"id": "u-used"}, "items": [{"sku": "potion", "quantity": 1}]}],
+        auth=(stack.merchant_id, stack.api_key),
+    ).raise_for_status()
+    publisher.publish_many(
+        [RevokeCommand(project_id=project_id, external_purchase_id=i) for i in ("rc-used", "rc-kept")]
+    )
     recs = wait_revokes(results, project_id, ["rc-used", "rc-kept"])
     assert recs["rc-used"]["revoke"]["status"] == "rejected"
     assert "Failed to remove this number of items" in recs["rc-used"]["revoke"]["error"]
     assert recs["rc-kept"]["revoke"]["status"] == "revoked"
 
 
-def test_a_failed_refund_is_replayed_once_and_takes_the_items_back(stack, publisher, results, project_id,
-                                                                   sandbox_faults):
+def test_a_failed_refund_is_replayed_once_and_takes_the_items_back(
+    stack, publisher, results, project_id, sandbox_faults
+):
     import subprocess
     import sys
 
     from devstack.localstack import REPO_ROOT
 
     def grants(*argv):
-        out = subprocess.run([sys.executable, "-m", "ops", *argv], env=stack.env(), cwd=REPO_ROOT,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "ops", *argv],
+            env=stack.env(),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         return out.stdout
 
@@ -120,8 +137,9 @@ def test_a_failed_refund_is_replayed_once_and_takes_the_items_back(stack, publis
     assert [h["by"] for h in rec["revoke"]["history"]] == ["ops"]
     assert [b["quantity"] for b in stack.sandbox_get("/sandbox/balances", project_id=project_id)["balances"]] == [0]
     # Guarded like grants: a revoked refund is never replayed again.
-    assert "replayed 0 of 0 selected" in grants("replay", "--kind", "revoke", "--status", "failed",
-                                                "--project-id", str(project_id))
+    assert "replayed 0 of 0 selected" in grants(
+        "replay", "--kind", "revoke", "--status", "failed", "--project-id", str(project_id)
+    )
 
 
 def test_expiry_of_a_record_is_not_never_seen_refunds_within_the_window_and_rejected_past_it(tmp_path, project_id):
@@ -131,13 +149,18 @@ def test_expiry_of_a_record_is_not_never_seen_refunds_within_the_window_and_reje
     from producers.publisher import Publisher
     from tests.conftest import make_stack, settings_for
     from worker.keys import Keys
-    from worker.settings import connect
     from worker.results import Results
+    from worker.settings import connect
 
     day = 86_400
-    stack = make_stack(tmp_path, env={"GRANTS_RESULT_RETENTION_DAYS": str(2 / day),
-                                      "GRANTS_REFUND_WINDOW_DAYS": str(6 / day),
-                                      "GRANTS_DEDUPE_RETENTION_DAYS": str(120 / day)})
+    stack = make_stack(
+        tmp_path,
+        env={
+            "GRANTS_RESULT_RETENTION_DAYS": str(2 / day),
+            "GRANTS_REFUND_WINDOW_DAYS": str(6 / day),
+            "GRANTS_DEDUPE_RETENTION_DAYS": str(120 / day),
+        },
+    )
     try:
         publisher = Publisher(settings_for(stack))
         results = Results(connect(stack.redis.url), Keys())
@@ -155,9 +178,13 @@ def test_expiry_of_a_record_is_not_never_seen_refunds_within_the_window_and_reje
                 time.sleep(0.1)
             raise AssertionError(f"no revoke outcome for {epid}")
 
-        publisher.publish_many([command(project_id, "ex-a", user="ua", quantity=2),
-                                command(project_id, "ex-b", user="ub", quantity=2),
-                                command(project_id, "ex-c", user="uc", quantity=2)])
+        publisher.publish_many(
+            [
+                command(project_id, "ex-a", user="ua", quantity=2),
+                command(project_id, "ex-b", user="ub", quantity=2),
+                command(project_id, "ex-c", user="uc", quantity=2),
+            ]
+        )
         wait_final(results, project_id, ["ex-a", "ex-b", "ex-c"])
         time.sleep(3)  # the records are gone, the refund data and the claims are not
         expired = results.get(project_id, "ex-a")

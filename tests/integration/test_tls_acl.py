@@ -20,14 +20,14 @@ from tests.tls_support import ACL_PASSWORD, ACL_USER, AclRedisServer, TlsFiles, 
 from worker.keys import Keys
 from worker.logs import Redactor
 from worker.redis_conn import broker_ssl_options
-from worker.settings import connect
 from worker.results import Results
-from worker.settings import Settings
+from worker.settings import Settings, connect
 
 pytestmark = pytest.mark.integration
 
 
 # --- servers -----------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory) -> TlsFiles:
@@ -65,6 +65,7 @@ def acl_server(tmp_path):
 
 
 # --- the whole pipeline --------------------------------------------------------
+
 
 def _grant_through(server: AclRedisServer, workdir: Path, project_id: int) -> Stack:
     """Sandbox + one celery worker on ``server.url``; publish, wait, check. Returns the stopped stack."""
@@ -122,6 +123,7 @@ def test_grants_with_an_acl_user_on_a_plain_port(acl_server, tmp_path, project_i
 
 # --- the server really enforces what the URL asks for ---------------------------
 
+
 def _refused(url: str, error: type[Exception]) -> None:
     client = connect(url, patient=False)
     try:
@@ -172,10 +174,14 @@ def test_acl_server_refuses_the_default_user_and_a_wrong_password(acl_server):
 
 # --- URL handling without a server ---------------------------------------------
 
+
 def test_broker_ssl_options_come_from_the_url_query(tls_files):
     url = f"rediss://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:6380/0?ssl_ca_certs={tls_files.ca}&ssl_cert_reqs=optional"
     assert broker_ssl_options(url) == {
-        "ssl_cert_reqs": ssl.CERT_OPTIONAL, "ssl_ca_certs": str(tls_files.ca), "ssl_certfile": None, "ssl_keyfile": None,
+        "ssl_cert_reqs": ssl.CERT_OPTIONAL,
+        "ssl_ca_certs": str(tls_files.ca),
+        "ssl_certfile": None,
+        "ssl_keyfile": None,
     }
     # required is the default: kombu alone would fall back to CERT_NONE.
     assert broker_ssl_options("rediss://h:6380/0")["ssl_cert_reqs"] == ssl.CERT_REQUIRED
@@ -201,6 +207,7 @@ def test_kombu_reads_the_same_tls_settings_from_the_url(tls_files):
 def test_the_log_redactor_masks_rediss_credentials():
     url = f"rediss://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:6380/0?ssl_ca_certs=/ca.pem"
     assert Redactor([]).scrub(f"broker {url} down") == (
-        f"broker rediss://{ACL_USER}:***@127.0.0.1:6380/0?ssl_ca_certs=/ca.pem down")
+        f"broker rediss://{ACL_USER}:***@127.0.0.1:6380/0?ssl_ca_certs=/ca.pem down"
+    )
     assert ACL_PASSWORD in Settings(redis_url=url).secrets()
     assert ACL_PASSWORD not in Redactor(Settings(redis_url=url).secrets()).scrub(f"auth {ACL_PASSWORD} failed")

@@ -49,11 +49,18 @@ class XsollaBackpack:
         self.merchant_id = merchant_id
 
     @classmethod
-    def from_settings(cls, settings: Settings, project: ProjectBackend,
-                      transport: httpx.BaseTransport | None = None) -> "XsollaBackpack":
-        client = build_client(settings, project.base_url or settings.backpack_base_url, transport=transport,
-                              headers={"Authorization": f"Bearer {settings.backpack_token.get_secret_value()}",
-                                       HOST_ID_HEADER: settings.backpack_host_id})
+    def from_settings(
+        cls, settings: Settings, project: ProjectBackend, transport: httpx.BaseTransport | None = None
+    ) -> XsollaBackpack:
+        client = build_client(
+            settings,
+            project.base_url or settings.backpack_base_url,
+            transport=transport,
+            headers={
+                "Authorization": f"Bearer {settings.backpack_token.get_secret_value()}",
+                HOST_ID_HEADER: settings.backpack_host_id,
+            },
+        )
         return cls(client, merchant_id=settings.backpack_merchant_id or settings.xsolla_merchant_id)
 
     def _base(self, project_id: int) -> str:
@@ -76,15 +83,21 @@ class XsollaBackpack:
             content = orjson.dumps(command.items)
         what = f"POST {path} ({len(command.items)} items)"
         with translated(what):
-            response = request(self.client, "POST", path, content=content,
-                               headers={OPERATION_ID_HEADER: command.operation_id, "content-type": "application/json"})
+            response = request(
+                self.client,
+                "POST",
+                path,
+                content=content,
+                headers={OPERATION_ID_HEADER: command.operation_id, "content-type": "application/json"},
+            )
         check_status(response, what, names_command=names_item)
         # A 2xx means created; an answer not as documented does not undo that.
         try:
             created = CREATE_RESPONSES[CREATE_PATHS[command.item_type]].validate_json(response.content or b"[]")
         except ValidationError as exc:
-            return OpResult("applied", response={"items": None, "answer": f"not as documented: {exc.error_count()} "
-                                                                           "problems"})
+            return OpResult(
+                "applied", response={"items": None, "answer": f"not as documented: {exc.error_count()} problems"}
+            )
         return OpResult("applied", response={"items": [c.model_dump(mode="json", exclude_none=True) for c in created]})
 
     def _delete(self, project_id: int, command: BackpackDeleteCommand) -> OpResult:
@@ -106,8 +119,9 @@ class XsollaBackpack:
         try:
             items = LIST_ITEMS_RESPONSE.validate_json(response.content or b"[]")
         except ValidationError as exc:
-            raise errors.OutcomeUnknown(f"GET {path}: an answer not as documented ({exc.error_count()} problems)",
-                                        status=response.status_code) from None
+            raise errors.OutcomeUnknown(
+                f"GET {path}: an answer not as documented ({exc.error_count()} problems)", status=response.status_code
+            ) from None
         return [i.model_dump(mode="json", exclude_none=True) for i in items]
 
     def refund_data(self, kind: str, command: Sendable, response: Any) -> dict[str, Any] | None:

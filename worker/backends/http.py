@@ -18,10 +18,10 @@ downstream, so the mapping is explicit:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Callable, Iterator
 
 import httpx
 
@@ -51,10 +51,15 @@ def build_client(
         base_url=base_url,
         auth=auth,
         headers=headers,
-        timeout=httpx.Timeout(connect=settings.http_connect_timeout_s, read=settings.http_read_timeout_s,
-                              write=settings.http_write_timeout_s, pool=settings.http_connect_timeout_s),
-        limits=httpx.Limits(max_connections=settings.http_max_connections,
-                            max_keepalive_connections=settings.http_max_connections),
+        timeout=httpx.Timeout(
+            connect=settings.http_connect_timeout_s,
+            read=settings.http_read_timeout_s,
+            write=settings.http_write_timeout_s,
+            pool=settings.http_connect_timeout_s,
+        ),
+        limits=httpx.Limits(
+            max_connections=settings.http_max_connections, max_keepalive_connections=settings.http_max_connections
+        ),
         transport=transport,
     )
 
@@ -108,8 +113,13 @@ def request(client: httpx.Client, method: str, url: str, **kwargs: object) -> ht
         response.close()
     # Decoded already: the copy must not be decoded again.
     headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-encoding"]
-    return httpx.Response(response.status_code, headers=headers, content=bytes(body[:MAX_RESPONSE_BYTES]),
-                          request=sent, extensions={"truncated": truncated})
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=bytes(body[:MAX_RESPONSE_BYTES]),
+        request=sent,
+        extensions={"truncated": truncated},
+    )
 
 
 def retry_after_s(value: str | None) -> float | None:
@@ -124,7 +134,7 @@ def retry_after_s(value: str | None) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def check_status(
@@ -145,11 +155,16 @@ def check_status(
         where = response.headers.get("location", "")
         raise errors.EndpointRefused(
             f"{what}: HTTP {status} redirect{' to ' + where if where else ''}: the base URL or configuration "
-            "is wrong (redirects are not followed)", status=status, body=body)
+            "is wrong (redirects are not followed)",
+            status=status,
+            body=body,
+        )
     if status in (404, 405) and not names_command(response):
         raise errors.EndpointRefused(
             f"{what}: HTTP {status} naming no item or operation: the base URL or configuration is wrong: {body}",
-            status=status, body=body)
+            status=status,
+            body=body,
+        )
     if status == 429:
         raise errors.RateLimited(
             message, retry_after=retry_after_s(response.headers.get("retry-after")), status=status, body=body

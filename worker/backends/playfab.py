@@ -27,22 +27,21 @@ from typing import Any, TypeVar
 
 import httpx
 import orjson
-
 from pydantic import ValidationError
 
+from schemas.commands import GrantCommand, PlayFabDeleteCommand
+from schemas.kinds import GRANT, PLAYFAB_DELETE, REVOKE
 from schemas.playfab import (
     MAX_ITEM_GRANTS_PER_CALL,
     MAX_REVOKE_ITEMS_PER_CALL,
     RETRYABLE_ERROR_CODES,
-    ServiceUnavailable,
     AccountNotFound,
     CatalogNotConfigured,
     GrantItemsToUsersRequest,
     ItemGrant,
     ProductDisabledForTitle,
+    ServiceUnavailable,
 )
-from schemas.commands import GrantCommand, PlayFabDeleteCommand
-from schemas.kinds import GRANT, PLAYFAB_DELETE, REVOKE
 from worker import errors
 from worker.backends.base import OpResult
 from worker.backends.http import MAX_ERROR_BODY, build_client, request, retry_after_s, translated
@@ -63,11 +62,15 @@ class PlayFab:
         self.catalog_version = catalog_version
 
     @classmethod
-    def from_settings(cls, settings: Settings, project: ProjectBackend,
-                      transport: httpx.BaseTransport | None = None) -> "PlayFab":
-        client = build_client(settings, (project.base_url or settings.playfab_base_url).rstrip("/") + "/",
-                              headers={"X-SecretKey": project.secret(settings.playfab_secret_key)},
-                              transport=transport)
+    def from_settings(
+        cls, settings: Settings, project: ProjectBackend, transport: httpx.BaseTransport | None = None
+    ) -> PlayFab:
+        client = build_client(
+            settings,
+            (project.base_url or settings.playfab_base_url).rstrip("/") + "/",
+            headers={"X-SecretKey": project.secret(settings.playfab_secret_key)},
+            transport=transport,
+        )
         return cls(client, catalog_version=settings.playfab_catalog_version)
 
     # --- calls -------------------------------------------------------------
@@ -78,8 +81,9 @@ class PlayFab:
         with errors.building(what):
             content = orjson.dumps(body)
         with translated(what):
-            response = request(self.client, "POST", f"Admin/{method}", content=content,
-                                        headers={"content-type": "application/json"})
+            response = request(
+                self.client, "POST", f"Admin/{method}", content=content, headers={"content-type": "application/json"}
+            )
         try:
             payload = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -101,8 +105,11 @@ class PlayFab:
             # A redirect, or a path PlayFab does not know (no error envelope):
             # the base URL is wrong, not the command.
             where = response.headers.get("location", "")
-            return errors.EndpointRefused(f"{what}: HTTP {status}{' to ' + where if where else ''} without a "
-                                          "PlayFab error: the base URL or configuration is wrong", status=status)
+            return errors.EndpointRefused(
+                f"{what}: HTTP {status}{' to ' + where if where else ''} without a "
+                "PlayFab error: the base URL or configuration is wrong",
+                status=status,
+            )
         if status == 503 or code == ServiceUnavailable:
             return errors.ServerError(message, status=status)
         if status == 429 or code in RETRYABLE_ERROR_CODES:
@@ -131,13 +138,20 @@ class PlayFab:
 
     def _delete(self, commands: list[PlayFabDeleteCommand]) -> list[OpResult]:
         """One RevokeInventoryItems call for up to 25 instances; per-item errors."""
-        items = [{"PlayFabId": c.playfab_id, "ItemInstanceId": c.item_instance_id,
-                  **({"CharacterId": c.character_id} if c.character_id else {})} for c in commands]
+        items = [
+            {
+                "PlayFabId": c.playfab_id,
+                "ItemInstanceId": c.item_instance_id,
+                **({"CharacterId": c.character_id} if c.character_id else {}),
+            }
+            for c in commands
+        ]
         data = self._call("RevokeInventoryItems", {"Items": items})
         failed = {(e.get("Item") or {}).get("ItemInstanceId"): e.get("Error") for e in data.get("Errors") or []}
         return [
             OpResult("rejected", error=f"PlayFab: {failed[c.item_instance_id]}")
-            if c.item_instance_id in failed else OpResult("applied", response={"revoked": c.item_instance_id})
+            if c.item_instance_id in failed
+            else OpResult("applied", response={"revoked": c.item_instance_id})
             for c in commands
         ]
 
@@ -159,7 +173,8 @@ class PlayFab:
                 break
             if len(grants) > MAX_ITEM_GRANTS_PER_CALL:
                 raise errors.InvalidRequest(
-                    f"{len(grants)} ItemGrants in one call (at most {MAX_ITEM_GRANTS_PER_CALL}): not sent")
+                    f"{len(grants)} ItemGrants in one call (at most {MAX_ITEM_GRANTS_PER_CALL}): not sent"
+                )
             body: dict[str, Any] = {"ItemGrants": grants}
             if self.catalog_version:
                 body["CatalogVersion"] = self.catalog_version
@@ -192,8 +207,11 @@ class PlayFab:
             data = self._call("RevokeInventoryItems", {"Items": chunk})
             errors_seen += data.get("Errors") or []
         if errors_seen:
-            return OpResult("rejected", response={"Errors": errors_seen},
-                            error=f"{len(errors_seen)} of {len(instances)} instances not revoked")
+            return OpResult(
+                "rejected",
+                response={"Errors": errors_seen},
+                error=f"{len(errors_seen)} of {len(instances)} instances not revoked",
+            )
         return OpResult("applied", response={"revoked": instances})
 
     def reconcile(self, lane: Lane, commands: list[Sendable]) -> list[OpResult | None]:
@@ -275,11 +293,13 @@ def grant_problem(command: GrantCommand) -> str | None:
         for g in item_grants(command)[:1]:
             ItemGrant.model_validate(g)
         if "CustomTags" in extras:
-            GrantItemsToUsersRequest.model_validate({"ItemGrants": [item_grants(command)[0]],
-                                                     "CustomTags": extras["CustomTags"]})
+            GrantItemsToUsersRequest.model_validate(
+                {"ItemGrants": [item_grants(command)[0]], "CustomTags": extras["CustomTags"]}
+            )
     except ValidationError as exc:
         return "custom_parameters.playfab: " + "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
     return None
 
 
@@ -303,12 +323,16 @@ def match_grant(command: GrantCommand, pool: dict[tuple, list[dict[str, Any]]]) 
         else:
             missing += 1
     if missing:
-        return OpResult("in_doubt", response={"ItemGrantResults": got},
-                        error=f"the answer did not report {missing} of the purchase's items")
+        return OpResult(
+            "in_doubt",
+            response={"ItemGrantResults": got},
+            error=f"the answer did not report {missing} of the purchase's items",
+        )
     refused = [g["ItemId"] for g in got if not g.get("Result")]
     if refused:
-        return OpResult("rejected", response={"ItemGrantResults": got},
-                        error=f"PlayFab did not grant {refused} (Result: false)")
+        return OpResult(
+            "rejected", response={"ItemGrantResults": got}, error=f"PlayFab did not grant {refused} (Result: false)"
+        )
     return OpResult("applied", response={"ItemGrantResults": got})
 
 
@@ -317,8 +341,11 @@ def granted_instances(grant_result: Any) -> list[dict[str, Any]]:
     if not isinstance(grant_result, dict):
         return []
     return [
-        {"PlayFabId": r["PlayFabId"], "ItemInstanceId": r["ItemInstanceId"],
-         **({"CharacterId": r["CharacterId"]} if r.get("CharacterId") else {})}
+        {
+            "PlayFabId": r["PlayFabId"],
+            "ItemInstanceId": r["ItemInstanceId"],
+            **({"CharacterId": r["CharacterId"]} if r.get("CharacterId") else {}),
+        }
         for r in grant_result.get("ItemGrantResults") or []
         if r.get("Result") and r.get("ItemInstanceId") and r.get("PlayFabId")
     ]

@@ -54,8 +54,11 @@ class Backends:
         # The project's own endpoint and credential for its own backend;
         # the backend's defaults otherwise (Backpack, PlayFab deletes of a
         # project on Xsolla).
-        config = self.settings.backend_of(lane.project_id) if self.settings.project_backend(lane.project_id) == name \
+        config = (
+            self.settings.backend_of(lane.project_id)
+            if self.settings.project_backend(lane.project_id) == name
             else None
+        )
         backend = self._built.get((name, config))
         if backend is None:
             backend = CLASSES[name].from_settings(self.settings, config or ProjectBackend(), self.transport)
@@ -81,8 +84,9 @@ class Backends:
             return min(cap, KINDS[kind].per_call[backend_name(self.settings, kind, project_id)])
 
         # Project 0 stands for "any project not in GRANTS_PROJECTS".
-        limits = {kind: limit(kind, 0) for kind in KINDS
-                  if backend_name(self.settings, kind, 0) in KINDS[kind].per_call}
+        limits = {
+            kind: limit(kind, 0) for kind in KINDS if backend_name(self.settings, kind, 0) in KINDS[kind].per_call
+        }
         for project_id in self.settings.projects:
             for kind in KINDS:
                 if backend_name(self.settings, kind, project_id) in KINDS[kind].per_call:
@@ -107,7 +111,9 @@ class Backends:
         budget = self.settings.call_budget(lane.project_id)
         if budget is None:
             return ""
-        return f"{backend_name(self.settings, lane.kind, lane.project_id)}:{lane.project_id}|{budget[0]:g}|{budget[1]:g}"
+        return (
+            f"{backend_name(self.settings, lane.kind, lane.project_id)}:{lane.project_id}|{budget[0]:g}|{budget[1]:g}"
+        )
 
     def budgets_json(self) -> str:
         """Every lane's call budget, for take.lua (which computes each lane's spec)."""
@@ -116,12 +122,15 @@ class Backends:
         default = s.call_budget(0)  # no project 0: the global default
         if not rates and default is None:
             return "{}"
-        return json.dumps({
-            "rates": rates, **({"default": list(default)} if default else {}),
-            "family": {name: "" if k.family == INVENTORY else k.family for name, k in KINDS.items()},
-            "backends": {str(p): s.project_backend(p) for p in s.projects},
-            "default_backend": s.default_backend,
-        })
+        return json.dumps(
+            {
+                "rates": rates,
+                **({"default": list(default)} if default else {}),
+                "family": {name: "" if k.family == INVENTORY else k.family for name, k in KINDS.items()},
+                "backends": {str(p): s.project_backend(p) for p in s.projects},
+                "default_backend": s.default_backend,
+            }
+        )
 
     def close(self) -> None:
         for backend in self._built.values():

@@ -52,10 +52,15 @@ class XsollaInventory:
         self.on_unknown = OnUnknown.resend if idempotent else OnUnknown.doubt
 
     @classmethod
-    def from_settings(cls, settings: Settings, project: ProjectBackend,
-                      transport: httpx.BaseTransport | None = None) -> "XsollaInventory":
-        client = build_client(settings, project.base_url or settings.xsolla_base_url, transport=transport,
-                              auth=httpx.BasicAuth(settings.xsolla_merchant_id, project.secret(settings.xsolla_api_key)))
+    def from_settings(
+        cls, settings: Settings, project: ProjectBackend, transport: httpx.BaseTransport | None = None
+    ) -> XsollaInventory:
+        client = build_client(
+            settings,
+            project.base_url or settings.xsolla_base_url,
+            transport=transport,
+            auth=httpx.BasicAuth(settings.xsolla_merchant_id, project.secret(settings.xsolla_api_key)),
+        )
         return cls(client, idempotent=settings.xsolla_idempotent)
 
     def send(self, lane: Lane, commands: list[Sendable]) -> list[OpResult]:
@@ -125,8 +130,13 @@ def match_operations(sent: list[dict[str, Any]], body: dict[str, Any]) -> list[O
         # Whichever way it was found, it must be this operation's user: an
         # answer naming someone else for our purchase confirms nothing.
         if match is not None and (match.get("user") or {}).get("id") != op["user"]["id"]:
-            results.append(OpResult("in_doubt", error="the backend answered 200 for this operation naming "
-                                                      f"another user ({(match.get('user') or {}).get('id')!r})"))
+            results.append(
+                OpResult(
+                    "in_doubt",
+                    error="the backend answered 200 for this operation naming "
+                    f"another user ({(match.get('user') or {}).get('id')!r})",
+                )
+            )
             continue
         if match is None:
             results.append(OpResult("in_doubt", error="the backend answered 200 but did not report this operation"))

@@ -29,8 +29,11 @@ README = (ROOT / "README.md").read_text()
 # landed is simply a setting (test_new_settings_are_tracked warns, so that it
 # can be dropped from this set without a merge breaking the build).
 NEW_SETTINGS = {
-    "GRANTS_REDIS_SENTINELS", "GRANTS_REDIS_SENTINEL_MASTER", "GRANTS_REDIS_PASSWORD_FILE",
-    "GRANTS_REDIS_MIN_REPLICAS", "GRANTS_METRICS_PORT",
+    "GRANTS_REDIS_SENTINELS",
+    "GRANTS_REDIS_SENTINEL_MASTER",
+    "GRANTS_REDIS_PASSWORD_FILE",
+    "GRANTS_REDIS_MIN_REPLICAS",
+    "GRANTS_METRICS_PORT",
 }
 # Images we build from this repository (the others are stock images).
 OUR_SERVICES = {"worker", "flower", "sandbox"}
@@ -49,8 +52,9 @@ def known_variables() -> set[str]:
 def secrets_read_by(env: dict[str, str], secret_dir: str) -> set[str]:
     """Names of the files under ``secret_dir`` that the *_FILE variables of ``env`` point at."""
     prefix = secret_dir.rstrip("/") + "/"
-    return {value[len(prefix):] for key, value in env.items()
-            if key.endswith("_FILE") and str(value).startswith(prefix)}
+    return {
+        value[len(prefix) :] for key, value in env.items() if key.endswith("_FILE") and str(value).startswith(prefix)
+    }
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -145,8 +149,9 @@ def test_each_service_gets_only_the_secrets_it_reads():
         assert granted == secrets_read_by(env, "/run/secrets"), name
         assert granted <= set(COMPOSE["secrets"]), name
     assert not SERVICES["flower"].get("secrets")
-    assert not any("XSOLLA" in key or "PLAYFAB" in key or "BACKPACK" in key
-                   for key in SERVICES["flower"]["environment"])
+    assert not any(
+        "XSOLLA" in key or "PLAYFAB" in key or "BACKPACK" in key for key in SERVICES["flower"]["environment"]
+    )
 
 
 def test_every_declared_secret_is_used_and_git_ignored():

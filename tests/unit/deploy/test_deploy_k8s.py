@@ -42,7 +42,8 @@ BASE = [doc for name, doc in MANIFESTS if not name.startswith("staging/")]
 STAGING = [doc for name, doc in MANIFESTS if name.startswith("staging/")]
 CRDS = {
     (crd["spec"]["group"], crd["spec"]["names"]["kind"]): crd
-    for path in sorted((K8S / "crds").glob("*.yaml")) for crd in load(path)
+    for path in sorted((K8S / "crds").glob("*.yaml"))
+    for crd in load(path)
 }
 
 
@@ -124,12 +125,23 @@ def containers(docs: list[dict]):
 
 def test_there_is_something_to_validate():
     kinds = {d["kind"] for _, d in MANIFESTS}
-    assert {"Namespace", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget",
-            "ScaledObject", "TriggerAuthentication", "ServiceMonitor"} <= kinds
+    assert {
+        "Namespace",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "ScaledObject",
+        "TriggerAuthentication",
+        "ServiceMonitor",
+    } <= kinds
 
 
-@pytest.mark.parametrize("name,doc", [(n, d) for n, d in MANIFESTS if builtin(d)],
-                         ids=lambda v: v if isinstance(v, str) else f"{v['kind']}/{v['metadata']['name']}")
+@pytest.mark.parametrize(
+    "name,doc",
+    [(n, d) for n, d in MANIFESTS if builtin(d)],
+    ids=lambda v: v if isinstance(v, str) else f"{v['kind']}/{v['metadata']['name']}",
+)
 def test_builtin_resources_match_the_kubernetes_schema(name, doc):
     # Strict: a field Kubernetes does not know fails, as `kubectl apply
     # --validate=strict` would. A missing schema is a failure, not a pass.
@@ -154,8 +166,11 @@ def strict_schema(schema: dict) -> dict:
 
     def walk(node):
         if isinstance(node, dict):
-            if ("properties" in node and "additionalProperties" not in node
-                    and not node.get("x-kubernetes-preserve-unknown-fields")):
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
                 node["additionalProperties"] = False
             for value in node.values():
                 walk(value)
@@ -185,8 +200,9 @@ def test_every_custom_resource_has_a_vendored_crd():
         assert (group, doc["kind"]) in CRDS, f"{name}: no CRD in deploy/k8s/crds for {doc['kind']}"
 
 
-@pytest.mark.parametrize("name,doc", CUSTOM,
-                         ids=lambda v: v if isinstance(v, str) else f"{v['kind']}/{v['metadata']['name']}")
+@pytest.mark.parametrize(
+    "name,doc", CUSTOM, ids=lambda v: v if isinstance(v, str) else f"{v['kind']}/{v['metadata']['name']}"
+)
 def test_custom_resources_match_their_crd(name, doc):
     errors = sorted(crd_validator(doc).iter_errors(doc), key=lambda e: list(e.path))
     assert not errors, "\n".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
@@ -270,8 +286,7 @@ def test_credentials_are_files_from_secret_volumes():
                     assert value in files, f"{workload['metadata']['name']}: {key}={value} is not mounted"
                     read.add(files[value])
             # Flower reads its --conf file; nothing else is read without a variable.
-            read |= {files[arg.split("=", 1)[1]] for arg in container["command"]
-                     if arg.startswith("--conf=")}
+            read |= {files[arg.split("=", 1)[1]] for arg in container["command"] if arg.startswith("--conf=")}
             assert read == set(files.values()), f"{workload['metadata']['name']} mounts unread secrets"
             for secret, key in read:
                 assert key in secrets[secret], (secret, key)
@@ -286,8 +301,7 @@ def test_no_secret_value_in_an_env_value_or_config_map():
                 assert not any(v in value for v in values), key
             for var in container.get("env", []):
                 assert "secretKeyRef" not in var.get("valueFrom", {}), var["name"]
-    plain = {"GRANTS_XSOLLA_API_KEY", "GRANTS_PLAYFAB_SECRET_KEY", "GRANTS_BACKPACK_TOKEN",
-             "GRANTS_REDIS_PASSWORD"}
+    plain = {"GRANTS_XSOLLA_API_KEY", "GRANTS_PLAYFAB_SECRET_KEY", "GRANTS_BACKPACK_TOKEN", "GRANTS_REDIS_PASSWORD"}
     for data in list(config_maps(BASE).values()) + list(config_maps(STAGING).values()):
         assert not plain & set(data)
         for value in data.values():
@@ -415,8 +429,14 @@ def test_redis_is_the_external_service_the_url_names():
     host = urlsplit(config_maps(BASE)["grants-redis"]["GRANTS_REDIS_URL"]).hostname
     assert host == f"redis.{NAMESPACE}.svc.cluster.local"
     readme = (K8S / "README.md").read_text()
-    for needed in ("noeviction", "AOF", "replica", "GRANTS_REDIS_MIN_REPLICAS",
-                   "GRANTS_REDIS_SENTINELS", "GRANTS_REDIS_SENTINEL_MASTER"):
+    for needed in (
+        "noeviction",
+        "AOF",
+        "replica",
+        "GRANTS_REDIS_MIN_REPLICAS",
+        "GRANTS_REDIS_SENTINELS",
+        "GRANTS_REDIS_SENTINEL_MASTER",
+    ):
         assert needed in readme, needed
 
 

@@ -72,7 +72,8 @@ def lock(request):
 
 def applies(requirement: Requirement) -> bool:
     return requirement.marker is None or requirement.marker.evaluate(
-        {**default_environment(), "python_version": "3.11", "extra": ""})
+        {**default_environment(), "python_version": "3.11", "extra": ""}
+    )
 
 
 def test_every_requirement_is_pinned_and_satisfied(lock):
@@ -81,15 +82,18 @@ def test_every_requirement_is_pinned_and_satisfied(lock):
         pin = pins.get(canonicalize_name(requirement.name))
         assert pin, f"{name}: {requirement} is not in the lock: run `make lock`"
         assert requirement.specifier.contains(pin.version, prereleases=True), (
-            f"{name}: {pin.name}=={pin.version} does not satisfy {requirement}: run `make lock`")
+            f"{name}: {pin.name}=={pin.version} does not satisfy {requirement}: run `make lock`"
+        )
 
 
 def test_no_stale_top_level_pins(lock):
     name, pins, requirements = lock
     asked = {canonicalize_name(r.name) for r in requirements}
     top = {pin.name for pin in pins.values() if any(TOP_LEVEL in v for v in pin.via)}
-    assert top == asked, f"{name}: pinned for pyproject.toml but not asked for: {top - asked}; " \
-                         f"asked for but not marked so: {asked - top}"
+    assert top == asked, (
+        f"{name}: pinned for pyproject.toml but not asked for: {top - asked}; "
+        f"asked for but not marked so: {asked - top}"
+    )
 
 
 def test_every_pin_has_hashes_and_a_reason(lock):
@@ -110,9 +114,11 @@ def test_extras_of_requirements_are_locked(lock):
             except metadata.PackageNotFoundError:
                 pytest.skip(f"{requirement.name} is not installed: its extras cannot be read")
             for dependency in map(Requirement, requires):
-                if dependency.marker and dependency.marker.evaluate(
-                        {**default_environment(), "extra": extra}) and not dependency.marker.evaluate(
-                        {**default_environment(), "extra": ""}):
+                if (
+                    dependency.marker
+                    and dependency.marker.evaluate({**default_environment(), "extra": extra})
+                    and not dependency.marker.evaluate({**default_environment(), "extra": ""})
+                ):
                     assert canonicalize_name(dependency.name) in pins, f"{name}: {requirement} needs {dependency}"
 
 
@@ -128,7 +134,7 @@ def makefile_rule(target: str) -> list[str]:
     lines = (ROOT / "Makefile").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
     rule = [lines[start]]
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith("\t"):
             break
         rule.append(line.strip())

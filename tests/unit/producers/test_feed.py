@@ -19,14 +19,19 @@ def parse(text: str):
 
 
 def test_json_lines_with_blank_and_bad_lines():
-    text = "\n".join([
-        json.dumps(operation("a")),
-        "",
-        json.dumps(operation("b", sku="UPPER")),
-        "[1,",
-        json.dumps(operation("c")),
-        "42",
-    ]) + "\n"
+    text = (
+        "\n".join(
+            [
+                json.dumps(operation("a")),
+                "",
+                json.dumps(operation("b", sku="UPPER")),
+                "[1,",
+                json.dumps(operation("c")),
+                "42",
+            ]
+        )
+        + "\n"
+    )
     good, bad = parse(text)
     assert [g.external_purchase_id for g in good] == ["a", "c"]
     assert [(e.line, e.field) for e in bad] == [(3, "items[0].sku"), (4, "(json)"), (6, "(operation)")]
@@ -46,7 +51,7 @@ def test_array_body_reports_the_line_of_each_element():
 
 
 def test_array_body_truncated():
-    good, bad = parse('[\n' + json.dumps(operation("a")) + ',\n{"user": ')
+    good, bad = parse("[\n" + json.dumps(operation("a")) + ',\n{"user": ')
     assert [g.external_purchase_id for g in good] == ["a"]
     assert bad and bad[0].field == "(json)"
 

@@ -149,9 +149,7 @@ def test_only_first_50_operations_are_applied(api: httpx.Client, admin: httpx.Cl
     assert counts(admin, project) == {f"p{i:02d}": 1 for i in range(50)}  # data stays
 
 
-def test_unknown_sku_with_catalog_404_and_nothing_applied(
-    api: httpx.Client, admin: httpx.Client, project: int
-) -> None:
+def test_unknown_sku_with_catalog_404_and_nothing_applied(api: httpx.Client, admin: httpx.Client, project: int) -> None:
     admin.put(f"/sandbox/projects/{project}/catalog", json=["gold", "gem"]).raise_for_status()
     r = api.post(url(project), json=[purchase("c1"), purchase("c2", items=[("gem", 1), ("sword", 1)])])
     assert r.status_code == 404
@@ -192,13 +190,20 @@ def test_non_idempotent_mode_applies_a_repeat_twice(api: httpx.Client, admin: ht
 
 
 def test_balances_accumulate_across_kinds(api: httpx.Client, admin: httpx.Client, project: int) -> None:
-    r = api.post(url(project), json=[purchase("x1", items=[("gold", 5), ("gem", 1)]),
-                                    purchase("x2", items=[("gold", 3)])])
+    r = api.post(
+        url(project), json=[purchase("x1", items=[("gold", 5), ("gem", 1)]), purchase("x2", items=[("gold", 3)])]
+    )
     assert r.json()["operations"] == [
-        {"user": {"id": "u1"}, "purchase": {"external_purchase_id": "x1"},
-         "items": [{"sku": "gold", "quantity": 5, "balance": 5}, {"sku": "gem", "quantity": 1, "balance": 1}]},
-        {"user": {"id": "u1"}, "purchase": {"external_purchase_id": "x2"},
-         "items": [{"sku": "gold", "quantity": 3, "balance": 8}]},
+        {
+            "user": {"id": "u1"},
+            "purchase": {"external_purchase_id": "x1"},
+            "items": [{"sku": "gold", "quantity": 5, "balance": 5}, {"sku": "gem", "quantity": 1, "balance": 1}],
+        },
+        {
+            "user": {"id": "u1"},
+            "purchase": {"external_purchase_id": "x2"},
+            "items": [{"sku": "gold", "quantity": 3, "balance": 8}],
+        },
     ]
     r = api.post(url(project, "reward"), json=[grant("u1", [("gold", 2)]), grant("u2", [("gold", 7)])])
     assert r.status_code == 200
@@ -227,11 +232,10 @@ def test_revoke_not_enough_404_and_nothing_applied(api: httpx.Client, admin: htt
     assert [e["kind"] for e in audit(admin, project)] == ["reward"]
 
 
-def test_audit_counts_operations_not_items_and_pages(
-    api: httpx.Client, admin: httpx.Client, project: int
-) -> None:
-    api.post(url(project), json=[purchase("a1", items=[("gold", 1), ("gem", 2), ("orb", 3)]),
-                                purchase("a2")]).raise_for_status()
+def test_audit_counts_operations_not_items_and_pages(api: httpx.Client, admin: httpx.Client, project: int) -> None:
+    api.post(
+        url(project), json=[purchase("a1", items=[("gold", 1), ("gem", 2), ("orb", 3)]), purchase("a2")]
+    ).raise_for_status()
     api.post(url(project), json=[purchase("a1", items=[("gold", 1)])]).raise_for_status()
     api.post(url(project, "reward"), json=[grant("u1", [("gold", 1)])]).raise_for_status()
     assert counts(admin, project) == {"a1": 2, "a2": 1}
@@ -239,12 +243,20 @@ def test_audit_counts_operations_not_items_and_pages(
 
     entries = audit(admin, project)
     assert len(entries) == 6  # one row per item
-    assert set(entries[0]) == {"id", "project_id", "kind", "operation", "external_purchase_id",
-                               "user_id", "sku", "quantity", "at"}
+    assert set(entries[0]) == {
+        "id",
+        "project_id",
+        "kind",
+        "operation",
+        "external_purchase_id",
+        "user_id",
+        "sku",
+        "quantity",
+        "at",
+    }
     page = admin.get("/sandbox/audit", params={"project_id": project, "limit": 4}).json()
     assert [e["id"] for e in page["entries"]] == [e["id"] for e in entries[:4]]
-    rest = admin.get("/sandbox/audit", params={"project_id": project,
-                                               "after_id": page["next_after_id"]}).json()
+    rest = admin.get("/sandbox/audit", params={"project_id": project, "after_id": page["next_after_id"]}).json()
     assert [e["id"] for e in rest["entries"]] == [e["id"] for e in entries[4:]]
     assert rest["next_after_id"] == entries[-1]["id"]
 
@@ -274,9 +286,7 @@ def test_scripted_503_applies_nothing(api: httpx.Client, admin: httpx.Client, pr
     assert admin.get("/sandbox/faults").json()["script"] == []
 
 
-def test_drop_closes_the_connection_after_applying(
-    api: httpx.Client, admin: httpx.Client, project: int
-) -> None:
+def test_drop_closes_the_connection_after_applying(api: httpx.Client, admin: httpx.Client, project: int) -> None:
     admin.put("/sandbox/faults", json={"script": [{"action": "drop"}]}).raise_for_status()
     with pytest.raises(httpx.RemoteProtocolError):
         api.post(url(project), json=[purchase("d1")])
@@ -286,9 +296,7 @@ def test_drop_closes_the_connection_after_applying(
     assert admin.get("/sandbox/stats").json()["faults"] == {"drop": 1}
 
 
-def test_hang_makes_the_client_time_out_after_applying(
-    api: httpx.Client, admin: httpx.Client, project: int
-) -> None:
+def test_hang_makes_the_client_time_out_after_applying(api: httpx.Client, admin: httpx.Client, project: int) -> None:
     admin.put("/sandbox/faults", json={"script": [{"action": "hang", "seconds": 1.0}]}).raise_for_status()
     with pytest.raises(httpx.ReadTimeout):
         api.post(url(project), json=[purchase("h1")], timeout=0.3)

@@ -19,8 +19,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import sandbox_process
-
 from schemas.backpack import (
     CREATE_RESPONSES,
     LIST_ITEMS_RESPONSE,
@@ -38,6 +36,7 @@ from schemas.playfab import (
     PlayFabErrorCode,
     RevokeInventoryItemsResult,
 )
+from tests.helpers import sandbox_process
 
 ROOT = Path(__file__).resolve().parents[3]
 MERCHANT_ID = 424242
@@ -87,8 +86,7 @@ def backpack(base_url: str, admin: httpx.Client) -> Iterator[httpx.Client]:
 @pytest.fixture
 def playfab(base_url: str, admin: httpx.Client) -> Iterator[httpx.Client]:
     # The base URL a worker would configure in place of https://{titleId}.playfabapi.com
-    with httpx.Client(base_url=f"{base_url}/playfab", headers={"X-SecretKey": PLAYFAB_KEY},
-                      timeout=5) as client:
+    with httpx.Client(base_url=f"{base_url}/playfab", headers={"X-SecretKey": PLAYFAB_KEY}, timeout=5) as client:
         yield client
 
 
@@ -108,8 +106,13 @@ def items_url(project: int, user: str) -> str:
 
 
 def base_item(sku: str = "sword", **extra: Any) -> dict[str, Any]:
-    return {"item_sku": sku, "item_name": sku.title(), "image_url": f"https://img.example/{sku}.png",
-            "external_game_id": "game-1", **extra}
+    return {
+        "item_sku": sku,
+        "item_name": sku.title(),
+        "image_url": f"https://img.example/{sku}.png",
+        "external_game_id": "game-1",
+        **extra,
+    }
 
 
 BODIES: dict[str, dict[str, Any]] = {
@@ -118,8 +121,12 @@ BODIES: dict[str, dict[str, Any]] = {
     "virtual_currency": base_item("gold_100", price=4.99, currency="USD", quantity=100),
     "promo_codes": base_item("promo.bundle", promo_code="WELCOME-10"),
 }
-SEGMENT_TYPES = {"game_keys": ItemType.game_key, "virtual_items": ItemType.virtual_item,
-                 "virtual_currency": ItemType.virtual_currency, "promo_codes": ItemType.promo_code}
+SEGMENT_TYPES = {
+    "game_keys": ItemType.game_key,
+    "virtual_items": ItemType.virtual_item,
+    "virtual_currency": ItemType.virtual_currency,
+    "promo_codes": ItemType.promo_code,
+}
 
 
 def new_players(admin: httpx.Client, n: int, **body: Any) -> list[str]:
@@ -182,8 +189,9 @@ def test_backpack_create_each_kind_list_delete(backpack: httpx.Client, admin: ht
     project = next(_projects)
     created: dict[str, Any] = {}
     for segment, body in BODIES.items():
-        r = backpack.post(create_url(project, "u1", segment), json=[body],
-                          headers={OPERATION_ID_HEADER: f"op-{segment}"})
+        r = backpack.post(
+            create_url(project, "u1", segment), json=[body], headers={OPERATION_ID_HEADER: f"op-{segment}"}
+        )
         assert r.status_code == 201, r.text
         (item,) = CREATE_RESPONSES[SEGMENT_TYPES[segment]].validate_json(r.content)
         assert item.item_type is SEGMENT_TYPES[segment]
@@ -209,8 +217,7 @@ def test_backpack_create_each_kind_list_delete(backpack: httpx.Client, admin: ht
     assert listed[0].code == "AAAA-BBBB-CCCC" and listed[0].promo_code is None
     assert set(r.json()[0]) >= {"image_proxy_url", "is_external_vc", "quantity", "platform"}
     page = backpack.get(items_url(project, "u1"), params={"offset": 1, "limit": 2}).json()
-    assert [i["item_id"] for i in page] == [created["virtual_items"].item_id,
-                                            created["virtual_currency"].item_id]
+    assert [i["item_id"] for i in page] == [created["virtual_items"].item_id, created["virtual_currency"].item_id]
 
     victim = created["virtual_items"].item_id
     r = backpack.delete(f"{items_url(project, 'u1')}/{victim}")
@@ -223,11 +230,13 @@ def test_backpack_create_each_kind_list_delete(backpack: httpx.Client, admin: ht
 
     counts = admin.get("/sandbox/backpack/counts", params={"project_id": project}).json()
     assert counts["counts"] == {f"op-{s}": 1 for s in BODIES}
-    deletes = admin.get("/sandbox/backpack/counts",
-                        params={"project_id": project, "kind": "backpack.delete", "by": "item_id"}).json()
+    deletes = admin.get(
+        "/sandbox/backpack/counts", params={"project_id": project, "kind": "backpack.delete", "by": "item_id"}
+    ).json()
     assert deletes["counts"] == {victim: 1}
-    everything = admin.get("/sandbox/backpack/items",
-                           params={"project_id": project, "include_deleted": "true"}).json()["items"]
+    everything = admin.get("/sandbox/backpack/items", params={"project_id": project, "include_deleted": "true"}).json()[
+        "items"
+    ]
     assert len(everything) == 6 and sum(i["deleted"] for i in everything) == 1
     audit = admin.get("/sandbox/audit", params={"project_id": project}).json()["entries"]
     assert {e["kind"] for e in audit} == {"backpack.create", "backpack.delete"}
@@ -264,18 +273,19 @@ def test_backpack_per_call_limit_and_invalid_bodies(backpack: httpx.Client, admi
         r = backpack.post(url, json=body)
         assert r.status_code == 422, body
         assert r.json()["message"].startswith(field), r.json()
-    r = backpack.post(create_url(project, "u1", "promo_codes"),
-                      json=[{**BODIES["promo_codes"], "platform": "steam"}])
+    r = backpack.post(create_url(project, "u1", "promo_codes"), json=[{**BODIES["promo_codes"], "platform": "steam"}])
     assert r.status_code == 422 and r.json()["message"].startswith("0.platform")
-    r = backpack.post(create_url(project, "u1", "virtual_currency"),
-                      json=[{**BODIES["virtual_currency"], "currency": "DOLLARS"}])
+    r = backpack.post(
+        create_url(project, "u1", "virtual_currency"), json=[{**BODIES["virtual_currency"], "currency": "DOLLARS"}]
+    )
     assert r.status_code == 422 and r.json()["message"].startswith("0.currency")
 
 
 def test_backpack_faults_apply_too(backpack: httpx.Client, admin: httpx.Client) -> None:
     project = next(_projects)
-    admin.put("/sandbox/faults", json={"script": [{"status": 429, "retry_after": 4},
-                                                  {"action": "drop"}]}).raise_for_status()
+    admin.put(
+        "/sandbox/faults", json={"script": [{"status": 429, "retry_after": 4}, {"action": "drop"}]}
+    ).raise_for_status()
     url = create_url(project, "u1", "game_keys")
     r = backpack.post(url, json=[BODIES["game_keys"]], headers={OPERATION_ID_HEADER: "d1"})
     assert r.status_code == 429 and r.headers["Retry-After"] == "4"
@@ -296,8 +306,11 @@ def test_playfab_secret_key(base_url: str, admin: httpx.Client) -> None:
     url = f"{base_url}/playfab/Admin/GetUserInventory"
     (player,) = new_players(admin, 1)
     pf_err(httpx.post(url, json={"PlayFabId": player}), 401, PlayFabErrorCode.NotAuthenticated)
-    err = pf_err(httpx.post(url, json={"PlayFabId": player}, headers={"X-SecretKey": "wrong"}),
-                 403, PlayFabErrorCode.NotAuthorized)
+    err = pf_err(
+        httpx.post(url, json={"PlayFabId": player}, headers={"X-SecretKey": "wrong"}),
+        403,
+        PlayFabErrorCode.NotAuthorized,
+    )
     assert err.status == "Forbidden" and PLAYFAB_KEY not in (err.errorMessage or "")
 
 
@@ -305,19 +318,29 @@ def test_playfab_grant_results_are_shuffled_and_inventory_shows_them(
     playfab: httpx.Client, admin: httpx.Client
 ) -> None:
     p1, p2 = new_players(admin, 2, VirtualCurrency={"GO": 5})
-    body = {"ItemGrants": grants(p1, ["sword", "shield", "bow", "axe"], "cmd-1")
-            + grants(p2, ["sword", "helmet"], "cmd-2")
-            + [{"PlayFabId": p2, "ItemId": "ring", "Annotation": "cmd-2", "CharacterId": "C1",
-                "Data": {"engraving": "R", "dropped": "x"}, "KeysToRemove": ["dropped"]}],
-            "CatalogVersion": "main", "CustomTags": {"trace": "t-1"}}
+    body = {
+        "ItemGrants": grants(p1, ["sword", "shield", "bow", "axe"], "cmd-1")
+        + grants(p2, ["sword", "helmet"], "cmd-2")
+        + [
+            {
+                "PlayFabId": p2,
+                "ItemId": "ring",
+                "Annotation": "cmd-2",
+                "CharacterId": "C1",
+                "Data": {"engraving": "R", "dropped": "x"},
+                "KeysToRemove": ["dropped"],
+            }
+        ],
+        "CatalogVersion": "main",
+        "CustomTags": {"trace": "t-1"},
+    }
     r = playfab.post("/Admin/GrantItemsToUsers", json=body)
     assert r.json()["code"] == 200 and r.json()["status"] == "OK"
     results = pf_ok(r, GrantItemsToUsersResult).ItemGrantResults
     sent = [(g["PlayFabId"], g["ItemId"]) for g in body["ItemGrants"]]
     got = [(g.PlayFabId, g.ItemId) for g in results]
     assert sorted(got) == sorted(sent) and got != sent
-    assert all(g.Result and g.ItemInstanceId and g.PurchaseDate and g.CatalogVersion == "main"
-               for g in results)
+    assert all(g.Result and g.ItemInstanceId and g.PurchaseDate and g.CatalogVersion == "main" for g in results)
     assert len({g.ItemInstanceId for g in results}) == len(results)
     ring = next(g for g in results if g.ItemId == "ring")
     assert (ring.CharacterId, ring.CustomData, ring.Annotation) == ("C1", {"engraving": "R"}, "cmd-2")
@@ -349,14 +372,23 @@ def test_playfab_grant_results_are_shuffled_and_inventory_shows_them(
 
 def test_playfab_item_not_in_catalog_is_result_false(playfab: httpx.Client, admin: httpx.Client) -> None:
     (player,) = new_players(admin, 1)
-    admin.put("/sandbox/playfab/catalog", json={
-        "CatalogVersion": "v2",
-        "Catalog": ["sword", {"ItemId": "gold_pack", "ItemClass": "currency_pack", "DisplayName": "Gold",
-                              "Bundle": {"BundledVirtualCurrencies": {"GO": 100}}}],
-    }).raise_for_status()
+    admin.put(
+        "/sandbox/playfab/catalog",
+        json={
+            "CatalogVersion": "v2",
+            "Catalog": [
+                "sword",
+                {
+                    "ItemId": "gold_pack",
+                    "ItemClass": "currency_pack",
+                    "DisplayName": "Gold",
+                    "Bundle": {"BundledVirtualCurrencies": {"GO": 100}},
+                },
+            ],
+        },
+    ).raise_for_status()
     body = {"ItemGrants": grants(player, ["sword", "not_in_catalog", "gold_pack"], "cat-1")}
-    results = pf_ok(playfab.post("/Admin/GrantItemsToUsers", json=body),
-                    GrantItemsToUsersResult).ItemGrantResults
+    results = pf_ok(playfab.post("/Admin/GrantItemsToUsers", json=body), GrantItemsToUsersResult).ItemGrantResults
     by_item = {g.ItemId: g for g in results}
     assert by_item["not_in_catalog"].Result is False and by_item["not_in_catalog"].ItemInstanceId is None
     assert by_item["not_in_catalog"].PlayFabId == player and by_item["not_in_catalog"].Annotation == "cat-1"
@@ -367,8 +399,11 @@ def test_playfab_item_not_in_catalog_is_result_false(playfab: httpx.Client, admi
     assert inv.VirtualCurrency == {"GO": 100}
     assert pf_counts(admin)["rows"]["cat-1"] == 2  # the refused item was not applied
 
-    err = pf_err(playfab.post("/Admin/GrantItemsToUsers", json={**body, "CatalogVersion": "v1"}),
-                 400, PlayFabErrorCode.CatalogNotConfigured)
+    err = pf_err(
+        playfab.post("/Admin/GrantItemsToUsers", json={**body, "CatalogVersion": "v1"}),
+        400,
+        PlayFabErrorCode.CatalogNotConfigured,
+    )
     assert err.errorDetails == {"CatalogVersion": ["v1"]}
 
 
@@ -378,20 +413,26 @@ def test_playfab_unknown_player_fails_whole_call(playfab: httpx.Client, admin: h
     body = {"ItemGrants": grants(player, ["sword"], "acct-1") + grants(ghost, ["sword"], "acct-1")}
     r = playfab.post("/Admin/GrantItemsToUsers", json=body)
     assert r.json() == {
-        "code": 400, "status": "BadRequest", "error": "AccountNotFound", "errorCode": 1001,
-        "errorMessage": "User not found", "errorDetails": {"PlayFabId": [ghost]},
+        "code": 400,
+        "status": "BadRequest",
+        "error": "AccountNotFound",
+        "errorCode": 1001,
+        "errorMessage": "User not found",
+        "errorDetails": {"PlayFabId": [ghost]},
     }
     assert "acct-1" not in pf_counts(admin)["counts"]
-    pf_err(playfab.post("/Admin/GetUserInventory", json={"PlayFabId": ghost}), 400,
-           PlayFabErrorCode.AccountNotFound)
+    pf_err(playfab.post("/Admin/GetUserInventory", json={"PlayFabId": ghost}), 400, PlayFabErrorCode.AccountNotFound)
 
     # Auto-create: any id exists except the ones marked unknown.
-    admin.put("/sandbox/playfab/config", json={"auto_create_players": True,
-                                               "unknown_players": [ghost]}).raise_for_status()
+    admin.put(
+        "/sandbox/playfab/config", json={"auto_create_players": True, "unknown_players": [ghost]}
+    ).raise_for_status()
     fresh = f"NEW{next(_players):013X}"
     pf_err(playfab.post("/Admin/GrantItemsToUsers", json=body), 400, PlayFabErrorCode.AccountNotFound)
-    ok = pf_ok(playfab.post("/Admin/GrantItemsToUsers", json={"ItemGrants": grants(fresh, ["sword"], "acct-2")}),
-               GrantItemsToUsersResult)
+    ok = pf_ok(
+        playfab.post("/Admin/GrantItemsToUsers", json={"ItemGrants": grants(fresh, ["sword"], "acct-2")}),
+        GrantItemsToUsersResult,
+    )
     assert ok.ItemGrantResults[0].Result
     assert fresh in admin.get("/sandbox/playfab/players").json()["players"]
 
@@ -402,16 +443,20 @@ def test_playfab_title_states(playfab: httpx.Client, admin: httpx.Client) -> Non
     admin.put("/sandbox/playfab/config", json={"title_state": "catalog_not_configured"}).raise_for_status()
     pf_err(playfab.post("/Admin/GrantItemsToUsers", json=body), 400, PlayFabErrorCode.CatalogNotConfigured)
     admin.put("/sandbox/playfab/config", json={"title_state": "product_disabled"}).raise_for_status()
-    for path, payload in (("GrantItemsToUsers", body), ("GetUserInventory", {"PlayFabId": player}),
-                          ("RevokeInventoryItems", {"Items": [{"PlayFabId": player, "ItemInstanceId": "X"}]})):
+    for path, payload in (
+        ("GrantItemsToUsers", body),
+        ("GetUserInventory", {"PlayFabId": player}),
+        ("RevokeInventoryItems", {"Items": [{"PlayFabId": player, "ItemInstanceId": "X"}]}),
+    ):
         pf_err(playfab.post(f"/Admin/{path}", json=payload), 400, PlayFabErrorCode.ProductDisabledForTitle)
     assert "ts-1" not in pf_counts(admin)["counts"]
 
 
 def test_playfab_injected_429_and_503_wrappers(playfab: httpx.Client, admin: httpx.Client) -> None:
     (player,) = new_players(admin, 1)
-    admin.put("/sandbox/faults", json={"script": [{"status": 429, "retry_after": 3},
-                                                  {"status": 503}]}).raise_for_status()
+    admin.put(
+        "/sandbox/faults", json={"script": [{"status": 429, "retry_after": 3}, {"status": 503}]}
+    ).raise_for_status()
     body = {"ItemGrants": grants(player, ["sword"], "flt-1")}
     r = playfab.post("/Admin/GrantItemsToUsers", json=body)
     err = pf_err(r, 429, PlayFabErrorCode.APIRequestLimitExceeded)
@@ -434,14 +479,16 @@ def test_playfab_invalid_body_is_invalid_params(playfab: httpx.Client, admin: ht
 
 def test_playfab_revoke_limit_and_per_item_errors(playfab: httpx.Client, admin: httpx.Client) -> None:
     p1, p2 = new_players(admin, 2)
-    granted = pf_ok(playfab.post("/Admin/GrantItemsToUsers",
-                                 json={"ItemGrants": grants(p1, ["sword", "bow", "axe"], "rv-1")}),
-                    GrantItemsToUsersResult).ItemGrantResults
+    granted = pf_ok(
+        playfab.post("/Admin/GrantItemsToUsers", json={"ItemGrants": grants(p1, ["sword", "bow", "axe"], "rv-1")}),
+        GrantItemsToUsersResult,
+    ).ItemGrantResults
     ids = {g.ItemId: g.ItemInstanceId for g in granted}
 
     too_many = [{"PlayFabId": p1, "ItemInstanceId": ids["sword"]}] * (MAX_REVOKE_ITEMS_PER_CALL + 1)
-    err = pf_err(playfab.post("/Admin/RevokeInventoryItems", json={"Items": too_many}), 400,
-                 PlayFabErrorCode.InvalidParams)
+    err = pf_err(
+        playfab.post("/Admin/RevokeInventoryItems", json={"Items": too_many}), 400, PlayFabErrorCode.InvalidParams
+    )
     assert "Items" in (err.errorDetails or {})
 
     items = [
@@ -451,8 +498,7 @@ def test_playfab_revoke_limit_and_per_item_errors(playfab: httpx.Client, admin: 
         {"PlayFabId": p1, "ItemInstanceId": ids["axe"], "CharacterId": "C9"},  # not in that character
         {"PlayFabId": "NOBODY", "ItemInstanceId": ids["bow"]},
     ]
-    result = pf_ok(playfab.post("/Admin/RevokeInventoryItems", json={"Items": items}),
-                   RevokeInventoryItemsResult)
+    result = pf_ok(playfab.post("/Admin/RevokeInventoryItems", json={"Items": items}), RevokeInventoryItemsResult)
     assert [(e.Error, e.Item.ItemInstanceId, e.Item.PlayFabId) for e in result.Errors] == [
         ("ItemNotFound", "0000000000000000", p1),
         ("ItemNotFound", ids["bow"], p2),
@@ -461,12 +507,12 @@ def test_playfab_revoke_limit_and_per_item_errors(playfab: httpx.Client, admin: 
     ]
     inv = pf_ok(playfab.post("/Admin/GetUserInventory", json={"PlayFabId": p1}), GetUserInventoryResult)
     assert sorted(i.ItemId for i in inv.Inventory) == ["axe", "bow"]
-    again = pf_ok(playfab.post("/Admin/RevokeInventoryItems", json={"Items": items[:1]}),
-                  RevokeInventoryItemsResult)
+    again = pf_ok(playfab.post("/Admin/RevokeInventoryItems", json={"Items": items[:1]}), RevokeInventoryItemsResult)
     assert [e.Error for e in again.Errors] == ["ItemNotFound"]
-    ok = pf_ok(playfab.post("/Admin/RevokeInventoryItems",
-                            json={"Items": [{"PlayFabId": p1, "ItemInstanceId": ids["bow"]}]}),
-               RevokeInventoryItemsResult)
+    ok = pf_ok(
+        playfab.post("/Admin/RevokeInventoryItems", json={"Items": [{"PlayFabId": p1, "ItemInstanceId": ids["bow"]}]}),
+        RevokeInventoryItemsResult,
+    )
     assert ok.Errors == []
     revokes = pf_counts(admin, "playfab.revoke", "item_id")["counts"]
     assert {ids["sword"]: 1, ids["bow"]: 1}.items() <= revokes.items()
@@ -481,8 +527,11 @@ def test_playfab_drop_applies_then_drops(playfab: httpx.Client, admin: httpx.Cli
         playfab.post("/Admin/GrantItemsToUsers", json=body)
     counts = pf_counts(admin)
     assert (counts["counts"]["drop-1"], counts["rows"]["drop-1"]) == (1, 2)
-    entries = [e for e in admin.get("/sandbox/audit", params={"project_id": 0}).json()["entries"]
-               if e["external_purchase_id"] == "drop-1"]
+    entries = [
+        e
+        for e in admin.get("/sandbox/audit", params={"project_id": 0}).json()["entries"]
+        if e["external_purchase_id"] == "drop-1"
+    ]
     assert [e["kind"] for e in entries] == ["playfab.grant"] * 2 and all(e["item_id"] for e in entries)
     inv = pf_ok(playfab.post("/Admin/GetUserInventory", json={"PlayFabId": player}), GetUserInventoryResult)
     assert sorted(i.Annotation for i in inv.Inventory) == ["drop-1", "drop-1"]

@@ -80,8 +80,7 @@ def backpack(base_url: str, admin: httpx.Client) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def playfab(base_url: str, admin: httpx.Client) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"{base_url}/playfab", headers={"X-SecretKey": PLAYFAB_KEY},
-                      timeout=5) as client:
+    with httpx.Client(base_url=f"{base_url}/playfab", headers={"X-SecretKey": PLAYFAB_KEY}, timeout=5) as client:
         yield client
 
 
@@ -98,8 +97,12 @@ def purchase(epid: str, user: str = "u1", sku: str = "gold", quantity: int = 5) 
     return {
         "user": {"id": user},
         "items": [{"sku": sku, "quantity": quantity}],
-        "purchase": {"amount": "2.99", "currency": "USD", "external_purchase_id": epid,
-                     "external_purchase_date": "2024-05-01T12:00:00+00:00"},
+        "purchase": {
+            "amount": "2.99",
+            "currency": "USD",
+            "external_purchase_id": epid,
+            "external_purchase_date": "2024-05-01T12:00:00+00:00",
+        },
     }
 
 
@@ -122,8 +125,7 @@ def pending(admin: httpx.Client) -> list[dict[str, Any]]:
 # ------------------------------------------------------------ path and pass
 
 
-def test_path_action_waits_for_a_matching_call(xsolla: httpx.Client, admin: httpx.Client,
-                                               project: int) -> None:
+def test_path_action_waits_for_a_matching_call(xsolla: httpx.Client, admin: httpx.Client, project: int) -> None:
     script(admin, {"path": "/inventory/revoke", "status": 503})
     assert xsolla.post(inventory_url(project), json=[purchase("p1")]).status_code == 200
     assert pending(admin) == [{"path": "/inventory/revoke", "status": 503}]
@@ -134,12 +136,14 @@ def test_path_action_waits_for_a_matching_call(xsolla: httpx.Client, admin: http
     assert injected(admin) == {"503": 1}
 
 
-def test_first_matching_action_in_script_order_is_consumed(
-    playfab: httpx.Client, admin: httpx.Client
-) -> None:
+def test_first_matching_action_in_script_order_is_consumed(playfab: httpx.Client, admin: httpx.Client) -> None:
     (player,) = new_players(admin, 1)
-    script(admin, {"path": "GetUserInventory", "status": 500}, {"status": 429, "retry_after": 2},
-           {"path": "GrantItemsToUsers", "status": 502})
+    script(
+        admin,
+        {"path": "GetUserInventory", "status": 500},
+        {"status": 429, "retry_after": 2},
+        {"path": "GrantItemsToUsers", "status": 502},
+    )
     body = {"ItemGrants": grants(player, ["sword"], "order-1")}
     # The grant skips the inventory action and takes the pathless 429 ...
     r = playfab.post("/Admin/GrantItemsToUsers", json=body)
@@ -156,8 +160,7 @@ def test_pass_lets_calls_through_so_a_script_targets_the_nth(
     xsolla: httpx.Client, admin: httpx.Client, project: int
 ) -> None:
     script(admin, {"action": "pass"}, {"action": "pass"}, {"status": 503})
-    codes = [xsolla.post(inventory_url(project), json=[purchase(f"n{i}")]).status_code
-             for i in range(4)]
+    codes = [xsolla.post(inventory_url(project), json=[purchase(f"n{i}")]).status_code for i in range(4)]
     assert codes == [200, 200, 503, 200]
     assert applied(admin, project) == {"n0": 1, "n1": 1, "n3": 1}
     assert injected(admin) == {"pass": 2, "503": 1}
@@ -166,8 +169,7 @@ def test_pass_lets_calls_through_so_a_script_targets_the_nth(
 # --------------------------------------------------- answers before applying
 
 
-def test_3xx_carries_location_and_applies_nothing(xsolla: httpx.Client, admin: httpx.Client,
-                                                  project: int) -> None:
+def test_3xx_carries_location_and_applies_nothing(xsolla: httpx.Client, admin: httpx.Client, project: int) -> None:
     script(admin, {"status": 302}, {"status": 307, "location": "https://elsewhere.invalid/v2"})
     r = xsolla.post(inventory_url(project), json=[purchase("m1")])
     assert r.status_code == 302 and r.headers["Location"] == "https://example.invalid/moved"
@@ -178,13 +180,15 @@ def test_3xx_carries_location_and_applies_nothing(xsolla: httpx.Client, admin: h
     assert injected(admin) == {"302": 1, "307": 1}
 
 
-def test_body_is_answered_verbatim_and_applies_nothing(xsolla: httpx.Client, admin: httpx.Client,
-                                                       project: int) -> None:
-    xsolla_404 = ('{"statusCode":404,"errorCode":4001,'
-                  '"errorMessage":"[0401]: Item with sku = \'x\' not found"}')
-    script(admin, {"status": 404, "body": "Not Found"}, {"status": 404, "body": xsolla_404},
-           {"status": 413, "body": "<html>413 Request Entity Too Large</html>"},
-           {"status": 405, "body": ""})
+def test_body_is_answered_verbatim_and_applies_nothing(xsolla: httpx.Client, admin: httpx.Client, project: int) -> None:
+    xsolla_404 = '{"statusCode":404,"errorCode":4001,"errorMessage":"[0401]: Item with sku = \'x\' not found"}'
+    script(
+        admin,
+        {"status": 404, "body": "Not Found"},
+        {"status": 404, "body": xsolla_404},
+        {"status": 413, "body": "<html>413 Request Entity Too Large</html>"},
+        {"status": 405, "body": ""},
+    )
     r = xsolla.post(inventory_url(project), json=[purchase("v1")])
     assert (r.status_code, r.text) == (404, "Not Found")
     assert r.headers["content-type"].startswith("text/plain")
@@ -199,11 +203,18 @@ def test_body_is_answered_verbatim_and_applies_nothing(xsolla: httpx.Client, adm
 
 
 def test_echo_headers_echoes_credentials_verbatim(
-    xsolla: httpx.Client, playfab: httpx.Client, backpack: httpx.Client, admin: httpx.Client,
+    xsolla: httpx.Client,
+    playfab: httpx.Client,
+    backpack: httpx.Client,
+    admin: httpx.Client,
     project: int,
 ) -> None:
-    script(admin, {"status": 502, "echo_headers": True}, {"status": 500, "echo_headers": True},
-           {"status": 503, "echo_headers": True})
+    script(
+        admin,
+        {"status": 502, "echo_headers": True},
+        {"status": 500, "echo_headers": True},
+        {"status": 503, "echo_headers": True},
+    )
     r = xsolla.post(inventory_url(project), json=[purchase("e1")], headers={"X-Trace": "t-1"})
     assert r.status_code == 502 and r.headers["content-type"].startswith("text/plain")
     lines = r.text.splitlines()
@@ -238,20 +249,21 @@ def test_outage_with_path_covers_only_that_backend(
 
 
 def test_apply_then_answer_an_error(xsolla: httpx.Client, admin: httpx.Client, project: int) -> None:
-    script(admin, {"action": "apply", "status": 500},
-           {"action": "apply", "status": 404, "body": "Not Found"})
+    script(admin, {"action": "apply", "status": 500}, {"action": "apply", "status": 404, "body": "Not Found"})
     r = xsolla.post(inventory_url(project), json=[purchase("a1")])
     assert r.status_code == 500
-    assert r.json() == {"statusCode": 500, "errorCode": 0,
-                        "errorMessage": "[0401]: Internal Server Error (sandbox fault)"}
+    assert r.json() == {
+        "statusCode": 500,
+        "errorCode": 0,
+        "errorMessage": "[0401]: Internal Server Error (sandbox fault)",
+    }
     r = xsolla.post(inventory_url(project), json=[purchase("a2")])
     assert (r.status_code, r.text) == (404, "Not Found")
     assert applied(admin, project) == {"a1": 1, "a2": 1}
     assert injected(admin) == {"apply.500": 1, "apply.404": 1}
 
 
-def test_pad_adds_50_mb_to_the_success_answer(xsolla: httpx.Client, admin: httpx.Client,
-                                              project: int) -> None:
+def test_pad_adds_50_mb_to_the_success_answer(xsolla: httpx.Client, admin: httpx.Client, project: int) -> None:
     size = 50 * 1000 * 1000
     script(admin, {"action": "pad", "bytes": size})
     assert pending(admin) == [{"action": "pad", "bytes": size}]
@@ -259,15 +271,21 @@ def test_pad_adds_50_mb_to_the_success_answer(xsolla: httpx.Client, admin: httpx
     assert r.status_code == 200 and int(r.headers["content-length"]) > size
     body = orjson.loads(r.content)
     assert len(body.pop("padding")) == size
-    assert body == {"count": 1, "operations": [{
-        "user": {"id": "u1"}, "purchase": {"external_purchase_id": "big1"},
-        "items": [{"sku": "gold", "quantity": 5, "balance": 5}]}]}
+    assert body == {
+        "count": 1,
+        "operations": [
+            {
+                "user": {"id": "u1"},
+                "purchase": {"external_purchase_id": "big1"},
+                "items": [{"sku": "gold", "quantity": 5, "balance": 5}],
+            }
+        ],
+    }
     assert applied(admin, project) == {"big1": 1}
     assert injected(admin) == {"pad": 1}
 
 
-def test_pad_keeps_an_array_answer_the_same_items(backpack: httpx.Client, admin: httpx.Client,
-                                                  project: int) -> None:
+def test_pad_keeps_an_array_answer_the_same_items(backpack: httpx.Client, admin: httpx.Client, project: int) -> None:
     url = create_url(project, "u1", "virtual_items")
     plain = backpack.post(url, json=[BODIES["virtual_items"]])
     script(admin, {"action": "pad", "bytes": 1000})
@@ -280,21 +298,23 @@ def test_pad_keeps_an_array_answer_the_same_items(backpack: httpx.Client, admin:
 def test_wrong_user_names_someone_else_after_applying(
     xsolla: httpx.Client, playfab: httpx.Client, admin: httpx.Client, project: int
 ) -> None:
-    script(admin, {"path": "/inventory/purchase", "action": "wrong_user"},
-           {"path": "GrantItemsToUsers", "action": "wrong_user"})
-    r = xsolla.post(inventory_url(project), json=[purchase("w1", user="alice"),
-                                                  purchase("w2", user="bob")])
+    script(
+        admin,
+        {"path": "/inventory/purchase", "action": "wrong_user"},
+        {"path": "GrantItemsToUsers", "action": "wrong_user"},
+    )
+    r = xsolla.post(inventory_url(project), json=[purchase("w1", user="alice"), purchase("w2", user="bob")])
     assert r.status_code == 200
     assert [op["user"]["id"] for op in r.json()["operations"]] == ["someone-else"] * 2
     balances = admin.get("/sandbox/balances", params={"project_id": project}).json()["balances"]
     assert sorted(b["user_id"] for b in balances) == ["alice", "bob"]
     (player,) = new_players(admin, 1)
-    results = pf_ok(playfab.post("/Admin/GrantItemsToUsers",
-                                 json={"ItemGrants": grants(player, ["sword", "bow"], "wu-1")}),
-                    GrantItemsToUsersResult).ItemGrantResults
+    results = pf_ok(
+        playfab.post("/Admin/GrantItemsToUsers", json={"ItemGrants": grants(player, ["sword", "bow"], "wu-1")}),
+        GrantItemsToUsersResult,
+    ).ItemGrantResults
     assert {g.PlayFabId for g in results} == {"someone-else"}
-    inv = pf_ok(playfab.post("/Admin/GetUserInventory", json={"PlayFabId": player}),
-                GetUserInventoryResult)
+    inv = pf_ok(playfab.post("/Admin/GetUserInventory", json={"PlayFabId": player}), GetUserInventoryResult)
     assert sorted(i.ItemId for i in inv.Inventory) == ["bow", "sword"]
     assert injected(admin) == {"wrong_user": 2}
 
@@ -310,8 +330,7 @@ def test_playfab_drop_of_a_partly_refused_grant_applies_the_good_item(
     assert playfab.post("/Admin/GetUserInventory", json={"PlayFabId": player}).status_code == 200
     with pytest.raises(httpx.RemoteProtocolError):
         playfab.post("/Admin/GrantItemsToUsers", json=body)
-    inv = pf_ok(playfab.post("/Admin/GetUserInventory", json={"PlayFabId": player}),
-                GetUserInventoryResult)
+    inv = pf_ok(playfab.post("/Admin/GetUserInventory", json={"PlayFabId": player}), GetUserInventoryResult)
     assert [(i.ItemId, i.Annotation) for i in inv.Inventory] == [("sword", "half-1")]
     assert inv.Inventory[0].ItemInstanceId
     counts = admin.get("/sandbox/playfab/counts").json()
@@ -322,22 +341,25 @@ def test_playfab_drop_of_a_partly_refused_grant_applies_the_good_item(
 # --------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize(("action", "names"), [
-    ({"status": 200}, "script.0.status"),
-    ({"status": 500, "location": "https://x.invalid"}, '"location"'),
-    ({"status": 500, "retry_after": 3}, '"retry_after"'),
-    ({"action": "pad"}, '"bytes"'),
-    ({"action": "drop", "bytes": 10}, '"bytes"'),
-    ({"action": "drop", "status": 500}, '"status"'),
-    ({"action": "apply"}, '"status"'),
-    ({"action": "hang"}, '"seconds"'),
-    ({"action": "pass", "seconds": 1}, '"seconds"'),
-    ({"action": "wrong_user", "body": "x"}, '"body"'),
-    ({"status": 500, "body": "x", "echo_headers": True}, '"echo_headers"'),
-    ({"status": 500, "path": ""}, "script.0.path"),
-    ({"action": "explode"}, "script.0.action"),
-    ({"status": 500, "colour": "red"}, "script.0.colour"),
-])
+@pytest.mark.parametrize(
+    ("action", "names"),
+    [
+        ({"status": 200}, "script.0.status"),
+        ({"status": 500, "location": "https://x.invalid"}, '"location"'),
+        ({"status": 500, "retry_after": 3}, '"retry_after"'),
+        ({"action": "pad"}, '"bytes"'),
+        ({"action": "drop", "bytes": 10}, '"bytes"'),
+        ({"action": "drop", "status": 500}, '"status"'),
+        ({"action": "apply"}, '"status"'),
+        ({"action": "hang"}, '"seconds"'),
+        ({"action": "pass", "seconds": 1}, '"seconds"'),
+        ({"action": "wrong_user", "body": "x"}, '"body"'),
+        ({"status": 500, "body": "x", "echo_headers": True}, '"echo_headers"'),
+        ({"status": 500, "path": ""}, "script.0.path"),
+        ({"action": "explode"}, "script.0.action"),
+        ({"status": 500, "colour": "red"}, "script.0.colour"),
+    ],
+)
 def test_put_names_the_bad_field(admin: httpx.Client, action: dict[str, Any], names: str) -> None:
     r = admin.put("/sandbox/faults", json={"script": [action]})
     assert r.status_code == 422

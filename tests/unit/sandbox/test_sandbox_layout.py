@@ -59,7 +59,12 @@ def test_apis_do_not_import_each_other(api: str) -> None:
 
 
 def test_only_the_server_reads_the_environment() -> None:
-    readers = {_name(path) for path in MODULES
-               if any(isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv")
-                      for node in ast.walk(ast.parse(path.read_text())))}
+    readers = {
+        _name(path)
+        for path in MODULES
+        if any(
+            isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv")
+            for node in ast.walk(ast.parse(path.read_text()))
+        )
+    }
     assert readers == {"sandbox.server"}

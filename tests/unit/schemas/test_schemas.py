@@ -26,15 +26,22 @@ def make(**changes):
 
 
 def test_documented_example_is_valid():
-    cmd = GrantCommand(project_id=44056, operation={
-        "user": {"id": "d342dad2-9d59-11e9-a384-42010aa8003f"},
-        "items": [{"sku": "booster_mega_1", "quantity": 1}],
-        "purchase": {"amount": "2.99", "currency": "USD", "external_purchase_id": "10-534-35",
-                     "external_purchase_date": "2020-01-01T05:00:00+05:00"},
-        "comment": "Monthly challenge rewards",
-        "platform": "xsolla",
-        "custom_parameters": {"a": [1, 2], "b": {"c": None}, "d": "x", "e": 1.5, "f": True},
-    })
+    cmd = GrantCommand(
+        project_id=44056,
+        operation={
+            "user": {"id": "d342dad2-9d59-11e9-a384-42010aa8003f"},
+            "items": [{"sku": "booster_mega_1", "quantity": 1}],
+            "purchase": {
+                "amount": "2.99",
+                "currency": "USD",
+                "external_purchase_id": "10-534-35",
+                "external_purchase_date": "2020-01-01T05:00:00+05:00",
+            },
+            "comment": "Monthly challenge rewards",
+            "platform": "xsolla",
+            "custom_parameters": {"a": [1, 2], "b": {"c": None}, "d": "x", "e": 1.5, "f": True},
+        },
+    )
     assert cmd.external_purchase_id == "10-534-35"
 
 

@@ -7,14 +7,13 @@ import json
 import threading
 import time
 
-import httpx
 import pytest
 
 from schemas.records import Status
 from tests.helpers import command
 from worker.ledger import Ledger
-from worker.work import Arrival, OnUnknown, Outcome
 from worker.results import Results
+from worker.work import Arrival, OnUnknown, Outcome
 
 TAKE = dict(max_inflight=100, flush_ms=60_000, lease_ms=5_000)
 
@@ -32,8 +31,10 @@ def results(redis_client):
 
 
 def ingest(ledger, ids, source="t", project=1, **kw):
-    return [r.result for r in ledger.ingest([Arrival(command(project, i, **kw), 1, f"{source}:{n}")
-                                             for n, i in enumerate(ids)])]
+    return [
+        r.result
+        for r in ledger.ingest([Arrival(command(project, i, **kw), 1, f"{source}:{n}") for n, i in enumerate(ids)])
+    ]
 
 
 def test_claim_dedupes_and_refuses_conflicts(ledger, results):
@@ -85,7 +86,9 @@ def test_complete_writes_outcomes_and_the_stream(ledger, results, redis_client):
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
     work = ledger.begin(bid, "tok", lease_ms=5_000, on_unknown=OnUnknown.doubt)
     assert ledger.begin(bid, "other", lease_ms=5_000, on_unknown=OnUnknown.doubt) is None  # held
-    assert ledger.begin(bid, "tok", lease_ms=5_000, on_unknown=OnUnknown.doubt).attempt == 1  # same holder: no new attempt
+    assert (
+        ledger.begin(bid, "tok", lease_ms=5_000, on_unknown=OnUnknown.doubt).attempt == 1
+    )  # same holder: no new attempt
     owned, written = ledger.complete(work, [Outcome("a", "granted", {"ok": 1}), Outcome("b", "rejected", error="bad")])
     assert (owned, written) == (True, 2)
     assert results.get(1, "a")["status"] == "granted"
@@ -144,7 +147,10 @@ def test_split_halves_a_refused_batch(ledger, redis_client):
     single = ledger.begin(left, "t", lease_ms=5000, on_unknown=OnUnknown.doubt)
     ingest(ledger, ["solo"])
     (sb,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
-    assert ledger.split(ledger.begin(sb, "t", lease_ms=5000, on_unknown=OnUnknown.doubt), lease_ms=5000) == ("single", [])
+    assert ledger.split(ledger.begin(sb, "t", lease_ms=5000, on_unknown=OnUnknown.doubt), lease_ms=5000) == (
+        "single",
+        [],
+    )
     assert single.attempt == 1
 
 
@@ -160,8 +166,10 @@ def _fail(ledger, ids, project=1):
     ingest(ledger, ids, project=project)
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
     work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown=OnUnknown.doubt)
-    ledger.complete(work, [Outcome(i, "failed", error="503") for i in ids[:-1]] +
-                    [Outcome(ids[-1], "in_doubt", error="ReadTimeout")])
+    ledger.complete(
+        work,
+        [Outcome(i, "failed", error="503") for i in ids[:-1]] + [Outcome(ids[-1], "in_doubt", error="ReadTimeout")],
+    )
 
 
 def test_replay_rebuffers_failed_with_history_and_guards_the_rest(ledger, results):
@@ -170,7 +178,12 @@ def test_replay_rebuffers_failed_with_history_and_guards_the_rest(ledger, result
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
     ledger.complete(ledger.begin(bid, "t", lease_ms=5000, on_unknown=OnUnknown.doubt), [Outcome("g1", "granted")])
     targets = [(1, i) for i in ("f1", "d1", "g1", "nope")]
-    assert ledger.replay(targets, actor="ops@host", allow_in_doubt=False) == ["replayed", "needs_force", "granted", "missing"]
+    assert ledger.replay(targets, actor="ops@host", allow_in_doubt=False) == [
+        "replayed",
+        "needs_force",
+        "granted",
+        "missing",
+    ]
     rec = results.get(1, "f1")
     assert rec["status"] == "pending"
     assert rec["history"][0]["by"] == "ops@host" and rec["history"][0]["from_status"] == "failed"
@@ -199,9 +212,15 @@ def test_dead_letters_keep_the_raw_payload_bounded(ledger, results):
 def revoke(ledger, ids, source="r", project=1):
     from schemas.commands import RevokeCommand
 
-    return [r.result for r in ledger.ingest(
-        [Arrival(RevokeCommand(project_id=project, external_purchase_id=i, comment="Refund"), 1, f"{source}:{n}")
-         for n, i in enumerate(ids)])]
+    return [
+        r.result
+        for r in ledger.ingest(
+            [
+                Arrival(RevokeCommand(project_id=project, external_purchase_id=i, comment="Refund"), 1, f"{source}:{n}")
+                for n, i in enumerate(ids)
+            ]
+        )
+    ]
 
 
 def _send(ledger, results_by_id, kind_check=None):
@@ -210,9 +229,13 @@ def _send(ledger, results_by_id, kind_check=None):
     if kind_check:
         assert work.kind == kind_check
     # A granted grant keeps refund data, as its backend hands it over.
-    ledger.complete(work, [Outcome(p, results_by_id[p], {"ok": p},
-                                   refund={"user": p} if results_by_id[p] == "granted" else None)
-                           for p in work.ids])
+    ledger.complete(
+        work,
+        [
+            Outcome(p, results_by_id[p], {"ok": p}, refund={"user": p} if results_by_id[p] == "granted" else None)
+            for p in work.ids
+        ],
+    )
     return work
 
 
@@ -239,8 +262,13 @@ def test_revoke_of_a_grant_being_sent_waits_for_its_outcome(ledger, results, red
     work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown=OnUnknown.doubt)
     assert revoke(ledger, ["s", "t"]) == ["waiting", "waiting"]
     assert results.stats()["revokes"]["waiting"] == 2
-    ledger.complete(work, [Outcome("s", "granted", {"instance": "i-s"}, refund={"instances": ["i-s"]}),
-                           Outcome("t", "rejected", error="bad")])
+    ledger.complete(
+        work,
+        [
+            Outcome("s", "granted", {"instance": "i-s"}, refund={"instances": ["i-s"]}),
+            Outcome("t", "rejected", error="bad"),
+        ],
+    )
     assert results.get(1, "t")["revoke"]["status"] == "noop"
     rv = _send(ledger, {"s": "revoked"}, kind_check="revoke")
     # The revoke carries its request and what its grant left to revoke with.
@@ -299,8 +327,8 @@ def test_idempotent_resends_stop_at_max_attempts_as_in_doubt(ledger, results):
 
 
 def test_one_backed_off_project_cannot_take_every_slot(ledger):
-    ingest(ledger, [f"a{i}" for i in range(500)], project=1)   # 10 batches ready
-    ingest(ledger, [f"b{i}" for i in range(50)], project=2)    # 1 batch, younger
+    ingest(ledger, [f"a{i}" for i in range(500)], project=1)  # 10 batches ready
+    ingest(ledger, [f"b{i}" for i in range(50)], project=2)  # 1 batch, younger
     taken = ledger.take(max_batches=20, **{**TAKE, "max_inflight": 8}, max_inflight_per_lane=4)
     lanes = [ledger.begin(b, f"t{b}", lease_ms=5000, on_unknown=OnUnknown.doubt).project_id for b in taken]
     assert lanes.count(1) == 4 and lanes.count(2) == 1
@@ -323,9 +351,19 @@ def test_replay_selection_filters(ledger, results):
     from worker import replay as rp
 
     ids = ["f-a", "f-b", "f-c", "f-d"]
-    ledger.ingest([Arrival(c, 1, f"s:{n}") for n, c in enumerate([
-        command(1, "f-a", sku="gem", user="ana"), command(1, "f-b", sku="sword", user="ana"),
-        command(1, "f-c", sku="gem", user="bo"), command(2, "f-d", sku="gem", user="ana")])])
+    ledger.ingest(
+        [
+            Arrival(c, 1, f"s:{n}")
+            for n, c in enumerate(
+                [
+                    command(1, "f-a", sku="gem", user="ana"),
+                    command(1, "f-b", sku="sword", user="ana"),
+                    command(1, "f-c", sku="gem", user="bo"),
+                    command(2, "f-d", sku="gem", user="ana"),
+                ]
+            )
+        ]
+    )
     for project in (1, 2):
         (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
         work = ledger.begin(bid, f"t{project}", lease_ms=5000, on_unknown=OnUnknown.doubt)
@@ -355,12 +393,31 @@ def test_an_older_versions_store_is_moved_onto_todays_layout(ledger, results, re
     client, keys = redis_client
     t = str(int(time.time() * 1000) - 1000)  # a second ago: well inside every retention
     old = {
-        "g1": {"st": "granted", "pid": "1", "epid": "g1", "h": command(1, "g1").payload_hash(),
-               "cmd": command(1, "g1").canonical.decode(), "rcv": t, "enq": t,
-               "src": "m:0", "bat": "b1|grant:1", "snt": t, "att": "1", "cpl": t,
-               "res": '{"items":[{"sku":"gem.pack","quantity":1,"balance":1}]}'},
-        "p1": {"st": "pending", "pid": "1", "epid": "p1", "h": command(1, "p1").payload_hash(),
-               "cmd": command(1, "p1").canonical.decode(), "rcv": t, "enq": "0", "src": "m:1"},
+        "g1": {
+            "st": "granted",
+            "pid": "1",
+            "epid": "g1",
+            "h": command(1, "g1").payload_hash(),
+            "cmd": command(1, "g1").canonical.decode(),
+            "rcv": t,
+            "enq": t,
+            "src": "m:0",
+            "bat": "b1|grant:1",
+            "snt": t,
+            "att": "1",
+            "cpl": t,
+            "res": '{"items":[{"sku":"gem.pack","quantity":1,"balance":1}]}',
+        },
+        "p1": {
+            "st": "pending",
+            "pid": "1",
+            "epid": "p1",
+            "h": command(1, "p1").payload_hash(),
+            "cmd": command(1, "p1").canonical.decode(),
+            "rcv": t,
+            "enq": "0",
+            "src": "m:1",
+        },
     }
     for epid, fields in old.items():
         client.hset(keys.record(1, epid), mapping=fields)
@@ -370,8 +427,16 @@ def test_an_older_versions_store_is_moved_onto_todays_layout(ledger, results, re
     client.zadd(keys.index("granted"), {"1:g1": int(t)})
 
     refunds = []
-    assert migrate(client, keys, lambda kind, cmd, res: refunds.append(cmd) or {"user": cmd["operation"]["user"],
-                                                                             "items": cmd["operation"]["items"]}) == 2
+    assert (
+        migrate(
+            client,
+            keys,
+            lambda kind, cmd, res: (
+                refunds.append(cmd) or {"user": cmd["operation"]["user"], "items": cmd["operation"]["items"]}
+            ),
+        )
+        == 2
+    )
     assert migrate(client, keys, lambda *a: None) == 0  # once
     assert 0 < client.pttl(keys.record(1, "g1")) <= 3_600_000
     rec = results.get(1, "g1")

@@ -13,19 +13,30 @@ from worker.backends.http import retry_after_s
 from worker.backends.registry import Backends
 from worker.backends.xsolla import XsollaInventory
 from worker.ledger import Ledger
-from worker.work import Arrival, Lane, OnUnknown, Outcome
 from worker.results import Results
 from worker.sender import Sender, backoff_s
 from worker.settings import Settings
+from worker.work import Arrival, Lane, OnUnknown, Outcome
 
 
 def ok(request: httpx.Request) -> httpx.Response:
     import json
 
     ops = json.loads(request.content)
-    return httpx.Response(200, json={"count": len(ops), "operations": [
-        {"user": o["user"], "purchase": {"external_purchase_id": o["purchase"]["external_purchase_id"]},
-         "items": [{**i, "balance": i["quantity"]} for i in o["items"]]} for o in ops]})
+    return httpx.Response(
+        200,
+        json={
+            "count": len(ops),
+            "operations": [
+                {
+                    "user": o["user"],
+                    "purchase": {"external_purchase_id": o["purchase"]["external_purchase_id"]},
+                    "items": [{**i, "balance": i["quantity"]} for i in o["items"]],
+                }
+                for o in ops
+            ],
+        },
+    )
 
 
 @pytest.fixture
@@ -41,8 +52,9 @@ def harness(redis_client):
             raise answer
         return answer(request) if callable(answer) else answer
 
-    settings = Settings(xsolla_base_url="http://xsolla.test", xsolla_merchant_id="m", xsolla_api_key="k",
-                        retry_max_attempts=3)
+    settings = Settings(
+        xsolla_base_url="http://xsolla.test", xsolla_merchant_id="m", xsolla_api_key="k", retry_max_attempts=3
+    )
     ledger = Ledger(client, keys, ttl_ms=60_000, batch_limits={"grant": 50}, default_batch_limit=50)
     dispatched: list[str] = []
 
@@ -59,8 +71,19 @@ def harness(redis_client):
         """Let the batch's backoff pass (as the clock would)."""
         client.hset(keys.batch(batch_id), "nbf", 0)
 
-    return type("H", (), dict(calls=calls, answers=answers, build=build, batch=batch, dispatched=dispatched,
-                              results=Results(client, keys), due=staticmethod(due)))
+    return type(
+        "H",
+        (),
+        dict(
+            calls=calls,
+            answers=answers,
+            build=build,
+            batch=batch,
+            dispatched=dispatched,
+            results=Results(client, keys),
+            due=staticmethod(due),
+        ),
+    )
 
 
 def test_success_grants_each_operation_with_its_answer(harness):
@@ -75,8 +98,9 @@ def test_success_grants_each_operation_with_its_answer(harness):
 def test_retryable_answers_back_off_then_fail_after_max_attempts(harness):
     bid = harness.batch(["a"])
     sender = harness.build()
-    harness.answers.extend([httpx.Response(503), httpx.Response(429, headers={"Retry-After": "7"}),
-                            httpx.ConnectError("refused")])
+    harness.answers.extend(
+        [httpx.Response(503), httpx.Response(429, headers={"Retry-After": "7"}), httpx.ConnectError("refused")]
+    )
     assert sender.send(bid)["state"] == "retry"
     assert sender.send(bid) == {"batch_id": bid, "skipped": True}  # still backing off
     harness.due(bid)
@@ -130,8 +154,15 @@ def test_unknown_outcome_is_in_doubt_unless_idempotent(harness):
 
 def test_answer_missing_an_operation_leaves_it_in_doubt(harness):
     bid = harness.batch(["a", "b"])
-    harness.answers.append(httpx.Response(200, json={"count": 1, "operations": [
-        {"user": {"id": "user-1"}, "purchase": {"external_purchase_id": "a"}, "items": []}]}))
+    harness.answers.append(
+        httpx.Response(
+            200,
+            json={
+                "count": 1,
+                "operations": [{"user": {"id": "user-1"}, "purchase": {"external_purchase_id": "a"}, "items": []}],
+            },
+        )
+    )
     harness.build().send(bid)
     assert harness.results.get(3, "a")["status"] == "granted"
     assert harness.results.get(3, "b")["status"] == "in_doubt"
@@ -150,8 +181,10 @@ def test_more_than_50_operations_are_never_sent():
     from worker import errors
 
     calls = []
-    backend = XsollaInventory(httpx.Client(transport=httpx.MockTransport(lambda r: calls.append(r) or ok(r)),
-                                           base_url="http://x"), idempotent=False)
+    backend = XsollaInventory(
+        httpx.Client(transport=httpx.MockTransport(lambda r: calls.append(r) or ok(r)), base_url="http://x"),
+        idempotent=False,
+    )
     with pytest.raises(errors.InvalidRequest, match="not sent"):
         backend.send(Lane("grant", 1), [command(1, str(i)) for i in range(51)])
     assert calls == []
@@ -169,7 +202,6 @@ def test_an_unmapped_error_after_sending_is_an_unknown_outcome_not_a_stuck_batch
 
 
 def test_a_slow_call_keeps_its_lease_and_is_not_given_up_for_lost(redis_client):
-    import threading
     import time as _time
 
     from worker.leases import LeaseKeeper

@@ -165,7 +165,7 @@ def run(args: argparse.Namespace, settings) -> int:
         if not args.backlog:
             for _ in range(args.workers):
                 stack.start_worker(concurrency=args.concurrency)
-        redis_url = stack.redis.url
+        redis_url = stack.redis_url
         results = Results(connect(redis_url), Keys(settings.key_prefix))
         publisher = Publisher(settings.model_copy(update={"redis_url": redis_url, "broker_url": None}))
 
@@ -272,7 +272,7 @@ def run_live(args: argparse.Namespace, settings) -> int:
         stack.start_sandbox("--latency-ms", str(args.latency_ms))
         for _ in range(args.workers):
             stack.start_worker(concurrency=args.concurrency)
-        redis_url = stack.redis.url
+        redis_url = stack.redis_url
         results = Results(connect(redis_url), Keys(settings.key_prefix))
         publisher = Publisher(settings.model_copy(update={"redis_url": redis_url, "broker_url": None}))
         scheduled: dict[str, float] = {}

@@ -84,8 +84,8 @@ def run(args: argparse.Namespace, settings) -> int:
         if real_redis:
             _say(f"   redis:   {_mask(settings.redis_url)} (GRANTS_REDIS_URL)")
         else:
-            stack.start_redis()
-            _say(f"   redis:   {stack.redis.url} (private, AOF in {stack.redis.dir})")
+            server = stack.start_redis()
+            _say(f"   redis:   {server.url} (private, AOF in {server.dir})")
         if real_backend:
             _say(f"   backend: {settings.xsolla_base_url} (GRANTS_XSOLLA_BASE_URL)")
         else:
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace, settings) -> int:
             f"password {stack.flower_auth[1]}, made for this run)"
         )
 
-        redis_url = settings.redis_url if real_redis else stack.redis.url
+        redis_url = settings.redis_url if real_redis else stack.redis_url
         pub_settings = settings.model_copy(update={"redis_url": redis_url, "broker_url": settings.broker_url})
         feed_path = args.feed or Path(str(resources.files("devstack").joinpath("samples", "purchases.jsonl")))
         _say(f"\n== publishing {feed_path.name} to project {args.project_id}")

@@ -250,6 +250,13 @@ class Stack:
         return env
 
     @property
+    def redis_url(self) -> str:
+        """The private Redis's URL (started already)."""
+        if self.redis is None:
+            raise StackError("the stack's Redis is not started")
+        return self.redis.url
+
+    @property
     def sandbox_url(self) -> str:
         return f"http://127.0.0.1:{self.sandbox_port}"
 
@@ -281,10 +288,10 @@ class Stack:
             *(["--idempotent"] if self.idempotent_backend else []),
             *extra_args,
         ]
-        self.sandbox = Service("sandbox", argv, self.env(), self.workdir / "sandbox.log").start()
+        sandbox = self.sandbox = Service("sandbox", argv, self.env(), self.workdir / "sandbox.log").start()
         wait_until(
             lambda: (
-                self.sandbox.alive() and httpx.get(f"{self.sandbox_url}/sandbox/health", timeout=1).status_code == 200
+                sandbox.alive() and httpx.get(f"{self.sandbox_url}/sandbox/health", timeout=1).status_code == 200
             ),
             20,
             "the sandbox",
@@ -337,10 +344,10 @@ class Stack:
             "--address=127.0.0.1",
         ]
         env = self.env(FLOWER_BASIC_AUTH=":".join(self.flower_auth))
-        self.flower = Service("flower", argv, env, self.workdir / "flower.log").start()
+        flower = self.flower = Service("flower", argv, env, self.workdir / "flower.log").start()
         # Up once its event receiver is connected: events sent before are lost to it.
-        wait_until(lambda: self.flower.alive() and "Connected to" in self.flower.log_text(), 60, "flower")
-        return self.flower
+        wait_until(lambda: flower.alive() and "Connected to" in flower.log_text(), 60, "flower")
+        return flower
 
     def stop(self) -> None:
         for worker in self.workers:

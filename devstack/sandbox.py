@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 
 def add_parser(sub) -> None:
     from sandbox import server
@@ -12,4 +14,8 @@ def add_parser(sub) -> None:
         description="A local Xsolla inventory API with an audit log, balances and fault injection.",
     )
     server.add_arguments(p)
-    p.set_defaults(run=lambda args, _settings: server.run(args) or 0)
+    def run(args: argparse.Namespace, _settings: object) -> int:
+        server.run(args)
+        return 0
+
+    p.set_defaults(run=run)

@@ -89,7 +89,7 @@ def run_get(args, settings) -> int:
 
 @_guard
 def run_list(args, settings) -> int:
-    records = _results(settings).list(
+    records = _results(settings).in_status(
         Status(args.status),
         kind=args.kind,
         project_id=args.project_id,

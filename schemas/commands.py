@@ -89,7 +89,7 @@ class GrantCommand(_Canonical, BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal[GRANT] = GRANT
+    kind: Literal["grant"] = "grant"
     # Xsolla's project_id is an integer path parameter.
     project_id: Annotated[StrictInt, Field(gt=0, lt=2**63)]
     operation: PurchaseOperation
@@ -120,7 +120,7 @@ class RevokeCommand(_Canonical, BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal[REVOKE] = REVOKE
+    kind: Literal["revoke"] = "revoke"
     project_id: Annotated[StrictInt, Field(gt=0, lt=2**63)]
     external_purchase_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
     # Sent to the backend as the revoke's comment ("Refund", "Chargeback 123").
@@ -164,7 +164,7 @@ class BackpackCreateCommand(_Operation):
     """Create items in a user's Xsolla Backpack: game keys, virtual items,
     virtual currency packages or promo codes (one call, up to 100 items)."""
 
-    kind: Literal[BACKPACK_CREATE] = BACKPACK_CREATE
+    kind: Literal["backpack.create"] = "backpack.create"
     user_id: PathId
     item_type: Literal["game_keys", "virtual_items", "virtual_currency", "promo_codes"]
     items: list[dict[str, Any]]
@@ -194,7 +194,7 @@ class BackpackCreateCommand(_Operation):
 class BackpackDeleteCommand(_Operation):
     """Delete one item from a user's Backpack."""
 
-    kind: Literal[BACKPACK_DELETE] = BACKPACK_DELETE
+    kind: Literal["backpack.delete"] = "backpack.delete"
     user_id: PathId
     item_id: PathId
 
@@ -202,12 +202,14 @@ class BackpackDeleteCommand(_Operation):
 class PlayFabDeleteCommand(_Operation):
     """Revoke one item instance from a PlayFab player's inventory."""
 
-    kind: Literal[PLAYFAB_DELETE] = PLAYFAB_DELETE
+    kind: Literal["playfab.delete"] = "playfab.delete"
     playfab_id: OperationId
     item_instance_id: OperationId
     character_id: OperationId | None = None
 
 
+# Each model's ``kind`` is its name in the kind table (a Literal must spell
+# it; tests/unit/schemas tie the two together).
 AnyCommand = GrantCommand | RevokeCommand | BackpackCreateCommand | BackpackDeleteCommand | PlayFabDeleteCommand
 # The model of each kind in the table (schemas/kinds.py).
 MODELS: dict[str, type[AnyCommand]] = {

@@ -38,6 +38,8 @@ def _is_envelope(message: Any) -> bool:
 class _GuardedDelivery:
     """Mixin for kombu's Redis channels (plain and Sentinel)."""
 
+    _in_poll: Any  # kombu's: the connection a BRPOP is pending on, or None/False
+
     def _record_unusable(self, raw: Any, queue: str, reason: str) -> None:
         record: Recorder | None = self.connection.client.transport_options.get(ON_UNUSABLE)  # type: ignore[attr-defined]
         if record is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -124,8 +124,8 @@ class Ledger:
     def ingest(
         self,
         arrivals: list[Arrival],
-        refused: list[Refused] = (),
-        *,  # type: ignore[assignment]
+        refused: Sequence[Refused] = (),
+        *,
         guard: Guard = NO_GUARD,
     ) -> list[Ingested]:
         """Claim each command's id and buffer the new ones; record the refused

@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -23,7 +23,8 @@ _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s
 
 
 class Redactor:
-    """structlog processor removing secrets from an event dict."""
+    """structlog processor removing secrets from an event dict (and ``scrub``
+    for any text)."""
 
     def __init__(self, secrets: Iterable[str]):
         # Longest first, so a secret containing another is removed whole.
@@ -52,7 +53,7 @@ class Redactor:
             return self.scrub(f"{type(value).__name__}: {value}")
         return value
 
-    def __call__(self, _logger, _name, event: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
         return {k: self._value(k, v) for k, v in event.items()}
 
 

@@ -53,7 +53,7 @@ def record_skus(record: dict[str, Any]) -> set[str]:
     """The SKUs a record's command carries (grants: items; Backpack: item_sku)."""
     command = record.get("command") or {}
     items = (command.get("operation") or {}).get("items") or command.get("items") or []
-    return {i.get("sku") or i.get("item_sku") for i in items if isinstance(i, dict)}
+    return {str(i.get("sku") or i.get("item_sku")) for i in items if isinstance(i, dict)}
 
 
 @dataclass(frozen=True)

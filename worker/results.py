@@ -159,7 +159,7 @@ class Results:
             view["error"] = self.redis.hget(self.keys.batch(view["batch_id"]), "err") or view["error"]
         return view
 
-    def list(
+    def in_status(
         self,
         status: Status,
         *,

@@ -172,9 +172,9 @@ class XsollaApi(Api):
             if kind == "purchase":
                 results = store.apply_purchases(project_id, ops, self.idempotent)
             elif kind == "reward":
-                results = store.apply_rewards(project_id, ops)
+                results = store.apply_rewards(project_id, ops)  # type: ignore[arg-type]
             else:
-                results = store.apply_revokes(project_id, ops)
+                results = store.apply_revokes(project_id, ops)  # type: ignore[arg-type]
         except NotEnough:
             return xsolla_error(404, _CODE_NOT_FOUND, "Failed to remove this number of items")
         stats.operations_processed += len(ops)

@@ -182,7 +182,7 @@ def test_ids_that_would_change_the_url_path_are_refused_everywhere(stack, result
     assert wait_kind(results, project_id, "pa-ok", "backpack.create")["status"] == "granted"
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        dead = [d for d in results.list(Status.dead, limit=1000) if "raw-" in (d["raw"] or "")]
+        dead = [d for d in results.in_status(Status.dead, limit=1000) if "raw-" in (d["raw"] or "")]
         if len(dead) == len(PATH_ATTACKS) + 1:
             break
         time.sleep(0.1)

@@ -184,7 +184,7 @@ def test_raw_redis_cli_entries_from_another_language(stack, results, project_id)
     xadd("command", json.dumps({**good, "operation": operation("cli-3")}))
     records = wait_final(results, project_id, ["cli-1", "cli-2", "cli-3"])
     assert {r["status"] for r in records.values()} == {"granted"}
-    dead = {d["id"]: d for d in results.list(Status.dead, limit=1000)}
+    dead = {d["id"]: d for d in results.in_status(Status.dead, limit=1000)}
     assert dead[bad_id]["raw"] == '{"v": 1, "kind": "grant", "project_id": "oops"'
     assert "not JSON" in dead[bad_id]["reason"]
     assert "payload" in dead[other_id]["raw"] and "one field" in dead[other_id]["reason"]

@@ -92,7 +92,7 @@ def test_conflicting_repeat_is_rejected_and_the_original_granted(stack, publishe
     assert record["command"]["operation"]["items"][0]["quantity"] == 1
     assert record["conflicts"]["count"] == 1
     assert "different payload" in record["conflicts"]["error"]
-    listed = results.list(Status.conflict, project_id=project_id)
+    listed = results.in_status(Status.conflict, project_id=project_id)
     assert [r["external_purchase_id"] for r in listed] == ["c-1"]
     balances = stack.sandbox_get("/sandbox/balances", project_id=project_id)["balances"]
     assert [b["quantity"] for b in balances] == [1]

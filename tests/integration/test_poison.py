@@ -52,7 +52,7 @@ def test_poison_messages_become_dead_letters_and_the_worker_goes_on(tmp_path, pr
             client.lpush("grants.send", entry)
         results = Results(client, Keys())
         deadline = time.monotonic() + 30
-        while len(results.list(Status.dead, limit=100)) < len(pushed) and time.monotonic() < deadline:
+        while len(results.in_status(Status.dead, limit=100)) < len(pushed) and time.monotonic() < deadline:
             time.sleep(0.1)
         Publisher(settings_for(stack)).publish(command(project_id, "after-poison"))
         assert wait_final(results, project_id, ["after-poison"])["after-poison"]["status"] == "granted"
@@ -61,7 +61,7 @@ def test_poison_messages_become_dead_letters_and_the_worker_goes_on(tmp_path, pr
         log = worker.log_text()
         assert "Unrecoverable error" not in log
         assert log.count(" ready.") == 1, "the worker restarted"
-        dead = results.list(Status.dead, limit=100)
+        dead = results.in_status(Status.dead, limit=100)
         assert len(dead) == len(pushed), [d["reason"] for d in dead]
         raws = {d["raw"] for d in dead}
         for entry in pushed:
@@ -104,7 +104,7 @@ def test_each_element_of_a_hand_made_chunk_is_judged_alone(tmp_path, project_id)
         records = wait_final(results, project_id, ids, timeout=60)
         assert {r["status"] for r in records.values()} == {"granted"}
         assert stack.audit_counts(project_id) == {i: 1 for i in ids}
-        dead = {d["raw"]: d for d in results.list(Status.dead, limit=100)}
+        dead = {d["raw"]: d for d in results.in_status(Status.dead, limit=100)}
         assert set(dead) == set(bad), [d["reason"] for d in dead.values()]
         assert not any(d["raw_truncated"] for d in dead.values())
     finally:

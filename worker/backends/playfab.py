@@ -201,7 +201,7 @@ class PlayFab:
         instances = (command.refund or {}).get("instances") or []
         if not instances:
             return OpResult("rejected", error="the grant's answer lists no item instances to revoke")
-        errors_seen = []
+        errors_seen: list[Any] = []
         for start in range(0, len(instances), MAX_REVOKE_ITEMS_PER_CALL):
             chunk = instances[start : start + MAX_REVOKE_ITEMS_PER_CALL]
             data = self._call("RevokeInventoryItems", {"Items": chunk})
@@ -222,13 +222,12 @@ class PlayFab:
         grants = [c for c in commands if isinstance(c, GrantCommand)]
         if lane.kind != GRANT or len(grants) != len(commands):
             raise errors.OutcomeUnknown(f"{lane.kind} commands are not read back")
-        commands = grants
         inventories: dict[str, list[dict[str, Any]]] = {}
-        for user in {c.user_id for c in commands}:
+        for user in {c.user_id for c in grants}:
             data = self._call("GetUserInventory", {"PlayFabId": user})
             inventories[user] = data.get("Inventory") or []
         out: list[OpResult | None] = []
-        for c in commands:
+        for c in grants:
             if playfab_extras(c).get("CharacterId"):
                 # A character's items are not in the player's inventory read:
                 # absence proves nothing, so the outcome stays unknown.

@@ -114,7 +114,7 @@ def match_operations(sent: list[dict[str, Any]], body: dict[str, Any]) -> list[O
     operation the answer does not mention, or names for another user, was
     not confirmed: it is in doubt, never assumed granted.
     """
-    answered = body.get("operations") if isinstance(body.get("operations"), list) else []
+    answered: list[Any] = body["operations"] if isinstance(body.get("operations"), list) else []
     # Grants are matched by purchase id; revokes carry none, so by position.
     by_id = {
         op.get("purchase", {}).get("external_purchase_id"): op

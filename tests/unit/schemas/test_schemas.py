@@ -157,3 +157,12 @@ def test_a_message_valid_for_the_model_is_valid_for_its_json_schema():
     jsonschema.validate(message, envelope_schema("grant"))
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**message, "project_id": "44056"}, envelope_schema("grant"))
+
+
+def test_every_kind_in_the_table_has_its_model_and_the_model_its_name():
+    from schemas.commands import MODELS
+    from schemas.kinds import KINDS
+
+    assert set(MODELS) == set(KINDS)
+    for name, model in MODELS.items():
+        assert model.model_fields["kind"].default == name

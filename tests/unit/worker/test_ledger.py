@@ -156,7 +156,7 @@ def test_split_halves_a_refused_batch(ledger, redis_client):
 
 def test_list_and_stats_by_status(ledger, results):
     ingest(ledger, ["a", "b", "c"], project=5)
-    assert [r["external_purchase_id"] for r in results.list(Status.pending, project_id=5)] == ["a", "b", "c"]
+    assert [r["external_purchase_id"] for r in results.in_status(Status.pending, project_id=5)] == ["a", "b", "c"]
     stats = results.stats()
     assert stats["counts"]["pending"] == 3 and stats["waiting"] == 3
     assert stats["oldest_waiting_age_s"] >= 0
@@ -203,7 +203,7 @@ def test_dead_letters_keep_the_raw_payload_bounded(ledger, results):
     from worker.keys import DEAD_LETTER_MAX_BYTES
 
     letter = ledger.dead_letter("x" * (DEAD_LETTER_MAX_BYTES + 10), "not JSON", source="task:0")
-    (dead,) = results.list(Status.dead)
+    (dead,) = results.in_status(Status.dead)
     assert dead["id"] == letter and dead["reason"] == "not JSON"
     assert dead["raw_truncated"] and len(dead["raw"]) == DEAD_LETTER_MAX_BYTES
     assert dead["raw_size"] == DEAD_LETTER_MAX_BYTES + 10

@@ -13,7 +13,7 @@ help:
 	@echo "make run    - the whole stack on this machine, a sample feed, a report"
 	@echo "make test   - unit and integration tests (private redis-server, real workers)"
 	@echo "make bench  - grants bench: 50,000 purchases end to end"
-	@echo "make chaos  - the full chaos run, three times (kills, Redis restarts, faults, outage)"
+	@echo "make chaos  - the full chaos run, three times (kills, Redis restarts, faults, outage), then the Redis failover rig"
 	@echo "make clean  - remove the virtualenv and caches"
 
 venv: $(STAMP)
@@ -69,6 +69,7 @@ bench: venv
 
 chaos: venv
 	$(BIN)/python -m tests.chaos.harness --runs 3
+	$(BIN)/python -m tests.chaos.failover
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

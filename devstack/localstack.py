@@ -135,9 +135,18 @@ class Service:
 
 
 class RedisServer(Service):
-    """A private redis-server with AOF on, in its own directory."""
+    """A private redis-server with AOF on, in its own directory; a replica of
+    another one with ``replica_of`` (its port); more options in ``extra``."""
 
-    def __init__(self, workdir: Path, port: int | None = None, appendfsync: str = "everysec"):
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        appendfsync: str = "everysec",
+        *,
+        replica_of: int | None = None,
+        extra: tuple[str, ...] = (),
+    ):
         self.port = port or free_port()
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -165,6 +174,8 @@ class RedisServer(Service):
             # more than it saves. deploy/ uses the same setting.
             "--auto-aof-rewrite-min-size",
             "512mb",
+            *(["--replicaof", "127.0.0.1", str(replica_of)] if replica_of else []),
+            *extra,
         ]
         super().__init__(f"redis:{self.port}", argv, dict(os.environ), workdir / f"redis-{self.port}.log")
 
@@ -172,9 +183,17 @@ class RedisServer(Service):
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def client(self) -> redis.Redis:
+        """A plain client on this server (fails fast)."""
+        return redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=5, decode_responses=True)
+
+    def in_sync(self) -> bool:
+        """A replica whose link to its primary is up."""
+        return self.client().info("replication").get("master_link_status") == "up"
+
     def start(self) -> RedisServer:
         super().start()
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = self.client()
         wait_until(lambda: self.alive() and client.ping(), 15, f"redis-server on port {self.port}")
         # Loading the AOF after a restart answers LOADING errors until done.
         wait_until(lambda: client.info("persistence").get("loading") == 0, 30, "redis AOF load")
@@ -189,6 +208,48 @@ class RedisServer(Service):
             pass  # SHUTDOWN closes the connection under us
         if self.proc is not None:
             self.proc.wait(timeout=15)
+
+
+# Sentinel timings for a local stack: the primary is called down after 1 s
+# without an answer, and a failover that could not finish is tried again
+# after 2 x 3 s (Redis's defaults, 30 s and 3 min, are for real networks).
+SENTINEL_DOWN_AFTER_MS = 1000
+SENTINEL_FAILOVER_TIMEOUT_MS = 3000
+
+
+class SentinelServer(Service):
+    """A redis-server in ``--sentinel`` mode watching the primary on ``primary_port``."""
+
+    def __init__(self, workdir: Path, primary_port: int, master: str, quorum: int):
+        self.port = free_port()
+        self.dir = workdir / f"sentinel-{self.port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        conf = self.dir / "sentinel.conf"  # the sentinel rewrites it as it learns
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor {master} 127.0.0.1 {primary_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {master} {SENTINEL_DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {master} {SENTINEL_FAILOVER_TIMEOUT_MS}\n"
+            f"sentinel parallel-syncs {master} 1\n"
+        )
+        argv = [redis_binary(), str(conf), "--sentinel"]
+        super().__init__(f"sentinel:{self.port}", argv, dict(os.environ), workdir / f"sentinel-{self.port}.log")
+
+    def start(self) -> SentinelServer:
+        super().start()
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, decode_responses=True)
+        wait_until(lambda: self.alive() and client.ping(), 15, f"sentinel on port {self.port}")
+        client.close()
+        return self
+
+    def primary_port(self, master: str) -> int | None:
+        """The port of the primary this sentinel names now."""
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=2, decode_responses=True)
+        try:
+            found = client.sentinel_get_master_addr_by_name(master)
+        finally:
+            client.close()
+        return int(found[1]) if found else None
 
 
 class Stack:
@@ -218,7 +279,10 @@ class Stack:
         self.flower_auth = ("ops", os.urandom(9).hex())
         self.idempotent_backend = idempotent_backend
         self.settings_env = settings_env or {}
-        self.redis: RedisServer | None = None
+        self.redis: RedisServer | None = None  # the primary, as started
+        self.replicas: list[RedisServer] = []
+        self.sentinels: list[SentinelServer] = []
+        self.sentinel_master = "grants"
         self.sandbox: Service | None = None
         self.sandbox_port = 0
         self.workers: list[Service] = []
@@ -245,6 +309,9 @@ class Stack:
             GRANTS_BACKPACK_MERCHANT_ID="12345",  # Xsolla merchant ids are numbers
             GRANTS_LOG_FORMAT="json",
         )
+        if self.sentinels:
+            env["GRANTS_REDIS_SENTINELS"] = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+            env["GRANTS_REDIS_SENTINEL_MASTER"] = self.sentinel_master
         env.update(self.settings_env)
         env.update(extra)
         return env
@@ -262,9 +329,45 @@ class Stack:
 
     # --- services ----------------------------------------------------------
 
-    def start_redis(self, appendfsync: str = "everysec") -> RedisServer:
-        self.redis = RedisServer(self.workdir, appendfsync=appendfsync).start()
+    def start_redis(self, appendfsync: str = "everysec", extra: tuple[str, ...] = ()) -> RedisServer:
+        self.redis = RedisServer(self.workdir, appendfsync=appendfsync, extra=extra).start()
         return self.redis
+
+    def start_redis_ha(self, replicas: int = 1, sentinels: int = 3, extra: tuple[str, ...] = ()) -> None:
+        """A primary, its replicas and the sentinels watching them (a
+        majority is the quorum); every process of the stack then finds the
+        primary through the sentinels."""
+        primary = self.start_redis(extra=extra)
+        for _ in range(replicas):
+            replica = RedisServer(self.workdir, replica_of=primary.port, extra=extra).start()
+            self.replicas.append(replica)
+            wait_until(replica.in_sync, 15, f"replica on port {replica.port} in sync")
+        for _ in range(sentinels):
+            sentinel = SentinelServer(self.workdir, primary.port, self.sentinel_master, sentinels // 2 + 1)
+            self.sentinels.append(sentinel.start())
+        # Each sentinel must know the replicas (and the others) before it can fail over.
+        wait_until(
+            lambda: all(
+                len(redis.Redis(port=s.port, decode_responses=True).sentinel_slaves(self.sentinel_master)) >= replicas
+                and redis.Redis(port=s.port, decode_responses=True).sentinel_master(self.sentinel_master)[
+                    "num-other-sentinels"
+                ]
+                >= sentinels - 1
+                for s in self.sentinels
+            ),
+            30,
+            "the sentinels to see the replicas and each other",
+            interval=0.2,
+        )
+
+    def redis_servers(self) -> list[RedisServer]:
+        """The primary as started and its replicas."""
+        return [r for r in (self.redis, *self.replicas) if r is not None]
+
+    def current_primary(self) -> RedisServer:
+        """The server the sentinels name as primary now."""
+        port = self.sentinels[0].primary_port(self.sentinel_master)
+        return next(r for r in self.redis_servers() if r.port == port)
 
     def restart_redis(self, down_s: float = 0.0) -> None:
         """Clean shutdown, optional downtime, start again on the same port and AOF."""
@@ -290,9 +393,7 @@ class Stack:
         ]
         sandbox = self.sandbox = Service("sandbox", argv, self.env(), self.workdir / "sandbox.log").start()
         wait_until(
-            lambda: (
-                sandbox.alive() and httpx.get(f"{self.sandbox_url}/sandbox/health", timeout=1).status_code == 200
-            ),
+            lambda: sandbox.alive() and httpx.get(f"{self.sandbox_url}/sandbox/health", timeout=1).status_code == 200,
             20,
             "the sandbox",
         )
@@ -352,7 +453,7 @@ class Stack:
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
-        for service in (self.flower, self.sandbox, self.redis):
+        for service in (self.flower, self.sandbox, *self.sentinels, *self.replicas, self.redis):
             if service is not None:
                 service.stop()
         if self._tmp is not None:

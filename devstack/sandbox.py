@@ -14,6 +14,7 @@ def add_parser(sub) -> None:
         description="A local Xsolla inventory API with an audit log, balances and fault injection.",
     )
     server.add_arguments(p)
+
     def run(args: argparse.Namespace, _settings: object) -> int:
         server.run(args)
         return 0

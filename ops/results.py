@@ -114,8 +114,11 @@ def run_list(args, settings) -> int:
 
 @_guard
 def run_stats(args, settings) -> int:
-    stats = _results(settings).stats()
-    broker = connect(settings.effective_broker_url, patient=False)
+    results = _results(settings)
+    stats = results.stats()
+    stats["redis_memory"] = redis_memory(results.redis)
+    # The broker is the same Redis (its sentinels too) unless GRANTS_BROKER_URL says otherwise.
+    broker = results.redis if settings.broker_url is None else connect(settings.broker_url, patient=False)
     try:
         stats["queued_messages"] = {q: broker.llen(q) for q in (SEND_QUEUE, OPS_QUEUE, LEGACY_INGEST_QUEUE)}
     except RedisError:
@@ -129,4 +132,18 @@ def run_stats(args, settings) -> int:
     print(f"   batches in flight: {stats['batches_in_flight']}")
     if stats["queued_messages"] is not None:
         print(f"   broker messages: {stats['queued_messages']}")
+    memory = stats["redis_memory"]
+    limit = f"{memory['limit_bytes'] / 2**20:,.1f} MiB" if memory["limit_bytes"] else "no limit"
+    share = f" ({memory['used_bytes'] / memory['limit_bytes']:.0%})" if memory["limit_bytes"] else ""
+    print(f"   redis memory: {memory['used_bytes'] / 2**20:,.1f} MiB used of {limit}{share}, policy {memory['policy']}")
     return 0
+
+
+def redis_memory(client) -> dict:
+    """Redis's memory in use, its limit (0: none) and its eviction policy."""
+    info = client.info("memory")
+    return {
+        "used_bytes": int(info.get("used_memory", 0)),
+        "limit_bytes": int(info.get("maxmemory", 0)),
+        "policy": info.get("maxmemory_policy", "unknown"),
+    }

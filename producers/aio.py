@@ -7,14 +7,14 @@ import time
 from collections.abc import Callable, Iterable
 
 from redis import asyncio as aioredis
-from redis.exceptions import ConnectionError, RedisError, TimeoutError
+from redis.exceptions import RedisError
 
-from producers.publisher import APPEND_MANY, PublishFailed, describe, final_status, scan_outcomes
+from producers.publisher import APPEND_MANY, PublishFailed, describe, final_status, log, not_replicated, scan_outcomes
 from schemas.commands import AnyCommand
 from schemas.kinds import GRANT, KINDS
 from schemas.records import record_key
 from schemas.stream import COMMAND_FIELD, Outcome, command_stream, outcome_stream
-from worker.settings import Settings, reconnect_retry
+from worker.settings import Settings, check_eviction_async
 
 
 class AsyncPublisher:
@@ -22,23 +22,40 @@ class AsyncPublisher:
 
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None):
         self.settings = settings
-        self.redis = client or aioredis.Redis.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            socket_connect_timeout=2,
-            socket_timeout=10,
-            retry=reconnect_retry(settings.redis_retry_s),
-            retry_on_error=[ConnectionError, TimeoutError],
-        )
+        # The same Redis (or sentinels) as the sync publisher, as patient.
+        self.redis = client or settings.redis_client_async()
         self.stream = command_stream(settings.key_prefix)
         self.pipeline_size = settings.publish_chunk_size
+        self.min_replicas = settings.redis_min_replicas
+        self.replica_timeout_ms = settings.redis_replica_timeout_ms
+        self._checked = False
+
+    async def _check_redis(self) -> None:
+        warning = await check_eviction_async(self.redis, allow=self.settings.redis_allow_eviction)
+        if warning:
+            log.warning(warning)
+        self._checked = True
 
     async def publish(self, command: AnyCommand) -> str:
-        """Publish one command; returns its stream entry id once Redis has it."""
+        """Publish one command; returns its stream entry id once Redis has it
+        (and GRANTS_REDIS_MIN_REPLICAS replicas). Raises as the sync one does."""
         try:
-            return await self.redis.xadd(self.stream, {COMMAND_FIELD: command.wire()})
+            if not self._checked:
+                await self._check_redis()
+            if self.min_replicas <= 0:
+                return await self.redis.xadd(self.stream, {COMMAND_FIELD: command.wire()})
+            pipe = self.redis.pipeline(transaction=False)  # WAIT waits for this connection's writes
+            pipe.xadd(self.stream, {COMMAND_FIELD: command.wire()})
+            pipe.wait(self.min_replicas, self.replica_timeout_ms)
+            entry_id, replicas = await pipe.execute()
         except RedisError as exc:
             raise PublishFailed(describe(exc), 0) from exc
+        self._replicated(replicas, 0)
+        return entry_id
+
+    def _replicated(self, replicas: int, published: int) -> None:
+        if int(replicas) < self.min_replicas:
+            raise PublishFailed(not_replicated(replicas, self.min_replicas, self.replica_timeout_ms), published)
 
     async def publish_many(
         self, commands: Iterable[AnyCommand], on_progress: Callable[[int], None] | None = None
@@ -50,7 +67,15 @@ class AsyncPublisher:
         for start in range(0, len(batch), self.pipeline_size):
             chunk = batch[start : start + self.pipeline_size]
             try:
-                await append_many(keys=[self.stream], args=[c.wire() for c in chunk])
+                if not self._checked:
+                    await self._check_redis()
+                if self.min_replicas <= 0:
+                    await append_many(keys=[self.stream], args=[c.wire() for c in chunk])
+                else:
+                    pipe = self.redis.pipeline(transaction=False)
+                    await append_many(keys=[self.stream], args=[c.wire() for c in chunk], client=pipe)
+                    pipe.wait(self.min_replicas, self.replica_timeout_ms)
+                    self._replicated((await pipe.execute())[1], published)
             except RedisError as exc:
                 raise PublishFailed(describe(exc), published) from exc
             published += len(chunk)

@@ -10,6 +10,7 @@ from producers.feed import read_feed
 from producers.progress import Progress
 from producers.publisher import Publisher, PublishFailed
 from schemas.kinds import GRANT, KINDS, kind
+from worker.settings import UnsafeRedis
 
 
 def kind_name(text: str) -> str:
@@ -75,6 +76,10 @@ def run(args: argparse.Namespace, settings) -> int:
             "publishing the same feed again is safe (repeats are recognised and not granted twice).",
             file=sys.stderr,
         )
+        return 2
+    except UnsafeRedis as exc:
+        progress.done()
+        print(f"grants publish: nothing published: {exc}", file=sys.stderr)
         return 2
     except UnicodeDecodeError as exc:
         print(f"grants publish: the feed is not UTF-8 text: {exc}", file=sys.stderr)

@@ -15,13 +15,13 @@ import time
 from collections.abc import Callable, Iterable
 
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from schemas.commands import AnyCommand
 from schemas.kinds import GRANT, KINDS
 from schemas.records import FINAL_STATUSES, parse_record, record_key
 from schemas.stream import COMMAND_FIELD, Outcome, command_stream, outcome_stream
-from worker.settings import Settings
+from worker.settings import Settings, check_eviction
 
 log = structlog.get_logger("grants.producer")
 
@@ -47,9 +47,21 @@ class PublishFailed(Exception):
 def describe(exc: RedisError) -> str:
     """What went wrong with Redis, in words an operator acts on."""
     text = str(exc)
-    if text.startswith("OOM"):
-        return f"Redis is out of memory (maxmemory reached): {text}"
+    if isinstance(exc, OutOfMemoryError):
+        return (
+            f"Redis is out of memory (maxmemory reached; it refuses writes): {text} Nothing of this "
+            "publish was kept; publish again once memory is freed or maxmemory raised."
+        )
     return f"could not publish to Redis: {type(exc).__name__}: {text}"
+
+
+def not_replicated(replicas: int, wanted: int, timeout_ms: int) -> str:
+    """Why a publish that Redis took is not confirmed."""
+    return (
+        f"Redis has the command, but only {replicas} of the {wanted} replicas asked for "
+        f"(GRANTS_REDIS_MIN_REPLICAS) confirmed it within {timeout_ms} ms: a failover could "
+        "lose it. Publish it again (a repeat is recognised, never granted twice)."
+    )
 
 
 class Publisher:
@@ -63,13 +75,43 @@ class Publisher:
         self.stream = command_stream(settings.key_prefix)
         self.pipeline_size = settings.publish_chunk_size
         self._append_many = self.redis.register_script(APPEND_MANY)
+        self.min_replicas = settings.redis_min_replicas
+        self.replica_timeout_ms = settings.redis_replica_timeout_ms
+        self._checked = False
+
+    def _check_redis(self) -> None:
+        """Once, before the first publish: a Redis that may evict keys is
+        refused (:class:`~worker.settings.UnsafeRedis`)."""
+        warning = check_eviction(self.redis, allow=self.settings.redis_allow_eviction)
+        if warning:
+            log.warning(warning)
+        self._checked = True
 
     def publish(self, command: AnyCommand) -> str:
-        """Publish one command; returns its stream entry id once Redis has it."""
+        """Publish one command; returns its stream entry id once Redis has it
+        (and, with GRANTS_REDIS_MIN_REPLICAS, that many replicas too).
+
+        Raises :class:`PublishFailed` when Redis refused or could not be
+        reached (publish again: a repeat is never granted twice), and
+        :class:`~worker.settings.UnsafeRedis` when Redis may evict keys.
+        """
         try:
-            return self.redis.xadd(self.stream, {COMMAND_FIELD: command.wire()})
+            if not self._checked:
+                self._check_redis()
+            if self.min_replicas <= 0:
+                return self.redis.xadd(self.stream, {COMMAND_FIELD: command.wire()})
+            pipe = self.redis.pipeline(transaction=False)  # WAIT waits for this connection's writes
+            pipe.xadd(self.stream, {COMMAND_FIELD: command.wire()})
+            pipe.wait(self.min_replicas, self.replica_timeout_ms)
+            entry_id, replicas = pipe.execute()
         except RedisError as exc:
             raise PublishFailed(describe(exc), 0) from exc
+        self._replicated(replicas, 0)
+        return entry_id
+
+    def _replicated(self, replicas: int, published: int) -> None:
+        if int(replicas) < self.min_replicas:
+            raise PublishFailed(not_replicated(replicas, self.min_replicas, self.replica_timeout_ms), published)
 
     def publish_many(self, commands: Iterable[AnyCommand], on_progress: Callable[[int], None] | None = None) -> int:
         """Publish commands in order, ``GRANTS_PUBLISH_CHUNK_SIZE`` per round trip; returns how many."""
@@ -90,7 +132,15 @@ class Publisher:
 
     def _pipelined(self, commands: list[AnyCommand], published: int) -> int:
         try:
-            self._append_many(keys=[self.stream], args=[c.wire() for c in commands])
+            if not self._checked:
+                self._check_redis()
+            if self.min_replicas <= 0:
+                self._append_many(keys=[self.stream], args=[c.wire() for c in commands])
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                self._append_many(keys=[self.stream], args=[c.wire() for c in commands], client=pipe)
+                pipe.wait(self.min_replicas, self.replica_timeout_ms)
+                self._replicated(pipe.execute()[1], published)
         except RedisError as exc:
             # Nothing of this round trip was appended unless the reply was
             # lost after it ran: publishing the same commands again is safe.

@@ -11,7 +11,8 @@ reason) and the loop goes on. Celery-level problems with a well-formed
 envelope are handled in :mod:`worker.consumer`.
 
 The channel's ``_brpop_read`` is kombu's own (5.x) with the decode and the
-delivery guarded; nothing else changes.
+delivery guarded; the Sentinel channel also closes without crashing after
+its primary died.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 # transport_options key of the callable that records an undeliverable entry:
 # ``on_unusable(raw: bytes | str, queue: str, reason: str)``.
@@ -80,7 +82,20 @@ class GuardedChannel(_GuardedDelivery, kombu_redis.Channel):
 
 
 class GuardedSentinelChannel(_GuardedDelivery, kombu_redis.SentinelChannel):
-    """kombu's Sentinel channel with guarded delivery."""
+    """kombu's Sentinel channel with guarded delivery, closed safely.
+
+    kombu (5.7) closing a Sentinel channel after its primary died drops the
+    channel's pools, then restores its unacknowledged messages, which builds
+    a pool again from a connection that is let go by then: an AttributeError
+    no one catches, and the worker exits ("Unrecoverable error"). Here that
+    is the connection error it is (the messages stay in the unacked set;
+    the next worker to connect restores them).
+    """
+
+    def _get_pool(self, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:
+            raise RedisConnectionError("the broker connection is closed")
+        return super()._get_pool(asynchronous)
 
 
 class Transport(kombu_redis.Transport):

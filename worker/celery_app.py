@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+import structlog
 from celery import Celery, signals
 from kombu import Queue
 
@@ -16,8 +17,10 @@ from worker.ingest import IngestStep
 from worker.migrate import migrate
 from worker.redis_conn import broker_ssl_options
 from worker.runtime import Runtime
-from worker.settings import Settings
+from worker.settings import Settings, UnsafeRedis, check_eviction
 from worker.sweeper import SweeperStep
+
+log = structlog.get_logger("grants.worker")
 
 
 def default_concurrency() -> int:
@@ -83,9 +86,13 @@ def create_app(settings: Settings) -> GrantsCelery:
             ON_UNUSABLE: lambda raw, queue, reason: app.grants_runtime().record_unusable(
                 raw, reason, source=f"queue {queue}"
             ),
+            # Through sentinels: the primary's name and their credentials.
+            **settings.broker_transport_options(),
         },
         broker_transport=broker_transport(settings.effective_broker_url),
-        broker_use_ssl=broker_ssl_options(settings.effective_broker_url),
+        # TLS from the broker URL; for the sentinel:// URLs built from
+        # GRANTS_REDIS_SENTINELS, from GRANTS_REDIS_URL's rediss:// and ssl_*.
+        broker_use_ssl=broker_ssl_options(settings.broker_url or settings.redis_url),
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         # A running task whose broker connection dropped finishes its HTTP call
@@ -112,11 +119,24 @@ def create_app(settings: Settings) -> GrantsCelery:
     app.steps["worker"].add(IngestStep)
 
     @signals.worker_init.connect(weak=False)
-    def _current_layout(**_kw):
-        # Before anything is consumed: an older version's store is moved
-        # onto today's layout first (once; the other workers wait for it).
+    def _startup_checks(**_kw):
+        # Before anything is consumed. Celery logs and swallows an exception
+        # raised here, so a failed check exits the process itself.
         rt = app.grants_runtime()
-        migrate(rt.redis, rt.keys, rt.backends.refund_data_of_stored)
+        try:
+            # A Redis that may evict keys would grant twice: refused.
+            warning = check_eviction(rt.redis, allow=settings.redis_allow_eviction)
+            if warning:
+                log.warning(warning)
+            # An older version's store is moved onto today's layout first
+            # (once; the other workers wait for it).
+            migrate(rt.redis, rt.keys, rt.backends.refund_data_of_stored)
+        except UnsafeRedis as exc:
+            log.error("worker refused to start", reason=str(exc))
+            raise SystemExit(2) from None
+        except Exception as exc:
+            log.exception("worker could not start: the results store is unreachable or unreadable", error=str(exc))
+            raise SystemExit(1) from None
 
     @signals.worker_process_init.connect(weak=False)
     def _pool_process_ready(**_kw):

@@ -31,7 +31,7 @@ import orjson
 import structlog
 from celery import bootsteps
 from pydantic import ValidationError
-from redis.exceptions import ResponseError
+from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
 
 from schemas.commands import parse_command
 from schemas.jsontext import loads_exact, split_array
@@ -51,6 +51,8 @@ def not_transient(exc: BaseException) -> bool:
     loading its AOF are waited out instead: nothing is dropped for them."""
     if isinstance(exc, (ValueError, TypeError)):
         return True
+    if isinstance(exc, (OutOfMemoryError, ReadOnlyError, BusyLoadingError)):
+        return False  # raised inside a script too ("... on @user_script")
     return isinstance(exc, ResponseError) and "user_script" in str(exc)
 
 

@@ -67,6 +67,14 @@ INDEX_TRIM_INTERVAL_S = 60.0
 # may be 1 MiB), and a bound keeps a flood of garbage from filling Redis.
 DEAD_LETTER_MAX_BYTES = 1 << 20
 
+# A begin no replica confirmed in time is undone and retried this much later
+# (GRANTS_REDIS_MIN_REPLICAS): long enough for a replica to catch up.
+UNREPLICATED_RETRY_MS = 500
+
+# How many replica timeouts an outcome waits to be replicated before the
+# sender reports it anyway (the record holds it; only a failover could not).
+REPLICA_WAITS = 3
+
 # Lanes the take script looks at per call (oldest first). Keeps one script call
 # short (it blocks Redis) however many projects are waiting.
 TAKE_SCAN_LANES = 100

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import structlog
 
 from worker.ledger import Ledger
+from worker.logs import Throttle
 from worker.work import BatchWork
 
 log = structlog.get_logger("grants.leases")
@@ -34,6 +35,7 @@ class LeaseKeeper:
         self._active: dict[str, tuple[BatchWork, float]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._throttle = Throttle()
 
     @contextmanager
     def holding(self, work: BatchWork) -> Iterator[None]:
@@ -67,5 +69,6 @@ class LeaseKeeper:
                             project_id=work.project_id,
                             held_s=round(now - started, 1),
                         )
-                except Exception as exc:  # Redis away: the lease may lapse; fencing covers it
-                    log.warning("lease renewal failed", batch_id=work.batch_id, error=str(exc))
+                except Exception as exc:  # Redis away or full: the lease may lapse; fencing covers it
+                    if self._throttle(f"renew:{type(exc).__name__}"):
+                        log.warning("lease renewal failed (said once per 30 s)", batch_id=work.batch_id, error=str(exc))

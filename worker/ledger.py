@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis
+import structlog
 
 from schemas.commands import MODELS, RevokeCommand
 from schemas.kinds import REVOKE
@@ -36,7 +37,9 @@ from worker.work import Arrival, BatchWork, Ingested, Lane, OnUnknown, Outcome, 
 if TYPE_CHECKING:
     from worker.settings import Settings
 
-_SCRIPTS = ("ingest", "take", "begin", "complete", "release", "split", "recover", "replay", "renew")
+log = structlog.get_logger("grants.ledger")
+
+_SCRIPTS = ("ingest", "take", "begin", "unbegin", "complete", "release", "split", "recover", "replay", "renew")
 
 
 def _load_lua(name: str) -> str:
@@ -83,8 +86,13 @@ class Ledger:
         batch_limits: dict[str, int],
         default_batch_limit: int,
         scrub: Callable[[str], str] = str,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 1000,
     ):
         self.redis = client
+        # Writes a failover must not lose wait for this many replicas (WAIT).
+        self.min_replicas = min_replicas
+        self.replica_timeout_ms = replica_timeout_ms
         # Removes secrets from every text written to Redis (a backend may
         # echo our credentials in an error body).
         self.scrub = scrub
@@ -102,6 +110,8 @@ class Ledger:
         """A ledger with the settings' retentions (results, refund window, dedupe)."""
         kw.setdefault("batch_limits", {})
         kw.setdefault("default_batch_limit", settings.batch_size)
+        kw.setdefault("min_replicas", settings.redis_min_replicas)
+        kw.setdefault("replica_timeout_ms", settings.redis_replica_timeout_ms)
         return cls(
             client,
             Keys(settings.key_prefix),
@@ -118,6 +128,19 @@ class Ledger:
 
     def _run(self, name: str, *args) -> list:
         return self._scripts[name](args=[self.keys.prefix, self.retention, *args])
+
+    def _run_replicated(self, name: str, *args: Any, patience: int = 1) -> tuple[list, bool]:
+        """Run a script and WAIT for GRANTS_REDIS_MIN_REPLICAS replicas to have
+        it (on the same connection: WAIT waits for that connection's writes).
+        Returns the script's reply and whether the replicas confirmed it in
+        time (always True when none are asked for)."""
+        if self.min_replicas <= 0:
+            return self._run(name, *args), True
+        pipe = self.redis.pipeline(transaction=False)
+        self._scripts[name](args=[self.keys.prefix, self.retention, *args], client=pipe)
+        pipe.wait(self.min_replicas, self.replica_timeout_ms * patience)
+        reply, replicas = pipe.execute()
+        return reply, int(replicas) >= self.min_replicas
 
     # --- write path -------------------------------------------------------
 
@@ -207,8 +230,13 @@ class Ledger:
         ("key|rate|burst", '' for none): a call take did not pay for waits
         for a token. The stored commands come back parsed into their models.
         """
-        reply = self._run("begin", batch_id, token, lease_ms, on_unknown.value, budget)
+        reply, replicated = self._run_replicated("begin", batch_id, token, lease_ms, on_unknown.value, budget)
         if reply[0] != "ok":
+            return None
+        if not replicated:
+            # A failover now could lose the begin, and a call made on it
+            # would be sent again: no call; the begin is undone.
+            self._run("unbegin", batch_id, token, K.UNREPLICATED_RETRY_MS)
             return None
         lane = Lane.of_batch(batch_id)
         ids, commands = [], []
@@ -238,7 +266,12 @@ class Ledger:
                 "" if o.refund is None else orjson.dumps(o.refund).decode(),
                 self.scrub(o.error),
             ]
-        state, written = self._run("complete", *args)
+        # An outcome is reported (and its task acked) once replicated; when a
+        # replica stays behind longer, the record still holds it (only a
+        # failover now could lose it: the batch is then in doubt, not resent).
+        (state, written), replicated = self._run_replicated("complete", *args, patience=K.REPLICA_WAITS)
+        if not replicated:
+            log.warning("outcome not confirmed by a replica in time", batch_id=work.batch_id)
         return state == "ok", int(written)
 
     def settle(self, work: BatchWork, outcomes: list[Outcome]) -> BatchWork | None:

@@ -27,6 +27,7 @@ Before the call, a batch whose last answer was lost is read back
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
+from redis.exceptions import OutOfMemoryError
 
 from schemas.kinds import KINDS
 from worker import errors
@@ -53,6 +55,12 @@ SEND_LEASE_MARGIN_S = 5.0
 # A call may hold its lease (renewed while it runs) for this many times the
 # longest call httpx's timeouts allow; past that the sweeper calls it lost.
 MAX_HOLD_FACTOR = 4
+# While Redis refuses writes (OOM), an answer in hand is written again every
+# second for up to five minutes, the batch held all the while: written late,
+# it is still the answer; not written, the batch ends in doubt (never resent
+# on a backend that is not idempotent) once its lease runs out.
+FULL_RETRY_S = 1.0
+FULL_HOLD_S = 300.0
 
 
 def backoff_s(attempt: int, *, base: float, cap: float, retry_after: float | None, rng: random.Random) -> float:
@@ -147,13 +155,20 @@ class Sender:
         """Attempt the batch once; returns a summary for the task result."""
         lane = Lane.of_batch(batch_id)
         backend = self.backends.for_lane(lane)
-        work = self.ledger.begin(
-            batch_id,
-            uuid.uuid4().hex,
-            lease_ms=self.lease_ms,
-            on_unknown=backend.on_unknown,
-            budget=self.backends.budget_spec(lane),
-        )
+        try:
+            work = self.ledger.begin(
+                batch_id,
+                uuid.uuid4().hex,
+                lease_ms=self.lease_ms,
+                on_unknown=backend.on_unknown,
+                budget=self.backends.budget_spec(lane),
+            )
+        except OutOfMemoryError:
+            # Nothing was written, nothing sent: the sweeper dispatches the
+            # batch again once Redis takes writes.
+            if self.throttle("redis-full"):
+                log.error("Redis is out of memory (maxmemory): no batch can start (said once per 30 s)")
+            return {"batch_id": batch_id, "skipped": True}
         if work is None:
             # Finished, held by a live attempt, or backing off: a duplicate dispatch.
             return {"batch_id": batch_id, "skipped": True}
@@ -224,8 +239,26 @@ class Sender:
             return self._split(work, decision.error, blog)
         return self._retry_later(work, decision, blog)
 
+    def _recording(self, work: BatchWork, blog: Any, write: Callable[[], Any]) -> Any:
+        """Run a ledger write that records the answer of a call made; while
+        Redis is out of memory, hold the batch and write again."""
+        started = time.monotonic()
+        with self.keeper.holding(work):
+            while True:
+                try:
+                    return write()
+                except OutOfMemoryError:
+                    if time.monotonic() - started > FULL_HOLD_S:
+                        raise
+                    if self.throttle("redis-full"):
+                        blog.error(
+                            "Redis is out of memory (maxmemory): this answer is held and written once "
+                            "Redis takes writes again; free memory or raise maxmemory (said once per 30 s)"
+                        )
+                    time.sleep(FULL_RETRY_S)
+
     def _finish(self, work: BatchWork, outcomes: list[Outcome], blog: Any) -> dict[str, Any]:
-        owned, written = self.ledger.complete(work, outcomes)
+        owned, written = self._recording(work, blog, lambda: self.ledger.complete(work, outcomes))
         counts = Counter(o.status for o in outcomes)
         if not owned:
             blog.warning("batch lease lost before its answer", written=written, **counts)
@@ -259,14 +292,18 @@ class Sender:
                 kind=work.kind,
                 error=str(exc),
             )
-        state = self.ledger.release(
+        state = self._recording(
             work,
-            delay_ms=int(delay * 1000),
-            error=str(exc),
-            max_attempts=self.settings.retry_max_attempts,
-            final="failed" if certainly_not_applied else "in_doubt",
-            reconcile=retry.reconcile or (work.reconcile and certainly_not_applied),
-            lane_wide=lane_wide,
+            blog,
+            lambda: self.ledger.release(
+                work,
+                delay_ms=int(delay * 1000),
+                error=str(exc),
+                max_attempts=self.settings.retry_max_attempts,
+                final="failed" if certainly_not_applied else "in_doubt",
+                reconcile=retry.reconcile or (work.reconcile and certainly_not_applied),
+                lane_wide=lane_wide,
+            ),
         )
         if state == "fenced":
             # The sweeper gave the batch up for lost while we waited. This
@@ -283,7 +320,9 @@ class Sender:
         return {"batch_id": work.batch_id, "state": state, "retry_in_s": round(delay, 3)}
 
     def _split(self, work: BatchWork, exc: errors.InvalidRequest, blog: Any) -> dict[str, Any]:
-        state, children = self.ledger.split(work, lease_ms=int(self.settings.dispatch_lease_s * 1000))
+        state, children = self._recording(
+            work, blog, lambda: self.ledger.split(work, lease_ms=int(self.settings.dispatch_lease_s * 1000))
+        )
         if state == "fenced":
             # Given up for lost while we waited: the call was refused whole, so
             # nothing applied. Not 'rejected': the other commands were fine.

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import ExponentialBackoff
+from redis.connection import parse_url
 from redis.exceptions import ConnectionError, TimeoutError
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from schemas.kinds import KINDS
 
@@ -62,12 +68,30 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRANTS_", extra="ignore")
 
     # --- Redis: ledger, buffers, results store; and the Celery broker.
+    # With GRANTS_REDIS_SENTINELS set, the URL's host is not used: its
+    # scheme (rediss: TLS), user, password, database and ssl_* parameters are,
+    # for the primary the sentinels name.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The password for Redis (and its sentinels), from a file: wins over one in the URL.
+    redis_password_file: Path | None = None
+    # Sentinel: "host:port,host:port" and the name of the primary they watch.
+    # Producers, workers, the CLI and (unless GRANTS_BROKER_URL is set) the
+    # Celery broker follow a failover without a restart.
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    redis_sentinel_master: str = "grants"
+    # A write that must survive a failover is confirmed by this many replicas
+    # (WAIT) before anyone acts on it: an accepted publish, a batch's begin
+    # before its call, an outcome before it is reported. 0: no waiting.
+    redis_min_replicas: int = Field(0, ge=0)
+    redis_replica_timeout_ms: int = Field(1000, ge=1)
+    # Redis must never evict (an evicted claim is a double grant): start-up
+    # refuses any maxmemory-policy but noeviction, unless this says otherwise.
+    redis_allow_eviction: bool = False
     # How long one Redis call waits out an outage (reconnecting) before it
     # raises: a restart with AOF takes a few seconds; a producer's publish
     # raises PublishFailed after this.
     redis_retry_s: float = Field(40.0, ge=0)
-    broker_url: str | None = None  # defaults to redis_url
+    broker_url: str | None = None  # defaults to the Redis above (its sentinels too)
     key_prefix: str = "grants"
 
     # --- Xsolla inventory API.
@@ -160,6 +184,17 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _host_ports(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        for hp in value or []:
+            host, _, port = str(hp).rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{hp!r}: a sentinel is host:port")
+        return value
+
     @model_validator(mode="after")
     def _keys_from_files(self) -> Settings:
         for path_field, key_field in (
@@ -173,8 +208,54 @@ class Settings(BaseSettings):
         return self
 
     def redis_client(self, *, patient: bool = True, decode: bool = True) -> redis.Redis:
-        """A client for the ledger and results store, as configured."""
-        return connect(self.redis_url, patient=patient, decode=decode, retry_s=self.redis_retry_s)
+        """A client for the ledger and results store, as configured: the URL,
+        or the primary its sentinels name (followed across a failover)."""
+        retry_s = self.redis_retry_s if patient else 0
+        if not self.redis_sentinels:
+            return connect(self.redis_url, decode=decode, retry_s=retry_s, password=self.redis_password())
+        sentinel = Sentinel(self.sentinel_hosts(), sentinel_kwargs=self._sentinel_kwargs(), **self._primary_kwargs())
+        return sentinel.master_for(
+            self.redis_sentinel_master,
+            decode_responses=decode,
+            retry=reconnect_retry(retry_s),
+            retry_on_error=[ConnectionError, TimeoutError],
+            **_TIMEOUTS,
+        )
+
+    def redis_client_async(self) -> AsyncRedis:
+        """:meth:`redis_client` for asyncio code (decoding to str)."""
+        retry = reconnect_retry(self.redis_retry_s, aio=True)
+        common: dict[str, Any] = {"retry": retry, "retry_on_error": [ConnectionError, TimeoutError], **_TIMEOUTS}
+        if not self.redis_sentinels:
+            extra = {"password": self.redis_password()} if self.redis_password() else {}
+            return AsyncRedis.from_url(self.redis_url, decode_responses=True, **common, **extra)
+        sentinel = AsyncSentinel(
+            self.sentinel_hosts(), sentinel_kwargs=self._sentinel_kwargs(), **self._primary_kwargs()
+        )
+        return sentinel.master_for(self.redis_sentinel_master, decode_responses=True, **common)
+
+    def redis_password(self) -> str | None:
+        """GRANTS_REDIS_PASSWORD_FILE's password, else None (the URL's, if any)."""
+        if self.redis_password_file is None:
+            return None
+        return self.redis_password_file.read_text().strip()
+
+    def sentinel_hosts(self) -> list[tuple[str, int]]:
+        return [(hp.rpartition(":")[0], int(hp.rpartition(":")[2])) for hp in self.redis_sentinels]
+
+    def _primary_kwargs(self) -> dict[str, Any]:
+        """Credentials, database and TLS for the primary, from the URL (its host aside)."""
+        kwargs = {k: v for k, v in parse_url(self.redis_url).items() if k not in ("host", "port", "connection_class")}
+        if self.redis_url.startswith("rediss://"):
+            kwargs["ssl"] = True
+        if self.redis_password():
+            kwargs["password"] = self.redis_password()
+        return kwargs
+
+    def _sentinel_kwargs(self) -> dict[str, Any]:
+        """The sentinels take the same password and TLS as the primary."""
+        primary = self._primary_kwargs()
+        return {k: v for k, v in primary.items() if k.startswith("ssl") or k in ("password", "username")} | _TIMEOUTS
 
     def backend_of(self, project_id: int) -> ProjectBackend:
         """The backend (and its overrides) that serves ``project_id``."""
@@ -199,7 +280,25 @@ class Settings(BaseSettings):
 
     @property
     def effective_broker_url(self) -> str:
-        return self.broker_url or self.redis_url
+        """GRANTS_BROKER_URL, else the Redis above (as kombu's sentinel:// URLs
+        when it is reached through sentinels; see broker_transport_options)."""
+        if self.broker_url:
+            return self.broker_url
+        if not self.redis_sentinels:
+            return self.redis_url
+        parts = urlsplit(self.redis_url)
+        password = self.redis_password() or parts.password
+        auth = f"{parts.username or ''}:{password}@" if password else ""
+        db = parts.path or "/0"
+        # (TLS goes in broker_use_ssl, from GRANTS_REDIS_URL: worker/celery_app.py)
+        return ";".join(f"sentinel://{auth}{hp}{db}" for hp in self.redis_sentinels)
+
+    def broker_transport_options(self) -> dict[str, Any]:
+        """kombu's options for the broker URL: the sentinel master's name and
+        the sentinels' own credentials, when the broker is reached through them."""
+        if self.broker_url or not self.redis_sentinels:
+            return {}
+        return {"master_name": self.redis_sentinel_master, "sentinel_kwargs": self._sentinel_kwargs()}
 
     @property
     def result_ttl_ms(self) -> int:
@@ -236,6 +335,8 @@ class Settings(BaseSettings):
             password = _url_password(url)
             if password:
                 found.append(password)
+        if self.redis_password():
+            found.append(self.redis_password() or "")
         return [s for s in found if s]
 
 
@@ -253,26 +354,79 @@ def _url_password(url: str) -> str | None:
 RECONNECT_BACKOFF_CAP_S = 1.0
 
 
-def reconnect_retry(retry_s: float) -> Retry:
-    """redis-py's retry policy that waits out about ``retry_s`` of outage."""
+def reconnect_retry(retry_s: float, *, aio: bool = False) -> Retry | AsyncRetry:
+    """redis-py's retry policy that waits out about ``retry_s`` of outage
+    (``aio``: the one asyncio clients take)."""
     # The first five waits (50 ms doubling to 800 ms) sum to 1.55 s; then 1 s each.
     attempts = 1 if retry_s <= 0 else max(1, int(retry_s - 1.55) + 5)
-    return Retry(ExponentialBackoff(cap=RECONNECT_BACKOFF_CAP_S, base=0.05), attempts)
+    return (AsyncRetry if aio else Retry)(ExponentialBackoff(cap=RECONNECT_BACKOFF_CAP_S, base=0.05), attempts)
 
 
-def connect(url: str, *, patient: bool = True, decode: bool = True, retry_s: float = 40.0) -> redis.Redis:
+# Seconds: a connection attempt, a reply (longer than any script or XREAD
+# block), and the idle time after which a pooled connection is pinged first.
+_TIMEOUTS = {"socket_connect_timeout": 2, "socket_timeout": 10, "health_check_interval": 30}
+
+
+def connect(
+    url: str, *, patient: bool = True, decode: bool = True, retry_s: float = 40.0, password: str | None = None
+) -> redis.Redis:
     """A client for ``url`` (redis:// or rediss://) that decodes to str
     (``decode=False``: returns bytes), riding out ``retry_s`` of outage.
 
     ``patient=False`` fails fast instead (CLI look-ups, health checks).
     """
     retry = reconnect_retry(retry_s if patient else 0)
+    extra = {"password": password} if password else {}
     return redis.Redis.from_url(
-        url,
-        decode_responses=decode,
-        retry=retry,
-        retry_on_error=[ConnectionError, TimeoutError],
-        socket_connect_timeout=2,
-        socket_timeout=10,
-        health_check_interval=30,
+        url, decode_responses=decode, retry=retry, retry_on_error=[ConnectionError, TimeoutError], **_TIMEOUTS, **extra
     )
+
+
+class UnsafeRedis(RuntimeError):
+    """Redis is configured in a way that can grant a purchase twice."""
+
+
+def check_eviction(client: redis.Redis, *, allow: bool) -> str | None:
+    """Refuse a Redis that evicts keys when full (an evicted dedupe claim is
+    a double grant): raises :class:`UnsafeRedis` for any ``maxmemory-policy``
+    but ``noeviction``, unless ``allow`` (GRANTS_REDIS_ALLOW_EVICTION).
+
+    Returns a warning to log when the policy cannot be read, else None. The
+    policy is read from INFO first: managed Redis services often refuse
+    CONFIG but answer INFO.
+    """
+    try:
+        policy = client.info("memory").get("maxmemory_policy")
+        if policy is None:
+            policy = (client.config_get("maxmemory-policy") or {}).get("maxmemory-policy")
+    except redis.ResponseError as exc:  # NOPERM, or CONFIG renamed away
+        return judge_eviction(None, allow=allow, why=str(exc))
+    return judge_eviction(policy, allow=allow)
+
+
+async def check_eviction_async(client: AsyncRedis, *, allow: bool) -> str | None:
+    """:func:`check_eviction` for an asyncio client."""
+    try:
+        policy = (await client.info("memory")).get("maxmemory_policy")
+        if policy is None:
+            policy = ((await client.config_get("maxmemory-policy")) or {}).get("maxmemory-policy")
+    except redis.ResponseError as exc:
+        return judge_eviction(None, allow=allow, why=str(exc))
+    return judge_eviction(policy, allow=allow)
+
+
+def judge_eviction(policy: str | None, *, allow: bool, why: str = "not reported") -> str | None:
+    """The verdict on a ``maxmemory-policy`` (None: it could not be read)."""
+    if policy is None:
+        return (
+            f"could not read Redis's maxmemory-policy ({why}): make sure it is noeviction, "
+            "since an evicted dedupe claim is a double grant"
+        )
+    if policy != "noeviction" and not allow:
+        raise UnsafeRedis(
+            f"Redis's maxmemory-policy is {policy!r}: when full, Redis would delete keys, and a deleted "
+            "dedupe claim means the next repeat of that purchase is granted again. Set maxmemory-policy "
+            "to noeviction on Redis (CONFIG SET maxmemory-policy noeviction, and in redis.conf), or set "
+            "GRANTS_REDIS_ALLOW_EVICTION=true to run anyway at that risk."
+        )
+    return None

@@ -29,10 +29,6 @@ README = (ROOT / "README.md").read_text()
 # landed is simply a setting (test_new_settings_are_tracked warns, so that it
 # can be dropped from this set without a merge breaking the build).
 NEW_SETTINGS = {
-    "GRANTS_REDIS_SENTINELS",
-    "GRANTS_REDIS_SENTINEL_MASTER",
-    "GRANTS_REDIS_PASSWORD_FILE",
-    "GRANTS_REDIS_MIN_REPLICAS",
     "GRANTS_METRICS_PORT",
 }
 # Images we build from this repository (the others are stock images).

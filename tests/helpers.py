@@ -89,6 +89,7 @@ def sandbox_process(tmp: Path, env: dict[str, str], *extra_args: str, secrets: t
             stdout=subprocess.PIPE,
             stderr=stderr,
         )
+    assert proc.stdout is not None  # stdout=PIPE
     try:
         # Port 0: the server binds a free port and names it in its start line.
         ready, _, _ = select.select([proc.stdout], [], [], 15)

@@ -216,7 +216,7 @@ def nested(depth: int, leaf: Any = 1) -> Any:
 
 
 # Values each field must refuse (so a mutation with one of them is surely invalid).
-INVALID_FOR = {
+INVALID_FOR: dict[tuple[str | int, ...], list[Any]] = {
     ("user",): [None, "user-1", [], {}, {"id": ""}, {"id": "x" * (MAX_ID_LENGTH + 1)}, {"id": 1}, {"id": "a", "x": 1}],
     ("user", "id"): [None, "", 7, 10**400, True, ["a"], "x" * (MAX_ID_LENGTH + 1)],
     ("items",): [None, [], {}, "gem", [None], [{"sku": "a", "quantity": 1}] * (MAX_ITEMS_PER_OPERATION + 1)],
@@ -734,8 +734,9 @@ def test_read_feed_huge_line_is_refused_without_holding_it():
     """A runaway line (here 64 MB, no newline for a while) costs bounded memory."""
     size = 64 << 20
 
-    class Stream(io.TextIOBase):  # 64 MB of "x" between two good lines, never in memory at once
+    class Stream(io.StringIO):  # 64 MB of "x" between two good lines, never in memory at once
         def __init__(self):
+            super().__init__()
             self.parts = iter(
                 [json.dumps(operation("a")) + '\n{"comment": "']
                 + ["x" * (1 << 20)] * (size >> 20)
@@ -835,6 +836,7 @@ def assert_clean_run(status: int, err: str, messages: list[dict]) -> list[GrantC
     for message in messages:
         cmd, enqueued = parse_command(message)  # nothing invalid reached the stream
         assert enqueued is None  # the entry id is the publish time
+        assert isinstance(cmd, GrantCommand)  # `grants publish` without --kind publishes grants
         check_command(cmd)
         assert cmd.project_id == 7
         commands.append(cmd)
@@ -893,7 +895,7 @@ def test_cli_publish_fuzzed_feeds(publish_cli, data):
         assert status == (1 if bad_lines_ else 0)
 
 
-def _big_cases() -> dict[str, tuple[bytes, list[str], list[int]]]:
+def _big_cases() -> dict[str, tuple[str, list[str], list[int]]]:
     ok = [json.dumps(operation(f"ok-{i}")) for i in range(3)]
     items = operation("items")
     items["items"] = [{"sku": f"sku-{i}", "quantity": 1} for i in range(10_000)]
@@ -994,7 +996,7 @@ def test_cli_publish_invalid_utf8_is_reported_per_line(publish_cli):
     for number in (2, 3, 5):
         assert f"line {number}: " in err, err
     # The same bytes inside the elements of a JSON array (read whole, stdlib json).
-    latin1 = {
+    latin1: dict[str, Any] = {
         "user": "caf\xe9",
         "comment": "caf\xe9",
         "purchase_id": "caf\xe9",

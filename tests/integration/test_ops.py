@@ -64,9 +64,9 @@ def test_poison_messages_become_dead_letters_and_the_worker_goes_on(stack, resul
     letters = dead_letters(stack)
     by_epid = [d for d in letters if d["external_purchase_id"] == "pm-bad"]
     assert by_epid and "items" in by_epid[0]["reason"] and "pm-bad" in by_epid[0]["raw"]
-    reasons = " | ".join(d["reason"] for d in letters)
+    all_reasons = " | ".join(d["reason"] for d in letters)
     for expected in ("the chunk is not JSON", "takes one argument", "unknown task", "undecodable message"):
-        assert expected in reasons
+        assert expected in all_reasons
     assert results.get(project_id, "pm-bad") is None
     # The worker is alive and still granting.
     command_ok = command(project_id, "pm-after")

@@ -7,7 +7,6 @@ import re
 import select
 import subprocess
 import sys
-import time
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from devstack.localstack import StackError, wait_until
 from schemas.commands import GrantCommand
 from schemas.records import FINAL_STATUSES
 from worker.results import Results
@@ -51,23 +51,27 @@ def wait_final(
     results: Results, project_id: int, purchase_ids: Iterable[str], timeout: float = 30.0
 ) -> dict[str, dict]:
     """Wait until every purchase has a final outcome; returns records by id."""
+    final = {s.value for s in FINAL_STATUSES}
     pending = list(purchase_ids)
     done: dict[str, dict] = {}
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
+
+    def all_final() -> bool:
+        nonlocal pending
         still = []
         for pid in pending:
             record = results.get(project_id, pid)
-            if record and record["status"] in {s.value for s in FINAL_STATUSES}:
+            if record and record["status"] in final:
                 done[pid] = record
             else:
                 still.append(pid)
         pending = still
-        if pending:
-            time.sleep(0.1)
-    if pending:
+        return not pending
+
+    try:
+        wait_until(all_final, timeout, "final outcomes", interval=0.1)
+    except StackError:
         states = {p: (results.get(project_id, p) or {}).get("status") for p in pending[:10]}
-        raise AssertionError(f"{len(pending)} purchases without an outcome after {timeout}s: {states}")
+        raise AssertionError(f"{len(pending)} purchases without an outcome after {timeout}s: {states}") from None
     return done
 
 
@@ -89,6 +93,7 @@ def sandbox_process(tmp: Path, env: dict[str, str], *extra_args: str, secrets: t
             stdout=subprocess.PIPE,
             stderr=stderr,
         )
+    assert proc.stdout is not None  # stdout=PIPE
     try:
         # Port 0: the server binds a free port and names it in its start line.
         ready, _, _ = select.select([proc.stdout], [], [], 15)
@@ -97,16 +102,12 @@ def sandbox_process(tmp: Path, env: dict[str, str], *extra_args: str, secrets: t
         assert match, f"no start line: {line!r}; stderr: {stderr_path.read_text()}"
         assert not any(secret in line for secret in secrets)
         url = match.group(1)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if httpx.get(f"{url}/sandbox/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, f"sandbox exited: {stderr_path.read_text()}"
-            assert time.monotonic() < deadline, "sandbox never became healthy"
-            time.sleep(0.05)
+        wait_until(
+            lambda: proc.poll() is not None or httpx.get(f"{url}/sandbox/health", timeout=1).status_code == 200,
+            15,
+            "the sandbox to become healthy",
+        )
+        assert proc.poll() is None, f"sandbox exited: {stderr_path.read_text()}"
         yield url
     finally:
         proc.terminate()

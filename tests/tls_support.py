@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from devstack.localstack import Service, StackError, free_port, redis_binary, wait_until
+import redis
+
+from devstack.localstack import RedisServer, Service, StackError, free_port, redis_binary, wait_until
 from worker.settings import connect
 
 ACL_USER = "grants"
@@ -101,9 +103,12 @@ def make_certs(directory: Path) -> TlsFiles:
 _NO_TLS = re.compile(r"Bad directive|Missing implement|not supported|not compiled|unknown", re.I)
 
 
-class AclRedisServer(Service):
+class AclRedisServer(RedisServer):
     """A private redis-server (AOF on) whose only user is ``grants``/``s3cret``;
-    with ``tls`` it listens on a TLS port only, with no plain-text port."""
+    with ``tls`` it listens on a TLS port only, with no plain-text port.
+
+    A RedisServer (what ``Stack.redis`` holds) with its own command line:
+    ``__init__`` builds the argv itself and hands it to ``Service``."""
 
     def __init__(self, workdir: Path, tls: TlsFiles | None = None):
         self.port = free_port()
@@ -143,7 +148,7 @@ class AclRedisServer(Service):
         else:
             argv += ["--port", str(self.port)]
         argv += ["--user", "default", "off", "--user", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all"]
-        super().__init__(f"redis:{self.port}", argv, dict(os.environ), workdir / f"redis-{self.port}.log")
+        Service.__init__(self, f"redis:{self.port}", argv, dict(os.environ), workdir / f"redis-{self.port}.log")
 
     def url_for(self, user: str | None = ACL_USER, password: str | None = ACL_PASSWORD) -> str:
         auth = f"{quote(user or '', safe='')}:{quote(password, safe='')}@" if password else ""
@@ -158,7 +163,7 @@ class AclRedisServer(Service):
         return self.url_for()
 
     def start(self) -> AclRedisServer:
-        super().start()
+        Service.start(self)  # RedisServer.start pings without credentials
         client = connect(self.url, patient=False)
         try:
             wait_until(lambda: not self.alive() or client.ping(), 15, f"redis-server on port {self.port}")
@@ -171,3 +176,15 @@ class AclRedisServer(Service):
         finally:
             client.close()
         return self
+
+    def shutdown(self) -> None:
+        """A clean stop (AOF flushed), as the ``grants`` user."""
+        client = connect(self.url, patient=False)
+        try:
+            client.shutdown()
+        except redis.ConnectionError:
+            pass  # SHUTDOWN closes the connection under us
+        finally:
+            client.close()
+        if self.proc is not None:
+            self.proc.wait(timeout=15)

@@ -11,6 +11,7 @@ explicit ``@example``s and parametrized cases.
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 import json
@@ -30,7 +31,7 @@ from pydantic import ValidationError
 
 from ops import cli
 from producers.feed import MAX_LINE_BYTES, FeedError, read_feed
-from schemas.commands import ENVELOPE_VERSION, GrantCommand, parse_command
+from schemas.commands import ENVELOPE_VERSION, AnyCommand, GrantCommand, parse_command
 from schemas.xsolla import (
     MAX_COMMENT_LENGTH,
     MAX_CUSTOM_PARAMETERS,
@@ -41,7 +42,7 @@ from schemas.xsolla import (
     Platform,
     iso4217_codes,
 )
-from tests.helpers import operation
+from tests.helpers import command, operation
 
 STREAM = "grants:commands"  # where `grants publish` appends, one entry per command
 
@@ -216,7 +217,7 @@ def nested(depth: int, leaf: Any = 1) -> Any:
 
 
 # Values each field must refuse (so a mutation with one of them is surely invalid).
-INVALID_FOR = {
+INVALID_FOR: dict[tuple[str | int, ...], list[Any]] = {
     ("user",): [None, "user-1", [], {}, {"id": ""}, {"id": "x" * (MAX_ID_LENGTH + 1)}, {"id": 1}, {"id": "a", "x": 1}],
     ("user", "id"): [None, "", 7, 10**400, True, ["a"], "x" * (MAX_ID_LENGTH + 1)],
     ("items",): [None, [], {}, "gem", [None], [{"sku": "a", "quantity": 1}] * (MAX_ITEMS_PER_OPERATION + 1)],
@@ -491,23 +492,38 @@ def test_lone_surrogates_never_reach_a_command(op, path, bad):
 # --------------------------------------------------------------------------
 
 
-def try_parse(message: Any) -> None:
+def try_parse(message: Any) -> AnyCommand | None:
+    """The command, or None if refused; anything but a validation error fails the test."""
     try:
         cmd, enqueued = parse_command(message)
     except (ValidationError, ValueError):
-        return
+        return None
     assert enqueued is None or isinstance(enqueued, int)
     if isinstance(cmd, GrantCommand):
         check_command(cmd)
     else:  # another kind of command: it too must survive the broker unchanged
         again, _ = parse_command(orjson.loads(orjson.dumps(cmd.to_message(1))))
         assert again.canonical == cmd.canonical and again.payload_hash() == cmd.payload_hash()
+    return cmd
+
+
+def parses_to(message: dict[str, Any], expected: GrantCommand) -> None:
+    """A known-valid message parses, to the command it came from (a
+    parse_command refusing everything must not pass the fuzz tests)."""
+    parsed = try_parse(message)
+    assert parsed is not None, message
+    assert parsed.canonical == expected.canonical
+
+
+KNOWN_VALID = command(7, "known-valid", comment="c", platform="xsolla", custom_parameters={"a": 1})
 
 
 @st.composite
-def mutated_messages(draw) -> dict[str, Any]:
+def mutated_messages(draw) -> tuple[GrantCommand, dict[str, Any], dict[str, Any]]:
+    """(a valid command, its message, the message with one thing changed)."""
     cmd = GrantCommand(project_id=draw(project_ids), operation=draw(valid_operations()))
-    message = cmd.to_message(draw(st.integers(min_value=0, max_value=2**63)))
+    valid = cmd.to_message(draw(st.integers(min_value=0, max_value=2**63)))
+    message = copy.deepcopy(valid)
     key = draw(st.sampled_from(["v", "kind", "project_id", "operation", "enqueued_at", "extra", "op"]))
     how = draw(st.sampled_from(["replace", "delete", "op"]))
     if how == "replace":
@@ -516,7 +532,7 @@ def mutated_messages(draw) -> dict[str, Any]:
         message.pop(key, None)
     else:
         message["operation"] = draw(mutated_operations())
-    return message
+    return cmd, valid, message
 
 
 @fuzz(200)
@@ -530,13 +546,19 @@ def mutated_messages(draw) -> dict[str, Any]:
         ),
     )
 )
+@example(message=KNOWN_VALID.to_message(1))
 def test_parse_command_arbitrary_values(message):
-    try_parse(message)
+    if message == KNOWN_VALID.to_message(1):
+        parses_to(message, KNOWN_VALID)
+    else:
+        try_parse(message)
 
 
 @fuzz(200)
-@given(message=mutated_messages())
-def test_parse_command_mutated_messages(message):
+@given(case=mutated_messages())
+def test_parse_command_mutated_messages(case):
+    cmd, valid, message = case
+    parses_to(valid, cmd)  # the message before its mutation
     try_parse(message)
 
 
@@ -734,8 +756,9 @@ def test_read_feed_huge_line_is_refused_without_holding_it():
     """A runaway line (here 64 MB, no newline for a while) costs bounded memory."""
     size = 64 << 20
 
-    class Stream(io.TextIOBase):  # 64 MB of "x" between two good lines, never in memory at once
+    class Stream(io.StringIO):  # 64 MB of "x" between two good lines, never in memory at once
         def __init__(self):
+            super().__init__()
             self.parts = iter(
                 [json.dumps(operation("a")) + '\n{"comment": "']
                 + ["x" * (1 << 20)] * (size >> 20)
@@ -835,6 +858,7 @@ def assert_clean_run(status: int, err: str, messages: list[dict]) -> list[GrantC
     for message in messages:
         cmd, enqueued = parse_command(message)  # nothing invalid reached the stream
         assert enqueued is None  # the entry id is the publish time
+        assert isinstance(cmd, GrantCommand)  # `grants publish` without --kind publishes grants
         check_command(cmd)
         assert cmd.project_id == 7
         commands.append(cmd)
@@ -893,7 +917,7 @@ def test_cli_publish_fuzzed_feeds(publish_cli, data):
         assert status == (1 if bad_lines_ else 0)
 
 
-def _big_cases() -> dict[str, tuple[bytes, list[str], list[int]]]:
+def _big_cases() -> dict[str, tuple[str, list[str], list[int]]]:
     ok = [json.dumps(operation(f"ok-{i}")) for i in range(3)]
     items = operation("items")
     items["items"] = [{"sku": f"sku-{i}", "quantity": 1} for i in range(10_000)]
@@ -994,7 +1018,7 @@ def test_cli_publish_invalid_utf8_is_reported_per_line(publish_cli):
     for number in (2, 3, 5):
         assert f"line {number}: " in err, err
     # The same bytes inside the elements of a JSON array (read whole, stdlib json).
-    latin1 = {
+    latin1: dict[str, Any] = {
         "user": "caf\xe9",
         "comment": "caf\xe9",
         "purchase_id": "caf\xe9",

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
-from devstack.localstack import REPO_ROOT
+from devstack.localstack import REPO_ROOT, wait_until
 from schemas.commands import BackpackCreateCommand, BackpackDeleteCommand
 from schemas.records import Status
 
@@ -44,13 +43,11 @@ def grants(stack, *argv, expect=0, stdin=None):
 
 
 def wait_kind(results, project_id, op, kind, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def outcome():
         rec = results.get(project_id, op, kind)
-        if rec and rec["status"] not in ("pending", "sending"):
-            return rec
-        time.sleep(0.1)
-    raise AssertionError(f"{kind} {op}: no outcome")
+        return rec if rec and rec["status"] not in ("pending", "sending") else None
+
+    return wait_until(outcome, timeout, f"an outcome of {kind} {op}", interval=0.1)
 
 
 def test_backpack_create_list_delete_round_trip(stack, publisher, results, project_id):
@@ -180,12 +177,12 @@ def test_ids_that_would_change_the_url_path_are_refused_everywhere(stack, result
         ],
     )
     assert wait_kind(results, project_id, "pa-ok", "backpack.create")["status"] == "granted"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        dead = [d for d in results.in_status(Status.dead, limit=1000) if "raw-" in (d["raw"] or "")]
-        if len(dead) == len(PATH_ATTACKS) + 1:
-            break
-        time.sleep(0.1)
+
+    def dead_letters() -> list:
+        return [d for d in results.in_status(Status.dead, limit=1000) if "raw-" in (d["raw"] or "")]
+
+    wait_until(lambda: len(dead_letters()) == len(PATH_ATTACKS) + 1, 15, "a dead letter per attack", interval=0.1)
+    dead = dead_letters()
     assert len(dead) == len(PATH_ATTACKS) + 1
     assert all(
         "URL path" in d["reason"] or "path segment" in d["reason"] or "at least 1" in d["reason"] for d in dead
@@ -224,10 +221,12 @@ def test_a_failed_backpack_delete_is_replayed(stack, publisher, results, project
         stack, "replay", "--kind", "backpack-delete", "--status", "failed", "--project-id", str(project_id)
     ).stdout
     assert "replayed 1 of 1 selected" in out
-    deadline = time.monotonic() + 20
-    while results.get(project_id, "bpr-del", "backpack.delete")["status"] != "revoked":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(
+        lambda: results.get(project_id, "bpr-del", "backpack.delete")["status"] == "revoked",
+        20,
+        "the replayed delete",
+        interval=0.1,
+    )
     listed = json.loads(
         grants(stack, "backpack", "items", "--project-id", str(project_id), "--user", "user-r", "--json").stdout
     )

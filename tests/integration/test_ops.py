@@ -11,7 +11,7 @@ import time
 import pytest
 from kombu import Connection, Exchange, Producer
 
-from devstack.localstack import REPO_ROOT
+from devstack.localstack import REPO_ROOT, wait_until
 from tests.conftest import settings_for
 from tests.helpers import command, operation, wait_final
 from worker.celery_app import create_app
@@ -49,24 +49,19 @@ def test_poison_messages_become_dead_letters_and_the_worker_goes_on(stack, resul
             headers={"task": "grants.ingest", "id": "hand-made-1"},
         )
     assert wait_final(results, project_id, ["pm-good"])["pm-good"]["status"] == "granted"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+
+    def every_reason_seen() -> bool:
         reasons = [d["reason"] for d in dead_letters(stack)]
-        if (
-            sum(
-                any(k in r for r in reasons)
-                for k in ("items", "not JSON", "one argument", "unknown task", "undecodable")
-            )
-            == 5
-        ):
-            break
-        time.sleep(0.2)
+        kinds = ("items", "not JSON", "one argument", "unknown task", "undecodable")
+        return sum(any(k in r for r in reasons) for k in kinds) == 5
+
+    wait_until(every_reason_seen, 15, "a dead letter of each kind", interval=0.2)
     letters = dead_letters(stack)
     by_epid = [d for d in letters if d["external_purchase_id"] == "pm-bad"]
     assert by_epid and "items" in by_epid[0]["reason"] and "pm-bad" in by_epid[0]["raw"]
-    reasons = " | ".join(d["reason"] for d in letters)
+    all_reasons = " | ".join(d["reason"] for d in letters)
     for expected in ("the chunk is not JSON", "takes one argument", "unknown task", "undecodable message"):
-        assert expected in reasons
+        assert expected in all_reasons
     assert results.get(project_id, "pm-bad") is None
     # The worker is alive and still granting.
     command_ok = command(project_id, "pm-after")
@@ -124,9 +119,7 @@ def test_replay_as_a_celery_task(stack, publisher, results, project_id, sandbox_
     assert wait_final(results, project_id, ["rt-1"], timeout=60)["rt-1"]["status"] == "failed"
     app = create_app(settings_for(stack))
     app.send_task("grants.replay", kwargs={"status": "failed", "project_id": project_id, "actor": "flower-ops"})
-    deadline = time.monotonic() + 20
-    while results.get(project_id, "rt-1")["status"] != "granted" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: results.get(project_id, "rt-1")["status"] == "granted", 20, "the replay's grant", interval=0.1)
     record = results.get(project_id, "rt-1")
     assert record["status"] == "granted"
     assert record["history"][0]["by"] == "flower-ops"
@@ -144,13 +137,13 @@ def test_one_unencodable_command_does_not_sink_its_chunk(stack, results, project
     app.send_task("grants.ingest", args=[text], queue="grants.ingest")
     records = wait_final(results, project_id, ["ue-ok0", "ue-ok1", "ue-ok2"])
     assert {r["status"] for r in records.values()} == {"granted"}
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        letters = [
+
+    def the_two_letters() -> list:
+        return [
             d for d in dead_letters(stack) if d["external_purchase_id"] == "ue-huge" or "\\ud800" in (d["raw"] or "")
         ]
-        if len(letters) >= 2:
-            break
-        time.sleep(0.2)
+
+    wait_until(lambda: len(the_two_letters()) >= 2, 10, "the two dead letters", interval=0.2)
+    letters = the_two_letters()
     assert any("custom_parameters" in d["reason"] or "cannot be encoded" in d["reason"] for d in letters)
     assert len(letters) >= 2

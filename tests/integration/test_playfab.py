@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from devstack.localstack import Stack
+from devstack.localstack import Stack, wait_until
 from producers.publisher import Publisher
 from schemas.commands import RevokeCommand
 from tests.conftest import FAST, settings_for
@@ -123,12 +122,16 @@ def test_revoke_takes_back_the_instances_the_grant_created(pf, results):
     publisher.publish(command(PF, "pf-refund", user="PF-CHEN", sku="shield", quantity=3))
     wait_final(results, PF, ["pf-refund"])
     publisher.publish(RevokeCommand(project_id=PF, external_purchase_id="pf-refund", comment="Refund"))
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        record = results.get(PF, "pf-refund")
-        if record.get("revoke", {}).get("status") in ("revoked", "rejected", "failed", "in_doubt"):
-            break
-        time.sleep(0.1)
+    wait_until(
+        lambda: (
+            results.get(PF, "pf-refund").get("revoke", {}).get("status")
+            in ("revoked", "rejected", "failed", "in_doubt")
+        ),
+        20,
+        "the revoke's outcome",
+        interval=0.1,
+    )
+    record = results.get(PF, "pf-refund")
     assert record["revoke"]["status"] == "revoked", record["revoke"]
     assert [i for i in inventory(pf, "PF-CHEN")["Inventory"] if i.get("Annotation") == "pf-refund"] == []
 
@@ -143,12 +146,17 @@ def test_delete_of_an_item_instance_by_operation_id(pf, results):
     delete = PlayFabDeleteCommand(project_id=PF, operation_id="del-1", playfab_id="PF-ANA", item_instance_id=instance)
     missing = PlayFabDeleteCommand(project_id=PF, operation_id="del-2", playfab_id="PF-ANA", item_instance_id="nope")
     publisher.publish_many([delete, delete, missing])
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        recs = [results.get(PF, op, "playfab.delete") for op in ("del-1", "del-2")]
-        if all(r and r["status"] not in ("pending", "sending") for r in recs):
-            break
-        time.sleep(0.1)
+
+    def deletes() -> list:
+        return [results.get(PF, op, "playfab.delete") for op in ("del-1", "del-2")]
+
+    wait_until(
+        lambda: all(r and r["status"] not in ("pending", "sending") for r in deletes()),
+        20,
+        "the deletes' outcomes",
+        interval=0.1,
+    )
+    recs = deletes()
     assert [r["status"] for r in recs] == ["revoked", "rejected"]
     assert recs[0]["duplicates"] == 1 and "ItemNotFound" in recs[1]["error"]
     assert instance not in {i["ItemInstanceId"] for i in inventory(pf, "PF-ANA")["Inventory"]}
@@ -237,9 +245,12 @@ def test_what_a_read_back_proved_applied_is_final_whatever_the_rest_meets(pf, re
                 timeout=60,
             )
             assert out.returncode == 0 and "replayed 1 of 1 selected" in out.stdout, out.stdout + out.stderr
-            deadline = time.monotonic() + 20
-            while results.get(PF, b)["status"] not in ("rejected", "granted") and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_until(
+                lambda: results.get(PF, b)["status"] in ("rejected", "granted"),
+                20,
+                "the replayed purchase's outcome",
+                interval=0.1,
+            )
         finally:
             pf.sandbox_put("/sandbox/playfab/catalog", None)
         assert results.get(PF, b)["status"] == "rejected"

@@ -6,10 +6,10 @@ straight into the broker's lists as another program could."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
+from devstack.localstack import wait_until
 from producers.publisher import Publisher
 from schemas.records import Status
 from tests.conftest import make_stack, settings_for
@@ -51,9 +51,12 @@ def test_poison_messages_become_dead_letters_and_the_worker_goes_on(tmp_path, pr
         for entry in pushed[len(pushed) // 2 :]:
             client.lpush("grants.send", entry)
         results = Results(client, Keys())
-        deadline = time.monotonic() + 30
-        while len(results.in_status(Status.dead, limit=100)) < len(pushed) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(
+            lambda: len(results.in_status(Status.dead, limit=100)) >= len(pushed),
+            30,
+            "a dead letter per poison message",
+            interval=0.1,
+        )
         Publisher(settings_for(stack)).publish(command(project_id, "after-poison"))
         assert wait_final(results, project_id, ["after-poison"])["after-poison"]["status"] == "granted"
 

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from devstack.localstack import wait_until
 from producers.publisher import Publisher
 from schemas.records import Status
 from tests.conftest import make_stack, settings_for
@@ -43,9 +44,7 @@ def test_worker_sigkilled_mid_run_loses_nothing_and_doubles_nothing(tmp_path, pr
             command(project_id, i, user=f"u{n % 13}") for n, i in enumerate(ids)
         )
         results = Results(connect(stack.redis.url), Keys())
-        deadline = time.monotonic() + 30
-        while results.stats()["counts"]["granted"] < 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: results.stats()["counts"]["granted"] >= 200, 30, "200 grants before the kill")
         stack.workers[0].kill()  # main process and pool children, SIGKILL
         counts_at_kill = results.stats()["counts"]
         assert 0 < counts_at_kill["granted"] < len(ids), "the kill must land mid-run"
@@ -83,9 +82,7 @@ def test_sigterm_finishes_or_hands_back_within_bounds_and_loses_nothing(tmp_path
             command(project_id, i, user=f"u{n % 11}") for n, i in enumerate(ids)
         )
         results = Results(connect(stack.redis.url), Keys())
-        deadline = time.monotonic() + 30
-        while results.stats()["counts"]["granted"] < 100 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: results.stats()["counts"]["granted"] >= 100, 30, "100 grants before the SIGTERM")
         worker = stack.workers[0]
         started = time.monotonic()
         worker.proc.send_signal(signal.SIGTERM)  # the main process only, as an orchestrator does
@@ -114,11 +111,14 @@ def test_a_backlog_stays_in_redis_not_in_worker_memory(tmp_path, project_id):
         worker = stack.start_worker(concurrency=2)
         results = Results(connect(stack.redis.url), Keys())
         peak = 0
-        deadline = time.monotonic() + 120
-        while results.stats()["counts"]["granted"] < len(ids) and time.monotonic() < deadline:
+
+        def drained_sampling_memory() -> bool:
+            nonlocal peak
             procs = [psutil.Process(worker.pid), *psutil.Process(worker.pid).children()]
             peak = max([peak] + [p.memory_info().rss for p in procs])
-            time.sleep(0.2)
+            return results.stats()["counts"]["granted"] >= len(ids)
+
+        wait_until(drained_sampling_memory, 120, "the backlog to drain", interval=0.2)
         assert results.stats()["counts"]["granted"] == len(ids)
         # Prefetch is one message per process and batches are taken under a
         # cap: no worker process holds the backlog (measured: ~82 MB).

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from devstack.localstack import wait_until
 from schemas.commands import RevokeCommand
 from tests.helpers import command, wait_final
 
@@ -15,15 +16,14 @@ pytestmark = pytest.mark.integration
 
 def wait_revokes(results, project_id, ids, timeout=30.0):
     final = {"revoked", "noop", "rejected", "failed", "in_doubt"}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def all_revoked():
         recs = {i: results.get(project_id, i) for i in ids}
-        if all(r and r.get("revoke") and r["revoke"]["status"] in final for r in recs.values()):
-            return recs
-        time.sleep(0.1)
-    raise AssertionError(
-        f"revokes without an outcome: {[i for i, r in recs.items() if not (r or {}).get('revoke')][:5]}"
-    )
+        missing = [i for i, r in recs.items() if not (r and r.get("revoke") and r["revoke"]["status"] in final)]
+        assert not missing, f"revokes without an outcome: {missing[:5]}"  # named on a timeout
+        return recs
+
+    return wait_until(all_revoked, timeout, "revoke outcomes", interval=0.1)
 
 
 def test_revoke_racing_its_grant_never_leaves_a_grant_standing(stack, publisher, results, project_id):
@@ -129,9 +129,12 @@ def test_a_failed_refund_is_replayed_once_and_takes_the_items_back(
 
     out = grants("replay", "--kind", "revoke", "--status", "failed", "--project-id", str(project_id), "--actor", "ops")
     assert "replayed 1 of 1 selected" in out
-    deadline = time.monotonic() + 20
-    while results.get(project_id, "rf-1")["revoke"]["status"] != "revoked" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(
+        lambda: results.get(project_id, "rf-1")["revoke"]["status"] == "revoked",
+        20,
+        "the replayed revoke",
+        interval=0.1,
+    )
     rec = results.get(project_id, "rf-1")
     assert rec["revoke"]["status"] == "revoked"
     assert [h["by"] for h in rec["revoke"]["history"]] == ["ops"]
@@ -170,13 +173,11 @@ def test_expiry_of_a_record_is_not_never_seen_refunds_within_the_window_and_reje
             return sum(r["quantity"] for r in rows)
 
         def revoke_outcome(epid, timeout=20):
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                rec = results.get(project_id, epid) or {}
-                if (rec.get("revoke") or {}).get("status") in ("revoked", "noop", "rejected", "failed", "in_doubt"):
-                    return rec["revoke"]
-                time.sleep(0.1)
-            raise AssertionError(f"no revoke outcome for {epid}")
+            def final_revoke():
+                revoke = (results.get(project_id, epid) or {}).get("revoke") or {}
+                return revoke if revoke.get("status") in ("revoked", "noop", "rejected", "failed", "in_doubt") else None
+
+            return wait_until(final_revoke, timeout, f"a revoke outcome for {epid}", interval=0.1)
 
         publisher.publish_many(
             [

@@ -290,6 +290,7 @@ def test_rules_use_the_scrape_job():
 
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    assert PROMTOOL is not None  # callers skip without it
     return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 

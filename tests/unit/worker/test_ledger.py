@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -426,17 +427,13 @@ def test_an_older_versions_store_is_moved_onto_todays_layout(ledger, results, re
     client.zadd(keys.lanes, {"grant:1": 1})
     client.zadd(keys.index("granted"), {"1:g1": int(t)})
 
-    refunds = []
-    assert (
-        migrate(
-            client,
-            keys,
-            lambda kind, cmd, res: (
-                refunds.append(cmd) or {"user": cmd["operation"]["user"], "items": cmd["operation"]["items"]}
-            ),
-        )
-        == 2
-    )
+    refunds: list[dict] = []
+
+    def refund_data(kind: str, cmd: dict, res: Any) -> dict:
+        refunds.append(cmd)
+        return {"user": cmd["operation"]["user"], "items": cmd["operation"]["items"]}
+
+    assert migrate(client, keys, refund_data) == 2
     assert migrate(client, keys, lambda *a: None) == 0  # once
     assert 0 < client.pttl(keys.record(1, "g1")) <= 3_600_000
     rec = results.get(1, "g1")

@@ -180,9 +180,14 @@ def test_backoff_grows_is_jittered_and_capped():
 def test_more_than_50_operations_are_never_sent():
     from worker import errors
 
-    calls = []
+    calls: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return ok(request)
+
     backend = XsollaInventory(
-        httpx.Client(transport=httpx.MockTransport(lambda r: calls.append(r) or ok(r)), base_url="http://x"),
+        httpx.Client(transport=httpx.MockTransport(answer), base_url="http://x"),
         idempotent=False,
     )
     with pytest.raises(errors.InvalidRequest, match="not sent"):
@@ -211,6 +216,7 @@ def test_a_slow_call_keeps_its_lease_and_is_not_given_up_for_lost(redis_client):
     ledger.ingest([Arrival(command(3, "slow"), 1, "t:slow")])
     (bid,) = ledger.take(max_batches=1, max_inflight=10, flush_ms=0, lease_ms=5000)
     work = ledger.begin(bid, "tok", lease_ms=300, on_unknown=OnUnknown.doubt)
+    assert work is not None
     keeper = LeaseKeeper(ledger, lease_ms=300, max_hold_s=5)
     with keeper.holding(work):
         _time.sleep(1.0)  # more than three leases long
@@ -220,6 +226,7 @@ def test_a_slow_call_keeps_its_lease_and_is_not_given_up_for_lost(redis_client):
     ledger.ingest([Arrival(command(3, "stuck"), 1, "t2:stuck")])
     (bid2,) = ledger.take(max_batches=1, max_inflight=10, flush_ms=0, lease_ms=5000)
     work2 = ledger.begin(bid2, "tok2", lease_ms=300, on_unknown=OnUnknown.doubt)
+    assert work2 is not None
     with LeaseKeeper(ledger, lease_ms=300, max_hold_s=0.2).holding(work2):
         _time.sleep(1.0)
         assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5)[0] == 1

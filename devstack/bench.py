@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from devstack.localstack import Stack
+from devstack.localstack import RedisServer, Stack, wait_until
 from producers.progress import Progress
 from producers.publisher import Publisher
 from schemas.commands import GrantCommand
@@ -75,6 +75,11 @@ def add_parser(sub) -> None:
         choices=["always", "everysec"],
         default="everysec",
         help="Redis AOF fsync policy (default everysec, as deploy/ runs it)",
+    )
+    p.add_argument(
+        "--replica",
+        action="store_true",
+        help="give Redis a replica and confirm writes on it (GRANTS_REDIS_MIN_REPLICAS=1): what WAIT costs",
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -149,6 +154,19 @@ def percentile(values: list[float], pct: float) -> float:
     return values[min(len(values) - 1, round(pct / 100 * (len(values) - 1)))]
 
 
+def start_redis(stack: Stack, args: argparse.Namespace, settings):
+    """The stack's Redis (and, with --replica, a replica every write that
+    must survive a failover waits for); returns the bench's settings."""
+    primary = stack.start_redis(appendfsync=args.appendfsync)
+    if not args.replica:
+        return settings
+    replica = RedisServer(stack.workdir, appendfsync=args.appendfsync, replica_of=primary.port).start()
+    stack.replicas.append(replica)
+    wait_until(replica.in_sync, 30, "the replica in sync")
+    stack.settings_env["GRANTS_REDIS_MIN_REPLICAS"] = "1"
+    return settings.model_copy(update={"redis_min_replicas": 1})
+
+
 def run(args: argparse.Namespace, settings) -> int:
     if args.live:
         return run_live(args, settings)
@@ -157,10 +175,10 @@ def run(args: argparse.Namespace, settings) -> int:
     say(
         f"bench: {args.purchases:,} purchases + {len(feed) - args.purchases:,} repeats; "
         f"{args.workers} worker(s) x {args.concurrency} processes; sandbox latency {args.latency_ms} ms; "
-        f"appendfsync {args.appendfsync}"
+        f"appendfsync {args.appendfsync}" + ("; a replica confirms every write (MIN_REPLICAS=1)" if args.replica else "")
     )
     with Stack(args.workdir) as stack:
-        stack.start_redis(appendfsync=args.appendfsync)
+        settings = start_redis(stack, args, settings)
         stack.start_sandbox("--latency-ms", str(args.latency_ms))
         if not args.backlog:
             for _ in range(args.workers):
@@ -268,7 +286,7 @@ def run_live(args: argparse.Namespace, settings) -> int:
         f"{args.workers} worker(s) x {args.concurrency} processes; backend latency {args.latency_ms} ms"
     )
     with Stack(args.workdir) as stack:
-        stack.start_redis(appendfsync=args.appendfsync)
+        settings = start_redis(stack, args, settings)
         stack.start_sandbox("--latency-ms", str(args.latency_ms))
         for _ in range(args.workers):
             stack.start_worker(concurrency=args.concurrency)

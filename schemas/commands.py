@@ -53,9 +53,26 @@ class _Canonical:
 
     def payload_hash(self) -> str:
         """Short digest of :attr:`canonical`; equal hashes mean the same command."""
-        # Its format (blake2b-128 of the canonical JSON) is part of every
-        # stored claim: changing it would make repeats look like conflicts.
-        return hashlib.blake2b(self.canonical, digest_size=16).hexdigest()
+        # The first 64 bits of blake2b-128 of the canonical JSON, in hex. A
+        # hash is only ever compared with the claim of the same id, so a
+        # changed payload passes for a repeat with a chance of 2^-64; 16
+        # characters instead of 32 in every claim. Claims written with the
+        # whole digest compare by its first 16 characters (ingest.lua).
+        return hashlib.blake2b(self.canonical, digest_size=16).hexdigest()[:16]
+
+    def _stored_body(self) -> dict[str, Any]:
+        # What the record keeps: the identity body without the record id.
+        return self._identity_body()
+
+    def stored(self, refund: dict[str, Any] | None = None) -> str:
+        """The command as its record keeps it: only what the record's key
+        (kind, project, id) does not already say; with ``refund``, also
+        without what the refund data repeats (its claim keeps that, as long
+        as the record lives). :func:`from_stored` puts it together again."""
+        body = self._stored_body()
+        if refund:
+            body = {k: v for k, v in body.items() if k not in refund or refund[k] != v}
+        return orjson.dumps(body).decode()
 
     def to_message(self, enqueued_at_ms: int | None = None) -> dict[str, Any]:
         """The envelope as it travels (JSON-safe): version, kind, project, fields.
@@ -114,6 +131,11 @@ class GrantCommand(_Canonical, BaseModel):
     def _identity_body(self) -> dict[str, Any]:
         return {"operation": self.body()}
 
+    def _stored_body(self) -> dict[str, Any]:
+        operation = self.body()
+        operation["purchase"] = {k: v for k, v in operation["purchase"].items() if k != "external_purchase_id"}
+        return operation
+
 
 class RevokeCommand(_Canonical, BaseModel):
     """Take back what one purchase granted (a refund or a chargeback)."""
@@ -133,6 +155,9 @@ class RevokeCommand(_Canonical, BaseModel):
 
     def _identity_body(self) -> dict[str, Any]:
         return {"external_purchase_id": self.external_purchase_id, "comment": self.comment}
+
+    def _stored_body(self) -> dict[str, Any]:
+        return {} if self.comment is None else {"comment": self.comment}
 
 
 OperationId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
@@ -158,6 +183,9 @@ class _Operation(_Canonical, BaseModel):
 
     def _identity_body(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"kind", "project_id"}, exclude_none=True)
+
+    def _stored_body(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"kind", "project_id", "operation_id"}, exclude_none=True)
 
 
 class BackpackCreateCommand(_Operation):
@@ -222,6 +250,38 @@ MODELS: dict[str, type[AnyCommand]] = {
 # ``kind`` discriminates; a message without one is a grant.
 Command = Annotated[AnyCommand, Field(discriminator="kind")]
 _command_adapter: TypeAdapter[AnyCommand] = TypeAdapter(Command)
+
+
+def from_stored(
+    kind: str, project_id: int | str, record_id: str, stored: Any, refund: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """A command as a message again (kind, project_id and every field), from
+    what its record keeps (:meth:`stored`, parsed or as text) and, for a
+    finished grant, its claim's refund data. Records of earlier versions
+    kept the whole command: taken as they are. None for a record that holds
+    no command (a revoke's tombstone of a grant never seen)."""
+    body = orjson.loads(stored) if isinstance(stored, str | bytes) else stored
+    if not isinstance(body, dict):
+        return None
+    if "kind" in body and "project_id" in body:
+        return body
+    body = {**{k: v for k, v in (refund or {}).items() if k not in body}, **body}
+    message: dict[str, Any] = {"kind": kind, "project_id": int(project_id)}
+    if kind == GRANT:
+        purchase = {**(body.get("purchase") or {}), "external_purchase_id": record_id}
+        message["operation"] = {**body, "purchase": purchase}
+    elif kind == REVOKE:
+        message.update(external_purchase_id=record_id, **body)
+    else:
+        message.update(operation_id=record_id, **body)
+    return message
+
+
+def command_from_stored(
+    kind: str, project_id: int | str, record_id: str, stored: str, refund: dict[str, Any] | None = None
+) -> AnyCommand:
+    """:func:`from_stored`, validated into the kind's model."""
+    return MODELS[kind].model_validate(from_stored(kind, project_id, record_id, stored, refund))
 
 
 _ALIASES = {alias: k.name for k in KINDS.values() for alias in k.aliases}

@@ -3,9 +3,12 @@
 A record is one Redis string per command at ``<prefix>:<namespace>:<project
 id>:<id>`` (the namespace per kind is in schemas/kinds.py):
 ``<header JSON>\n<command JSON>[\n<answer JSON>]``, the header a flat
-object with ``st`` (the status), times (``rcv``, ``enq``, ``snt``, ``cpl``,
-ms), ``att`` (calls), ``dup``, ``spl``, ``bat``, ``err`` and ``hist``. The
-ledger's Lua scripts write it; :func:`parse_record` reads it.
+object with ``st`` (the status), ``rcv`` (received, ms) and the other times
+as offsets from it (``e`` enqueued, ``s`` sent, ``c`` completed; records of
+earlier versions hold ``enq``, ``snt``, ``cpl`` in ms), ``att`` (calls),
+``dup``, ``spl``, ``bat``, ``err`` and ``hist``. The command is what its key
+does not say already (schemas/commands.py ``stored``). The ledger's Lua
+scripts write it; :func:`parse_record` reads it.
 """
 
 from __future__ import annotations
@@ -52,11 +55,20 @@ FINAL_STATUSES = frozenset(
 REPLAYABLE = frozenset({Status.failed, Status.in_doubt})
 
 
+# Times after ``rcv`` are stored as offsets from it, under one letter.
+_OFFSETS = {"e": "enq", "s": "snt", "c": "cpl"}
+
+
 def parse_record(raw: str) -> tuple[dict[str, Any], Any, Any]:
-    """(header, command, answer) of a stored record."""
-    header, _, rest = raw.partition("\n")
+    """(header, command, answer) of a stored record; the header's times are
+    absolute (ms), whichever way they were stored."""
+    text, _, rest = raw.partition("\n")
     command, _, answer = rest.partition("\n")
-    return json.loads(header), json.loads(command), json.loads(answer) if answer else None
+    header = json.loads(text)
+    for short, long in _OFFSETS.items():
+        if short in header:
+            header[long] = int(header.pop(short)) + int(header["rcv"])
+    return header, json.loads(command), json.loads(answer) if answer else None
 
 
 def record_key(prefix: str, namespace: str, project_id: int | str, record_id: str) -> str:

@@ -1,43 +1,55 @@
 """Every Redis key the service uses, and every number that governs their life.
 
-One place, so that a reader can see the whole data model at once:
+One place, so that a reader can see the whole data model at once (``{p}`` is
+GRANTS_KEY_PREFIX; a lane is ``kind:project``, e.g. ``grant:44056``):
 
-- ``{p}:rec:{project}:{purchase}``  hash, one per grant: the results record
-  *and* the dedupe claim (it exists => the purchase was seen).
-- ``{p}:rvk:{project}:{purchase}``  hash: the revoke (refund) of that purchase,
-  at most one; its outcome is indexed under ``{p}:idx:revoke:{status}``.
-- ``{p}:bpc|bpd|pfd:{project}:{operation}``  Backpack creates, Backpack
-  deletes, PlayFab deletes, keyed by the producer's operation id; indexed
-  under ``{p}:idx:{kind}:{status}``.
-- ``{p}:conflict:{project}:{purchase}``  hash: repeats whose payload differed.
-- ``{p}:idx:{status}``  sorted set of ``project:purchase`` by time of entering
-  that status: lists by status and time, counts for stats.
-- ``{p}:buf:{lane}``  list of purchase ids waiting for a batch, FIFO. A lane is
-  ``kind:project`` (one backend endpoint of one project: ``grant:44056``,
-  ``revoke:44056``); the Lua prelude builds lane names.
-- ``{p}:lanes``  sorted set lane -> received time of its oldest waiting command.
-- ``{p}:batch:{id}``  hash: a taken batch (members, state, fencing token); the
-  id names its lane: ``b17|grant:44056``.
+Commands in
+- ``{p}:commands``  stream producers XADD to (schemas/stream.py), field
+  ``command``; entries up to the ingestion position are trimmed (exact MINID).
+- ``{p}:ingest:pos``  string: id of the last entry ingested (the compare-and-
+  set that makes ingestion exactly-once and ordered).
+- ``{p}:ingest:count``  counter: entries ingested (lag = entries added - this).
+- ``{p}:lock:ingest``  string: which worker's ingestion loop reads the stream.
+
+Records and claims
+- ``{p}:{ns}:{project}:{id}``  string, one per command (``ns`` per kind in
+  schemas/kinds.py: ``rec`` grants, ``rvk`` revokes, ``bpc``, ``bpd``,
+  ``pfd``): ``<header JSON>\n<command>[\n<answer>]`` (schemas/records.py:
+  ``st``, ``rcv`` + offsets ``e``/``s``/``c``, ``att``, ``dup``, ``spl``,
+  ``bat``, ``err``, ``hist``). No TTL while in flight; the results retention
+  once final.
+- ``{p}:claims:{0..1023}``  hashes: the dedupe claims, field ``ns:project:id``,
+  value ``<payload hash>|<final status>|<first seen ms>|+<ms to final>|<refund
+  data>`` (worker/lua/_lib.lua). Kept GRANTS_DEDUPE_RETENTION_DAYS, the
+  refund data GRANTS_REFUND_WINDOW_DAYS; pruned by the sweeper.
+- ``{p}:prune:claims``  hash ``bucket``, ``cursor``: where pruning goes on.
+- ``{p}:conflict:[kind:]{project}:{id}``  hash: repeats whose payload differed.
+- ``{p}:idx:[kind:]{status}``  sorted set ``project:id`` by time, for the
+  statuses in INDEXED_STATUSES only (and ``dead``, ``conflict``).
+- ``{p}:dead:{source}``  hash: an entry or message that was not a valid
+  command (raw payload, reason), indexed in ``{p}:idx:dead``.
+- ``{p}:totals``  hash ``kind|project|status`` -> count, for ever.
+- ``{p}:latency``  hash ``kind|project|<bucket ms or +Inf>`` -> count of
+  outcomes that took up to that long from publish (buckets not cumulative,
+  LATENCY_BUCKETS_MS), and ``kind|project|sum_ms``.
+- ``{p}:outcomes``  stream of final outcomes (schemas/stream.py), capped.
+
+Batching and sending
+- ``{p}:buf:{lane}``  list of ids waiting for a batch, FIFO.
+- ``{p}:lanes``  sorted set lane -> received time of its oldest waiting id.
+- ``{p}:lanes:hold``  hash lane -> until (ms): lanes backing off as a whole.
+- ``{p}:batch:{id}``  hash: a taken batch (``members``, ``st``, ``tok`` the
+  fencing token, ``att``, ``paid``, ``nbf``, ``rec``, ``err``); the id names
+  its lane: ``b17|grant:44056``.
 - ``{p}:leases``  sorted set batch id -> lease deadline (ms).
 - ``{p}:seq:batch``  counter for batch ids.
-- ``{p}:commands``  the command stream producers XADD to (schemas/stream.py);
-  entries up to the ingestion position are trimmed by the ingest script.
-- ``{p}:ingest:pos``  string: id of the last stream entry ingested (the
-  compare-and-set that makes ingestion exactly-once and ordered).
-- ``{p}:ingest:count``  counter: entries ingested (lag = entries added - this).
-- ``{p}:lock:ingest``  which worker's ingestion loop reads the stream.
-- ``{p}:clm:{ns}:{project}:{id}``  string ``<payload hash>|<final status>``:
-  the dedupe claim, kept GRANTS_DEDUPE_RETENTION_DAYS (outlives the record).
-- ``{p}:rfd:{project}:{purchase}``  hash: what a refund needs of a granted
-  purchase (``cmd``, ``res``, ``cpl``, ``revoked``), kept for the refund window.
-- ``{p}:lanes:hold``  hash lane -> until (ms): lanes backing off as a whole.
-- ``{p}:budget:{backend}:{project}``  hash ``t`` (tokens), ``ts`` (ms): the
+- ``{p}:budget:{backend}:{project}``  hash ``t`` (tokens), ``ts`` (ms): a
   call budget's token bucket.
-- ``{p}:outcomes``  stream of final outcomes for the purchase pipeline.
+
+Housekeeping
 - ``{p}:layout``  string: the layout version of this store (worker/migrate.py).
-- ``{p}:lock:sweeper``  the recovery timer's lock.
-- ``{p}:dead:{id}``  hash: a broker message that was not a valid command,
-  with its raw payload and the reason (indexed in ``{p}:idx:dead``).
+- ``{p}:lock:sweeper``, ``{p}:lock:migrate``  the recovery timer's and the
+  migration's locks.
 """
 
 from __future__ import annotations
@@ -51,7 +63,8 @@ from schemas.records import Status, record_key
 from schemas.stream import command_stream, outcome_stream
 
 # Outcome stream length cap (approximate trimming, MAXLEN ~). 1,000,000 entries
-# of ~120 bytes is ~120 MB: days of traffic for a consumer to fall behind by.
+# of ~67 bytes (measured) is ~67 MB: hours to days of traffic for a consumer
+# to fall behind by.
 OUTCOME_STREAM_MAXLEN = 1_000_000
 
 # The sweeper lock lives 5 ticks: long enough to survive a slow tick, short
@@ -61,6 +74,13 @@ SWEEPER_LOCK_TICKS = 5
 # Index entries older than the retention are trimmed by the sweeper this often:
 # trimming is O(log n) per removal and there is no hurry.
 INDEX_TRIM_INTERVAL_S = 60.0
+
+# Claims are pruned (past the dedupe retention: deleted; refund data past the
+# refund window: dropped) by the sweeper, this many claims once a second: one
+# call holds Redis ~1 ms, and 400 M claims (1 M purchases a day kept 400
+# days) are walked through in under five days.
+PRUNE_INTERVAL_S = 1.0
+PRUNE_PER_CALL = 1000
 
 # A dead letter keeps at most this much of the raw message (one element of a
 # chunk, one stream entry): a valid command is well under this (a feed line
@@ -83,13 +103,11 @@ TAKE_SCAN_LANES = 100
 RECOVER_PER_TICK = 200
 
 
-# Claims live in this many hashes: a field in a small hash costs a fraction
-# of a key (~45 bytes a claim, measured, instead of ~180 as a key of its
-# own). Fixed: changing it would lose the claims already made (they would be
-# looked for in other buckets). 1,024 buckets hold ~130,000 claims in
-# Redis's compact encoding with its default hash-max-listpack-entries
-# (128); past that a claim costs ~80 bytes, unless the setting is raised
-# with the volume (README "Capacity").
+# Claims live in this many hashes: a field of a hash costs less than a key
+# (no key object, no expiry entry; measured 200 bytes for a granted Xsolla
+# purchase's claim with its refund data, against ~330 as a key of its own).
+# Fixed: changing it would lose the claims already made (they would be
+# looked for in other buckets).
 CLAIM_BUCKETS = 1024
 
 # Statuses kept in an index per command (a sorted set by time): those an

@@ -28,8 +28,7 @@ import orjson
 import redis
 import structlog
 
-from schemas.commands import MODELS, RevokeCommand
-from schemas.kinds import REVOKE
+from schemas.commands import GrantCommand, RevokeCommand, command_from_stored
 from worker import keys as K
 from worker.keys import Keys
 from worker.work import Arrival, BatchWork, Ingested, Lane, OnUnknown, Outcome, Refused, RevokeOrder, Sendable
@@ -39,7 +38,19 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("grants.ledger")
 
-_SCRIPTS = ("ingest", "take", "begin", "unbegin", "complete", "release", "split", "recover", "replay", "renew")
+_SCRIPTS = (
+    "ingest",
+    "take",
+    "begin",
+    "unbegin",
+    "complete",
+    "release",
+    "split",
+    "recover",
+    "replay",
+    "renew",
+    "prune",
+)
 
 
 def _load_lua(name: str) -> str:
@@ -104,6 +115,9 @@ class Ledger:
         )
         self.batch_limits_json = json.dumps(batch_limits)
         self.default_batch_limit = default_batch_limit
+        # A granted record keeps its command without what the refund data
+        # repeats only when that data is kept as long as the record is.
+        self.slim_records = (refund_ttl_ms or ttl_ms) >= ttl_ms
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings, **kw: Any) -> Ledger:
@@ -163,8 +177,8 @@ class Ledger:
                 str(a.command.project_id),
                 a.command.record_id,
                 a.command.payload_hash(),
-                # The stored body is the canonical JSON the hash was taken of.
-                a.command.canonical.decode(),
+                # What the record's key does not say already (schemas/commands.py).
+                a.command.stored(),
                 str(a.enqueued_at or 0),
             )
             for a in arrivals
@@ -242,14 +256,15 @@ class Ledger:
         ids, commands = [], []
         for i in range(3, len(reply), 3):
             ids.append(reply[i])
-            commands.append(self._sendable(lane.kind, reply[i + 1], reply[i + 2]))
+            commands.append(self._sendable(lane, reply[i], reply[i + 1], reply[i + 2]))
         return BatchWork(batch_id, token, lane, int(reply[1]), ids, commands, on_unknown, reconcile=bool(int(reply[2])))
 
     @staticmethod
-    def _sendable(kind: str, stored: str, extra: str) -> Sendable:
-        if kind == REVOKE:
-            return RevokeOrder(RevokeCommand.model_validate_json(stored), orjson.loads(extra) if extra else None)
-        return MODELS[kind].model_validate_json(stored)
+    def _sendable(lane: Lane, record_id: str, stored: str, extra: str) -> Sendable:
+        command = command_from_stored(lane.kind, lane.project_id, record_id, stored)
+        if isinstance(command, RevokeCommand):
+            return RevokeOrder(command, orjson.loads(extra) if extra else None)
+        return command
 
     def complete(self, work: BatchWork, outcomes: list[Outcome], *, partial: bool = False) -> tuple[bool, int]:
         """Write outcomes and release the batch. Returns (still owned, written).
@@ -258,13 +273,17 @@ class Ledger:
         :meth:`settle`).
         """
         args: list = [work.batch_id, work.token, work.project_id, work.kind, int(partial)]
+        commands = dict(zip(work.ids, work.commands, strict=True)) if self.slim_records else {}
         for o in outcomes:
+            command = commands.get(o.record_id)
             args += [
                 o.record_id,
                 o.status,
                 "" if o.result is None else self.scrub(orjson.dumps(o.result).decode()),
                 "" if o.refund is None else orjson.dumps(o.refund).decode(),
                 self.scrub(o.error),
+                # What the refund data repeats is kept once, in the claim.
+                command.stored(o.refund) if o.refund and isinstance(command, GrantCommand) else "",
             ]
         # An outcome is reported (and its task acked) once replicated; when a
         # replica stays behind longer, the record still holds it (only a
@@ -322,6 +341,12 @@ class Ledger:
         """
         reply = self._run("split", work.batch_id, work.token, lease_ms, int(work.reconcile))
         return reply[0], reply[1:]
+
+    def prune(self, count: int) -> tuple[int, int]:
+        """Walk on through the claims: delete those past the dedupe retention,
+        drop refund data past the refund window. Returns (deleted, stripped)."""
+        _bucket, _cursor, deleted, stripped = self._run("prune", count)
+        return int(deleted), int(stripped)
 
     def recover(self, *, dispatch_lease_ms: int, max_attempts: int) -> tuple[int, list[str]]:
         """Handle expired leases. Returns (commands marked in_doubt, batches to dispatch)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from schemas.commands import from_stored
 from schemas.kinds import GRANT, KINDS, REVOKE
 from schemas.records import Status, parse_record
 from worker.keys import INDEXED_STATUSES, Keys, split_member
@@ -37,9 +38,13 @@ def iso_ms(ms: str | int | None) -> str | None:
     return datetime.fromtimestamp(int(ms) / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
 
-def record_view(project_id: int, record_id: str, raw: str, kind: str = GRANT) -> dict[str, Any]:
-    """The public JSON shape of a stored record."""
-    header, command, answer = parse_record(raw)
+def record_view(
+    project_id: int, record_id: str, raw: str, kind: str = GRANT, claim: str | None = None
+) -> dict[str, Any]:
+    """The public JSON shape of a stored record (a finished grant's claim
+    holds part of its command: its refund data)."""
+    header, stored, answer = parse_record(raw)
+    command = from_stored(kind, project_id, record_id, stored, refund_of(claim))
     view: dict[str, Any] = {
         "project_id": int(project_id),
         KINDS[kind].identity: record_id,
@@ -49,7 +54,9 @@ def record_view(project_id: int, record_id: str, raw: str, kind: str = GRANT) ->
         view[name] = int(header.get(field) or 0)
     for field, name in _TIME_FIELDS.items():
         view[name] = iso_ms(header.get(field))
-    view["batch_id"] = header.get("bat") or None
+    batch = header.get("bat") or None
+    # A finished record keeps its batch's number alone; the lane is its own.
+    view["batch_id"] = f"{batch}|{kind}:{project_id}" if batch and "|" not in batch else batch
     view["response"] = answer
     view["error"] = header.get("err") or None
     if kind != GRANT:
@@ -64,8 +71,15 @@ def record_view(project_id: int, record_id: str, raw: str, kind: str = GRANT) ->
     return view
 
 
-def conflict_view(raw: dict[str, str]) -> dict[str, Any]:
-    cmd = json.loads(raw["cmd"]) if raw.get("cmd") else {}
+def refund_of(claim: str | None) -> dict[str, Any] | None:
+    """The refund data in a claim's value, if any."""
+    refund = claim.split("|", 4)[4] if claim and claim.count("|") >= 4 else ""
+    return json.loads(refund) if refund else None
+
+
+def conflict_view(raw: dict[str, str], kind: str = GRANT) -> dict[str, Any]:
+    cmd = from_stored(kind, raw["pid"], raw["epid"], raw["cmd"]) if raw.get("cmd") else None
+    cmd = cmd or {}
     return {
         "project_id": int(raw["pid"]),
         "external_purchase_id": raw["epid"],
@@ -101,8 +115,10 @@ def dead_view(raw: dict[str, str]) -> dict[str, Any]:
 
 
 def claim_view(value: str) -> dict[str, Any]:
-    """A claim's value ("hash|status|first seen|final|refund data") as JSON."""
+    """A claim's value ("hash|status|first seen|+ms to final|refund data") as JSON."""
     h, st, at, done, refund = value.split("|", 4)
+    if done.startswith("+"):
+        done = str(int(at) + int(done[1:]))
     return {
         "payload_hash": h,
         "status": st or None,
@@ -136,7 +152,7 @@ class Results:
         if not raw and not conflict and not revoke_raw and not claim:
             return None
         if raw:
-            view = self._view(project_id, purchase_id, raw, kind)
+            view = self._view(project_id, purchase_id, raw, kind, claim)
         else:
             view = {
                 "project_id": project_id,
@@ -147,13 +163,13 @@ class Results:
         if claim and not raw:
             view["claim"] = claim_view(claim)
         if conflict:
-            view["conflicts"] = conflict_view(conflict)
+            view["conflicts"] = conflict_view(conflict, kind)
         if revoke_raw:
             view["revoke"] = self._view(project_id, purchase_id, revoke_raw, REVOKE)
         return view
 
-    def _view(self, project_id: int, record_id: str, raw: str, kind: str) -> dict[str, Any]:
-        view = record_view(project_id, record_id, raw, kind)
+    def _view(self, project_id: int, record_id: str, raw: str, kind: str, claim: str | None = None) -> dict[str, Any]:
+        view = record_view(project_id, record_id, raw, kind, claim)
         if view["status"] == Status.sending.value and view["batch_id"]:
             # Waiting out a backoff: the batch holds the last error.
             view["error"] = self.redis.hget(self.keys.batch(view["batch_id"]), "err") or view["error"]
@@ -187,8 +203,12 @@ class Results:
         pipe = self.redis.pipeline(transaction=False)
         for pid, epid in wanted:
             pipe.get(self.keys.record(pid, epid, kind))
+            pipe.hget(*self.keys.claim(kind, pid, epid))
+        replies = pipe.execute()
         return [
-            record_view(pid, epid, raw, kind) for (pid, epid), raw in zip(wanted, pipe.execute(), strict=True) if raw
+            record_view(pid, epid, raw, kind, claim)
+            for (pid, epid), raw, claim in zip(wanted, replies[::2], replies[1::2], strict=True)
+            if raw
         ]
 
     def iter(
@@ -228,7 +248,7 @@ class Results:
                 pipe = self.redis.pipeline(transaction=False)
                 for pid, epid in wanted:
                     pipe.hgetall(self.keys.conflict(pid, epid, kind))
-                yield from (conflict_view(raw) for raw in pipe.execute() if raw)
+                yield from (conflict_view(raw, kind) for raw in pipe.execute() if raw)
             else:
                 yield from self._views(wanted, kind)
 

@@ -19,7 +19,7 @@ import uuid
 import structlog
 from celery import bootsteps
 
-from worker.keys import INDEX_TRIM_INTERVAL_S, SWEEPER_LOCK_TICKS
+from worker.keys import INDEX_TRIM_INTERVAL_S, PRUNE_INTERVAL_S, PRUNE_PER_CALL, SWEEPER_LOCK_TICKS
 from worker.runtime import Runtime
 
 log = structlog.get_logger("grants.sweeper")
@@ -45,6 +45,7 @@ class Sweeper:
         self.lock_ms = runtime.settings.sweep_interval_ms * SWEEPER_LOCK_TICKS
         self._lock = runtime.redis.register_script(_RENEW_LOCK)
         self._last_trim = 0.0
+        self._last_prune = 0.0
         self.stopping = threading.Event()
 
     def tick(self) -> dict[str, int] | None:
@@ -65,7 +66,19 @@ class Sweeper:
         if now - self._last_trim > INDEX_TRIM_INTERVAL_S:
             self._last_trim = now
             self.rt.results.trim(s.result_ttl_ms)
-        return {"in_doubt": doubted, "redispatched": len(redispatch), "taken": len(taken)}
+        pruned = (0, 0)
+        if now - self._last_prune > PRUNE_INTERVAL_S:
+            self._last_prune = now
+            pruned = self.rt.ledger.prune(PRUNE_PER_CALL)
+            if any(pruned):
+                log.debug("claims pruned", deleted=pruned[0], refund_data_dropped=pruned[1])
+        return {
+            "in_doubt": doubted,
+            "redispatched": len(redispatch),
+            "taken": len(taken),
+            "claims_deleted": pruned[0],
+            "refunds_dropped": pruned[1],
+        }
 
     def run(self) -> None:
         """Tick until stopped; Redis outages are logged and waited out."""

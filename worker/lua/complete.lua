@@ -7,7 +7,8 @@
 -- whatever later happens to the rest of the batch.
 -- ARGV: prefix, retention, batch_id, token, project_id, kind, partial (1/0),
 --       then per command: id, status, answer JSON ('' for none), refund data
---       ('' for none: what a revoke of a granted purchase needs), error
+--       ('' for none: what a revoke of a granted purchase needs), error, the
+--       command as the record keeps it from now on ('' to keep it as it is)
 -- Returns {'ok'|'fenced', commands written}
 local id, token, pid, kind = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local partial = ARGV[7] == '1'
@@ -17,12 +18,12 @@ local owned = b[1] == 'sending' and b[2] == token
 local now = now_ms()
 local written = 0
 local settled = {}
-for i = 8, #ARGV, 5 do
-  local epid, st, res, refund, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+for i = 8, #ARGV, 6 do
+  local epid, st, res, refund, err, slim = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local hdr, body = rec_read(rec_key(kind, pid, epid))
   if hdr and hdr.bat == id and ((owned and hdr.st == 'sending') or
                                 (not owned and hdr.st == 'in_doubt' and st ~= 'in_doubt')) then
-    finalize(kind, pid, epid, st, res, refund, err, now, hdr, body)
+    finalize(kind, pid, epid, st, res, refund, err, now, hdr, body, slim)
     written = written + 1
   end
   settled[epid] = true

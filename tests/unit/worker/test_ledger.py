@@ -446,3 +446,57 @@ def test_an_older_versions_store_is_moved_onto_todays_layout(ledger, results, re
     (bid,) = ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})
     work = ledger.begin(bid, "tok", lease_ms=5000, on_unknown=OnUnknown.doubt)
     assert work.kind == "grant" and work.ids == ["p1"]
+
+
+def finish_all(ledger, status="granted", refund=None):
+    """Take, begin and complete every waiting batch with one status."""
+    batch_ids = ledger.take(max_batches=100, max_inflight=100, flush_ms=0, lease_ms=5_000)
+    assert batch_ids
+    for batch_id in batch_ids:
+        work = ledger.begin(batch_id, "tok", lease_ms=5_000, on_unknown=OnUnknown.doubt)
+        ledger.complete(work, [Outcome(i, status, refund=refund) for i in work.ids])
+
+
+def test_a_finished_grant_keeps_what_its_key_and_refund_data_do_not_say_once(redis_client, ledger, results):
+    client, keys = redis_client
+    ingest(ledger, ["slim-1"], user="player-9", sku="gem.pack.100")
+    finish_all(ledger, refund={"user": {"id": "player-9"}, "items": [{"sku": "gem.pack.100", "quantity": 1}]})
+    stored = client.get(keys.record(1, "slim-1"))
+    header, body = stored.split("\n")[:2]
+    assert "player-9" not in body and "slim-1" not in body and "project_id" not in body
+    assert "|" not in json.loads(header)["bat"]  # the lane is the record's own
+    view = results.get(1, "slim-1")
+    assert view["command"]["operation"]["user"] == {"id": "player-9"}
+    assert view["command"]["operation"]["items"] == [{"sku": "gem.pack.100", "quantity": 1}]
+    assert view["command"]["operation"]["purchase"]["external_purchase_id"] == "slim-1"
+    assert view["batch_id"].endswith("|grant:1")
+    assert view["received_at"] <= view["sent_at"] <= view["completed_at"]
+
+
+def test_prune_deletes_claims_past_retention_and_refund_data_past_the_window(redis_client):
+    client, keys = redis_client
+    day = 86_400_000
+    ledger = Ledger(
+        client, keys, ttl_ms=day, refund_ttl_ms=2 * day, claim_ttl_ms=3 * day, batch_limits={}, default_batch_limit=50
+    )
+    ingest(ledger, ["old", "refunded-long-ago", "fresh"])
+    finish_all(ledger, refund={"user": {"id": "u"}})
+    now = int(client.time()[0]) * 1000
+
+    def age(record_id, first_days, final_days):
+        key, field = keys.claim("grant", 1, record_id)
+        h, st, _at, _done, refund = client.hget(key, field).split("|", 4)
+        first = now - int(first_days * day)
+        client.hset(key, field, f"{h}|{st}|{first}|+{int((first_days - final_days) * day)}|{refund}")
+
+    age("old", 4, 4)  # past the 3-day dedupe retention
+    age("refunded-long-ago", 2.5, 2.5)  # past the 2-day refund window
+    deleted = stripped = 0
+    for _ in range(1024 * 2):  # every bucket, whatever its cursor
+        d, s = ledger.prune(1000)
+        deleted, stripped = deleted + d, stripped + s
+    assert (deleted, stripped) == (1, 1)
+    assert client.hget(*keys.claim("grant", 1, "old")) is None
+    assert client.hget(*keys.claim("grant", 1, "refunded-long-ago")).endswith("|")
+    assert client.hget(*keys.claim("grant", 1, "fresh")).endswith('{"user":{"id":"u"}}')
+    assert ingest(ledger, ["fresh", "refunded-long-ago"]) == ["dup", "dup"]

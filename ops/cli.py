@@ -7,17 +7,20 @@ settings are parsed once here and passed down.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-from devstack import bench, demo, sandbox
-from ops import backpack, replay, results
+from ops import backpack, dead, inventory, lanes, replay, resolve, results
 from producers import cli as publish
 from worker import logs
 from worker.gc_tuning import tune_gc
 from worker.settings import Settings
 
-# The producers' command, the operators' (ops/), the developers' (devstack/).
-_COMMANDS = (publish, results, replay, backpack, sandbox, bench, demo)
+# The producers' command and the operators' (ops/).
+_COMMANDS = (publish, results, replay, resolve, inventory, lanes, dead, backpack)
+# The developers' (devstack/): offered where the tree has them (a checkout),
+# never needed by the commands above.
+_DEV_COMMANDS = ("devstack.sandbox", "devstack.bench", "devstack.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _COMMANDS:
         module.add_parser(sub)
+    for name in _DEV_COMMANDS:
+        try:
+            importlib.import_module(name).add_parser(sub)
+        except ModuleNotFoundError as exc:
+            if exc.name != "devstack" and exc.name != name:
+                raise
+            # an install without the development tree
     return parser
 
 

@@ -1,0 +1,7 @@
+"""``grants lanes``: placeholder, being built (issue 12)."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    """Register ``grants lanes`` (not built yet: nothing is registered)."""

@@ -175,7 +175,8 @@ def run(args: argparse.Namespace, settings) -> int:
     say(
         f"bench: {args.purchases:,} purchases + {len(feed) - args.purchases:,} repeats; "
         f"{args.workers} worker(s) x {args.concurrency} processes; sandbox latency {args.latency_ms} ms; "
-        f"appendfsync {args.appendfsync}" + ("; a replica confirms every write (MIN_REPLICAS=1)" if args.replica else "")
+        f"appendfsync {args.appendfsync}"
+        + ("; a replica confirms every write (MIN_REPLICAS=1)" if args.replica else "")
     )
     with Stack(args.workdir) as stack:
         settings = start_redis(stack, args, settings)

@@ -10,7 +10,7 @@ import structlog
 from celery import Celery, signals
 from kombu import Queue
 
-from worker import logs, tasks
+from worker import logs, monitor, tasks
 from worker.broker import ON_UNUSABLE
 from worker.gc_tuning import tune_gc
 from worker.ingest import IngestStep
@@ -117,11 +117,14 @@ def create_app(settings: Settings) -> GrantsCelery:
     app.task(name=tasks.REPLAY, bind=True, queue=tasks.OPS_QUEUE)(tasks.replay)
     app.steps["worker"].add(SweeperStep)
     app.steps["worker"].add(IngestStep)
+    app.steps["worker"].add(monitor.MonitorStep)
 
     @signals.worker_init.connect(weak=False)
     def _startup_checks(**_kw):
         # Before anything is consumed. Celery logs and swallows an exception
         # raised here, so a failed check exits the process itself.
+        # Before the pool forks: its processes count their metrics in files.
+        monitor.prepare(settings.metrics_port)
         rt = app.grants_runtime()
         try:
             # A Redis that may evict keys would grant twice: refused.

@@ -191,7 +191,9 @@ class Ingestor:
         self.raw = runtime.redis_bytes
         self.position: str | None = None  # None: not read yet
         self.stopping = threading.Event()
-        self.last_round = 0.0  # monotonic time of the last completed round (health)
+        # Monotonic times of the last completed round, and of the last round
+        # tried (health: worker/monitor.py).
+        self.last_round = self.alive_at = time.monotonic()
         self._legacy_due = 0.0
         self._counts: Counter = Counter()
         self._summary_at = time.monotonic()
@@ -201,6 +203,7 @@ class Ingestor:
         """Rounds until stopped; Redis outages are logged (once per interval) and waited out."""
         failures = 0
         while not self.stopping.is_set():
+            self.alive_at = time.monotonic()
             try:
                 self.round()
                 failures = 0

@@ -33,11 +33,15 @@ Records and claims
   outcomes that took up to that long from publish (buckets not cumulative,
   LATENCY_BUCKETS_MS), and ``kind|project|sum_ms``.
 - ``{p}:outcomes``  stream of final outcomes (schemas/stream.py), capped.
+- ``{p}:ops``  hash ``action|kind|project|result`` -> count of operator
+  actions, for ever (``replay|grant|44056|failed``: replayed from failed).
 
 Batching and sending
 - ``{p}:buf:{lane}``  list of ids waiting for a batch, FIFO.
 - ``{p}:lanes``  sorted set lane -> received time of its oldest waiting id.
 - ``{p}:lanes:hold``  hash lane -> until (ms): lanes backing off as a whole.
+- ``{p}:lanes:paused``  hash lane -> JSON (since, actor, note): lanes an
+  operator paused (``grants lanes``); take skips them.
 - ``{p}:batch:{id}``  hash: a taken batch (``members``, ``st``, ``tok`` the
   fencing token, ``att``, ``paid``, ``nbf``, ``rec``, ``err``); the id names
   its lane: ``b17|grant:44056``.
@@ -193,6 +197,14 @@ class Keys:
     @property
     def latency(self) -> str:
         return f"{self.prefix}:latency"
+
+    @property
+    def operator_actions(self) -> str:
+        return f"{self.prefix}:ops"
+
+    @property
+    def paused_lanes(self) -> str:
+        return f"{self.prefix}:lanes:paused"
 
     @property
     def layout(self) -> str:

@@ -15,6 +15,7 @@ from worker.backends.registry import Backends
 from worker.keys import Keys
 from worker.ledger import Ledger
 from worker.logs import Redactor
+from worker.metrics import Meter, NoMeter
 from worker.results import Results
 from worker.sender import Sender
 from worker.settings import Settings
@@ -71,8 +72,13 @@ class Runtime:
         return Results(self.redis, self.keys)
 
     @cached_property
+    def meter(self) -> Meter:
+        """This process's metrics (nothing counted when GRANTS_METRICS_PORT is unset)."""
+        return Meter() if self.settings.metrics_port else NoMeter()
+
+    @cached_property
     def sender(self) -> Sender:
-        return Sender(self.ledger, self.backends, self.settings, self.dispatch)
+        return Sender(self.ledger, self.backends, self.settings, self.dispatch, meter=self.meter)
 
     def record_unusable(self, raw: str | bytes, reason: str, *, source: str) -> str:
         """Record a message nobody can use as a dead letter (raw bytes kept); returns its id."""
@@ -105,7 +111,8 @@ class Runtime:
         return self.take(TAKE_AFTER_INGEST)
 
     def ingested(self, results: list, refused: list) -> None:
-        """Hook for what ingestion just did (the metrics count it)."""
+        """What ingestion just did (counted in the metrics)."""
+        self.meter.ingested(results, len(refused))
 
     def close(self) -> None:
         if "backends" in self.__dict__:

@@ -40,10 +40,11 @@ from redis.exceptions import OutOfMemoryError
 from schemas.kinds import KINDS
 from worker import errors
 from worker.backends.base import Backend, OpResult, ReadsBack
-from worker.backends.registry import Backends
+from worker.backends.registry import Backends, backend_name
 from worker.leases import LeaseKeeper
 from worker.ledger import Ledger
 from worker.logs import Throttle
+from worker.metrics import Meter, NoMeter
 from worker.settings import Settings
 from worker.work import BatchWork, Lane, OnUnknown, Outcome
 
@@ -139,8 +140,10 @@ class Sender:
         settings: Settings,
         dispatch: Callable[[list[str]], None],
         rng: random.Random | None = None,
+        meter: Meter | None = None,
     ):
         self.ledger = ledger
+        self.meter = meter or NoMeter()
         self.backends = backends
         self.settings = settings
         self.dispatch = dispatch
@@ -181,7 +184,14 @@ class Sender:
                     work = self._read_back(backend, work, blog)
                     if not work.ids:
                         return {"batch_id": batch_id, "reconciled": True}
-                answer = self._outcomes(backend, work, list(enumerate(backend.send(lane, work.commands))))
+                started = time.perf_counter()
+                try:
+                    results = backend.send(lane, work.commands)
+                except errors.BackendError as exc:
+                    self.meter.call(backend.name, lane.kind, exc, time.perf_counter() - started, len(work.ids))
+                    raise
+                self.meter.call(backend.name, lane.kind, results, time.perf_counter() - started, len(work.ids))
+                answer = self._outcomes(backend, work, list(enumerate(results)))
         except errors.BackendError as exc:
             answer = exc
         except _Fenced:
@@ -285,6 +295,7 @@ class Sender:
         )
         # A 429 or a wrong endpoint concerns the lane, not this batch: hold it.
         lane_wide = isinstance(exc, (errors.RateLimited, errors.EndpointRefused))
+        self.meter.retry(backend_name(self.settings, work.kind, work.project_id), exc, lane_wide)
         if isinstance(exc, errors.EndpointRefused) and self.throttle(f"endpoint:{work.lane}"):
             blog.error(
                 "lane backing off: the backend endpoint refused the call; check its base URL and "

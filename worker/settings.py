@@ -181,6 +181,8 @@ class Settings(BaseSettings):
     publish_chunk_size: int = Field(1000, ge=1, le=10_000)
 
     # --- Logs.
+    # The worker's /metrics, /livez and /readyz (worker/monitor.py); off when unset.
+    metrics_port: int | None = Field(None, ge=1, le=65535)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 

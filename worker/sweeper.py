@@ -46,6 +46,8 @@ class Sweeper:
         self._lock = runtime.redis.register_script(_RENEW_LOCK)
         self._last_trim = 0.0
         self._last_prune = 0.0
+        # Monotonic times of the last round, and of the last that worked (health).
+        self.alive_at = self.ok_at = time.monotonic()
         self.stopping = threading.Event()
 
     def tick(self) -> dict[str, int] | None:
@@ -84,8 +86,10 @@ class Sweeper:
         """Tick until stopped; Redis outages are logged and waited out."""
         failures = 0
         while not self.stopping.wait(self.tick_s):
+            self.alive_at = time.monotonic()
             try:
                 self.tick()
+                self.ok_at = time.monotonic()
                 failures = 0
             except Exception as exc:  # keep the timer alive whatever one tick hit
                 failures += 1
@@ -108,7 +112,7 @@ class SweeperStep(bootsteps.StartStopStep):
         # A runtime of its own: the main process's sockets are not shared with
         # the pool children.
         runtime = worker.app.grants_runtime()
-        self.sweeper = Sweeper(runtime)
+        self.sweeper = worker.app.grants_sweeper = Sweeper(runtime)
         self.thread = threading.Thread(target=self.sweeper.run, name="grants-sweeper", daemon=True)
         self.thread.start()
         log.info("sweeper started", interval_ms=runtime.settings.sweep_interval_ms)

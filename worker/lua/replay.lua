@@ -37,6 +37,8 @@ for i = 6, #ARGV, 2 do
     local c = claim_get(kind, pid, epid, now)
     if c then c.st = ''; claim_put(kind, pid, epid, c) end
     enqueue(kind, pid, epid, now)
+    -- Operator actions are counted for ever (grants_replays_total).
+    redis.call('HINCRBY', P .. ':ops', 'replay|' .. kind .. '|' .. pid .. '|' .. st, 1)
     out[#out + 1] = 'replayed'
   end
 end

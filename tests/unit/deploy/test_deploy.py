@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import warnings
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,6 @@ COMPOSE = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 README = (ROOT / "README.md").read_text()
 
-# Settings the deploy files may use that are being added to worker/settings.py
-# right now (issue 11). Until they land they are accepted here; one that has
-# landed is simply a setting (test_new_settings_are_tracked warns, so that it
-# can be dropped from this set without a merge breaking the build).
-NEW_SETTINGS = {
-    "GRANTS_METRICS_PORT",
-}
 # Images we build from this repository (the others are stock images).
 OUR_SERVICES = {"worker", "flower", "sandbox"}
 
@@ -41,8 +33,8 @@ def setting_variables() -> set[str]:
 
 
 def known_variables() -> set[str]:
-    """What a deploy file may set: the settings, and those being added."""
-    return setting_variables() | NEW_SETTINGS
+    """What a deploy file may set: the settings."""
+    return setting_variables()
 
 
 def secrets_read_by(env: dict[str, str], secret_dir: str) -> set[str]:
@@ -68,15 +60,6 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 def test_compose_has_the_services():
     assert set(SERVICES) == {"redis", "worker", "flower", "sandbox", "prometheus", "grafana"}
-
-
-def test_new_settings_are_tracked():
-    """A NEW setting that has landed in Settings is no longer new: say so (not
-    fail), so that it gets dropped from NEW_SETTINGS."""
-    landed = NEW_SETTINGS & setting_variables()
-    if landed:
-        warnings.warn(f"in worker/settings.py now, drop from NEW_SETTINGS: {sorted(landed)}")
-    assert all(name.startswith("GRANTS_") and name.isupper() for name in NEW_SETTINGS)
 
 
 def test_redis_never_evicts():

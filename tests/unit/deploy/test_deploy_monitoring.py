@@ -1,6 +1,6 @@
 """The Grafana dashboard, the Prometheus alert rules and scrape config in deploy/.
 
-Every metric they query must be one the worker exports (``METRICS`` below).
+Every metric they query must be one the worker exports (worker/metrics.py).
 The rules are compiled and unit-tested with ``promtool`` when it is on PATH
 (``make venv`` installs Debian's ``prometheus`` package where it can); without
 it they are still parsed and checked here, and the test says so.
@@ -20,6 +20,8 @@ import pytest
 import yaml
 
 from ops.cli import build_parser
+from worker.metrics import METRICS as CONTRACT
+from worker.metrics import SHARED
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
@@ -29,53 +31,10 @@ RULES = yaml.safe_load(RULES_FILE.read_text())
 ALERTS = [rule for group in RULES["groups"] for rule in group["rules"] if "alert" in rule]
 PROMTOOL = shutil.which("promtool")
 
-# The metrics contract (issue 11): name -> type. It must equal what `worker`
-# exports; the worker's engineers will replace this list by an import from the
-# code. Shared-state metrics are exported by the leader only.
-METRICS: dict[str, str] = {
-    # per process
-    "grants_commands_received_total": "counter",
-    "grants_backend_calls_total": "counter",
-    "grants_backend_call_duration_seconds": "histogram",
-    "grants_operations_per_call": "histogram",
-    "grants_retries_total": "counter",
-    "grants_lane_backoffs_total": "counter",
-    # shared state (the leader)
-    "grants_outcomes_total": "counter",
-    "grants_purchase_to_outcome_seconds": "histogram",
-    "grants_replays_total": "counter",
-    "grants_resolutions_total": "counter",
-    "grants_dead_letters_total": "counter",
-    "grants_backlog": "gauge",
-    "grants_oldest_waiting_seconds": "gauge",
-    "grants_batches_in_flight": "gauge",
-    "grants_ingest_lag_entries": "gauge",
-    "grants_ingest_lag_seconds": "gauge",
-    "grants_in_doubt": "gauge",
-    "grants_failed": "gauge",
-    "grants_lane_paused": "gauge",
-    "grants_redis_memory_used_bytes": "gauge",
-    "grants_redis_memory_max_bytes": "gauge",
-    "grants_leader": "gauge",
-}
-SHARED_METRICS = {
-    "grants_outcomes_total",
-    "grants_purchase_to_outcome_seconds",
-    "grants_replays_total",
-    "grants_resolutions_total",
-    "grants_dead_letters_total",
-    "grants_backlog",
-    "grants_oldest_waiting_seconds",
-    "grants_batches_in_flight",
-    "grants_ingest_lag_entries",
-    "grants_ingest_lag_seconds",
-    "grants_in_doubt",
-    "grants_failed",
-    "grants_lane_paused",
-    "grants_redis_memory_used_bytes",
-    "grants_redis_memory_max_bytes",
-    "grants_leader",
-}
+# The metrics contract: what the worker exports (worker/metrics.py); the
+# shared-state ones come from the leader only.
+METRICS: dict[str, str] = CONTRACT
+SHARED_METRICS = set(SHARED)
 # Series Prometheus makes itself.
 PROMETHEUS_SERIES = {"up"}
 JOB = "grants-worker"

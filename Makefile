@@ -7,11 +7,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test unit integration bench chaos clean help
+.PHONY: venv run test lint unit integration bench chaos clean help
 
 help:
 	@echo "make run    - the whole stack on this machine, a sample feed, a report"
-	@echo "make test   - unit and integration tests (private redis-server, real workers)"
+	@echo "make test   - lint, type-check, then unit and integration tests (private redis-server, real workers)"
 	@echo "make bench  - grants bench: 50,000 purchases end to end"
 	@echo "make chaos  - the full chaos run, three times (kills, Redis restarts, faults, outage), then the Redis failover rig"
 	@echo "make clean  - remove the virtualenv and caches"
@@ -55,8 +55,14 @@ lock: venv
 run: venv
 	$(BIN)/grants demo
 
-test: venv
+test: venv lint
 	$(BIN)/python -m pytest -q
+
+# ruff (lint and format) and mypy over everything we ship and test.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy worker producers schemas sandbox ops devstack tests
 
 unit: venv
 	$(BIN)/python -m pytest -q -m "not integration"

@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -47,6 +48,8 @@ def parse_lock(path: Path) -> dict[str, Pin]:
             name, sep, version = requirement.strip().partition("==")
             assert sep and re.fullmatch(r"[\w.!+-]+", version), f"{path.name}: not an exact pin: {raw}"
             current = Pin(canonicalize_name(name), version, marker.strip() or None)
+            if current.marker and not Marker(current.marker).evaluate():
+                continue  # a pin for other Pythons (a universal lock has one per range); its lines follow
             assert current.name not in pins, f"{path.name}: {name} pinned twice"
             pins[current.name] = current
         elif current is not None and line.startswith("--hash="):

@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 
     from worker.settings import Settings
 
+# An in_doubt or failed index larger than this is counted whole, not split
+# by project: reading 10,000 members takes Redis ~2 ms, at every scrape.
+TROUBLE_SPLIT_MAX = 10_000
+
 # The contract (name -> type); deploy/ (dashboard, alerts) may query only
 # these (tests/unit/deploy/test_deploy_monitoring.py).
 PER_PROCESS: dict[str, str] = {
@@ -266,6 +270,15 @@ class LedgerCollector:
         return family
 
     def _now(self) -> Iterator[Any]:
+        (sec, usec) = self.redis.time()
+        now_ms = sec * 1000 + usec // 1000
+        yield from self._waiting(now_ms)
+        yield from self._ingest_lag(now_ms)
+        yield from self._troubles()
+        yield from self._memory()
+
+    def _waiting(self, now_ms: int) -> Iterator[Any]:
+        """Backlog and its age per lane, batches in flight, paused lanes."""
         from prometheus_client.core import GaugeMetricFamily
 
         k = self.keys
@@ -273,15 +286,7 @@ class LedgerCollector:
         pipe.zrange(k.lanes, 0, -1, withscores=True)
         pipe.zrange(k.leases, 0, -1)
         pipe.hkeys(k.paused_lanes)
-        pipe.xlen(k.commands)
-        pipe.xrange(k.commands, count=1)
-        pipe.info("memory")
-        pipe.time()
-        for kind in KINDS:
-            pipe.zrange(k.index(Status.in_doubt.value, kind), 0, -1)
-            pipe.zrange(k.index(Status.failed.value, kind), 0, -1)
-        lanes, leases, paused, entries, first, memory, (sec, usec), *indexes = pipe.execute()
-        now_ms = sec * 1000 + usec // 1000
+        lanes, leases, paused = pipe.execute()
         pipe = self.redis.pipeline(transaction=False)
         for lane, _ in lanes:
             pipe.llen(k.buffer(lane))
@@ -317,23 +322,51 @@ class LedgerCollector:
             paused_family.add_metric([kind, project], 1)
         yield paused_family
 
+    def _ingest_lag(self, now_ms: int) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xlen(self.keys.commands)
+        pipe.xrange(self.keys.commands, count=1)
+        entries, first = pipe.execute()
         # Ingested entries are trimmed: what the stream holds is the lag.
         yield GaugeMetricFamily("grants_ingest_lag_entries", "Stream entries not ingested yet", value=entries)
         lag_s = max(0.0, (now_ms - int(first[0][0].partition("-")[0])) / 1000) if first else 0.0
         yield GaugeMetricFamily("grants_ingest_lag_seconds", "Age of the oldest entry not ingested yet", value=lag_s)
 
-        doubt = GaugeMetricFamily("grants_in_doubt", "Commands in doubt now", labels=["kind", "project"])
-        failed = GaugeMetricFamily("grants_failed", "Commands failed now (replayable)", labels=["kind", "project"])
-        for kind, (doubted, failures) in zip(KINDS, zip(indexes[::2], indexes[1::2], strict=True), strict=True):
-            for family, members in ((doubt, doubted), (failed, failures)):
+    def _troubles(self) -> Iterator[Any]:
+        """In doubt and failed now, per project where the index is small enough to read.
+
+        A count is one ZCARD; splitting it by project reads the index's members,
+        so an index past TROUBLE_SPLIT_MAX (a long outage's failures) is
+        reported whole, under ``project=""``, rather than read at every scrape.
+        """
+        from prometheus_client.core import GaugeMetricFamily
+
+        families = {
+            Status.in_doubt: GaugeMetricFamily("grants_in_doubt", "Commands in doubt now", labels=["kind", "project"]),
+            Status.failed: GaugeMetricFamily(
+                "grants_failed", "Commands failed now (replayable)", labels=["kind", "project"]
+            ),
+        }
+        for status, family in families.items():
+            for kind in KINDS:
+                index = self.keys.index(status.value, kind)
+                size = self.redis.zcard(index)
+                if size > TROUBLE_SPLIT_MAX:
+                    family.add_metric([kind, ""], size)
+                    continue
                 per: dict[str, int] = defaultdict(int)
-                for m in members:
-                    per[m.partition(":")[0]] += 1
+                for member in self.redis.zrange(index, 0, -1) if size else ():
+                    per[member.partition(":")[0]] += 1
                 for project, n in sorted(per.items()):
                     family.add_metric([kind, project], n)
-        yield doubt
-        yield failed
+            yield family
 
+    def _memory(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        memory = self.redis.info("memory")
         yield GaugeMetricFamily("grants_redis_memory_used_bytes", "Redis used_memory", value=memory["used_memory"])
         yield GaugeMetricFamily(
             "grants_redis_memory_max_bytes", "Redis maxmemory (0: no limit)", value=memory.get("maxmemory", 0)

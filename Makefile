@@ -62,7 +62,7 @@ test: venv lint
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy worker producers schemas sandbox ops devstack tests
+	$(BIN)/mypy
 
 unit: venv
 	$(BIN)/python -m pytest -q -m "not integration"

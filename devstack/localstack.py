@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import redis
@@ -34,7 +35,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(check: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll ``check`` until it returns something truthy; raise after ``timeout``."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -462,17 +466,17 @@ class Stack:
     def __enter__(self) -> Stack:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # --- sandbox admin -----------------------------------------------------
 
-    def sandbox_get(self, path: str, **params) -> dict:
+    def sandbox_get(self, path: str, **params: Any) -> dict:
         response = httpx.get(f"{self.sandbox_url}{path}", params=params, timeout=30)
         response.raise_for_status()
         return response.json()
 
-    def sandbox_put(self, path: str, body) -> dict:
+    def sandbox_put(self, path: str, body: Any) -> dict:
         response = httpx.put(f"{self.sandbox_url}{path}", json=body, timeout=30)
         response.raise_for_status()
         return response.json()

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 
 from producers.feed import read_feed
 from producers.progress import Progress
 from producers.publisher import Publisher, PublishFailed
+from schemas.commands import AnyCommand
 from schemas.kinds import GRANT, KINDS, kind
-from worker.settings import UnsafeRedis
+from worker.settings import Settings, UnsafeRedis
 
 
 def kind_name(text: str) -> str:
@@ -21,7 +23,7 @@ def kind_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc).strip('"')) from None
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "publish",
         help="publish purchases from a file of JSON lines or a JSON array",
@@ -44,7 +46,7 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace, settings) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.project_id <= 0:
         print("grants publish: --project-id must be a positive integer", file=sys.stderr)
         return 2
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace, settings) -> int:
         return 2
     invalid = 0
 
-    def valid_commands():
+    def valid_commands() -> Iterator[AnyCommand]:
         nonlocal invalid
         for item in read_feed(stream, args.project_id, args.kind):
             if isinstance(item, list):

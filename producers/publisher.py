@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
+import redis
 import structlog
 from redis.exceptions import OutOfMemoryError, RedisError
 
@@ -67,7 +68,7 @@ def not_replicated(replicas: int, wanted: int, timeout_ms: int) -> str:
 class Publisher:
     """Publishes commands to the workers (thread-safe; one per process is enough)."""
 
-    def __init__(self, settings: Settings, client=None):
+    def __init__(self, settings: Settings, client: redis.Redis | None = None):
         self.settings = settings
         # Patient: a Redis restart (a few seconds with AOF) is ridden out
         # inside the call, ~40 s, before publish raises PublishFailed.
@@ -165,7 +166,9 @@ def final_status(raw: str | None) -> str | None:
     return status if status in _FINAL else None
 
 
-def wait_outcome(client, prefix: str, project_id: int, record_id: str, timeout: float, *, kind: str = GRANT) -> Outcome:
+def wait_outcome(
+    client: redis.Redis, prefix: str, project_id: int, record_id: str, timeout: float, *, kind: str = GRANT
+) -> Outcome:
     """The outcome of one command, from its record if final, else from the
     outcome stream (read from a point taken before the record was looked at,
     so an outcome written in between is not missed)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import orjson
 from pydantic import (
@@ -90,7 +90,7 @@ class _Canonical:
         return orjson.dumps(self.to_message())
 
     @model_validator(mode="after")
-    def _encodable(self):
+    def _encodable(self) -> Self:
         # Anything we cannot encode we cannot store, hash or send: integers
         # beyond 64 bits, lone surrogates. Refuse it here, as invalid input,
         # so it never takes its chunk down with it.

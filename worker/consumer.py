@@ -48,19 +48,19 @@ class GrantsConsumer(Consumer):
         except Exception as exc:  # never let recording break the consumer
             log.error("could not record a dead letter", reason=reason[:300], error=str(exc))
 
-    def on_decode_error(self, message, exc):
+    def on_decode_error(self, message: Any, exc: Exception) -> Any:
         self._dead_letter(message, f"undecodable message ({message.content_type}): {exc}")
         return super().on_decode_error(message, exc)
 
-    def on_unknown_message(self, body, message):
+    def on_unknown_message(self, body: Any, message: Any) -> Any:
         self._dead_letter(message, "not a Celery task message (no task name)")
         return super().on_unknown_message(body, message)
 
-    def on_unknown_task(self, body, message, exc):
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> Any:
         self._dead_letter(message, f"unknown task: {exc}")
         return super().on_unknown_task(body, message, exc)
 
-    def on_invalid_task(self, body, message, exc):
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> Any:
         self._dead_letter(message, f"invalid task message: {exc}")
         return super().on_invalid_task(body, message, exc)
 

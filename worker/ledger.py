@@ -140,7 +140,7 @@ class Ledger:
         lib = _generated_tables() + "\n" + _load_lua("_lib")
         return {n: self.redis.register_script(lib + "\n" + _load_lua(n)) for n in _SCRIPTS}
 
-    def _run(self, name: str, *args) -> list:
+    def _run(self, name: str, *args: Any) -> list:
         return self._scripts[name](args=[self.keys.prefix, self.retention, *args])
 
     def _run_replicated(self, name: str, *args: Any, patience: int = 1) -> tuple[list, bool]:

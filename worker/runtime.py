@@ -10,6 +10,7 @@ from functools import cached_property
 
 import httpx
 import structlog
+from redis import Redis
 
 from worker.backends.registry import Backends
 from worker.keys import Keys
@@ -44,11 +45,11 @@ class Runtime:
         self._transport = transport
 
     @cached_property
-    def redis(self):
+    def redis(self) -> Redis:
         return self.settings.redis_client()
 
     @cached_property
-    def redis_bytes(self):
+    def redis_bytes(self) -> Redis:
         """A client that returns bytes: stream entries may hold anything."""
         return self.settings.redis_client(decode=False)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from typing import Any
 
 import structlog
 from celery import bootsteps
@@ -103,12 +104,12 @@ class SweeperStep(bootsteps.StartStopStep):
 
     requires = {"celery.worker.components:Pool"}  # noqa: RUF012 (Celery's bootstep API)
 
-    def __init__(self, worker, **kwargs):
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self.sweeper: Sweeper | None = None
         self.thread: threading.Thread | None = None
 
-    def start(self, worker):
+    def start(self, worker: Any) -> None:
         # A runtime of its own: the main process's sockets are not shared with
         # the pool children.
         runtime = worker.app.grants_runtime()
@@ -117,7 +118,7 @@ class SweeperStep(bootsteps.StartStopStep):
         self.thread.start()
         log.info("sweeper started", interval_ms=runtime.settings.sweep_interval_ms)
 
-    def stop(self, worker):
+    def stop(self, worker: Any) -> None:
         if self.sweeper is not None:
             self.sweeper.stopping.set()
         if self.thread is not None:

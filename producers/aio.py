@@ -9,26 +9,21 @@ from collections.abc import Callable, Iterable
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from producers.publisher import APPEND_MANY, PublishFailed, describe, final_status, log, not_replicated, scan_outcomes
+from producers.publisher import APPEND_MANY, PublisherBase, PublishFailed, describe, final_status, log, scan_outcomes
 from schemas.commands import AnyCommand
 from schemas.kinds import GRANT, KINDS
 from schemas.records import record_key
-from schemas.stream import COMMAND_FIELD, Outcome, command_stream, outcome_stream
+from schemas.stream import COMMAND_FIELD, Outcome, outcome_stream
 from worker.settings import Settings, check_eviction_async
 
 
-class AsyncPublisher:
+class AsyncPublisher(PublisherBase):
     """Publishes commands from asyncio code; ``await publish(command)``."""
 
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None):
-        self.settings = settings
+        super().__init__(settings)
         # The same Redis (or sentinels) as the sync publisher, as patient.
         self.redis = client or settings.redis_client_async()
-        self.stream = command_stream(settings.key_prefix)
-        self.pipeline_size = settings.publish_chunk_size
-        self.min_replicas = settings.redis_min_replicas
-        self.replica_timeout_ms = settings.redis_replica_timeout_ms
-        self._checked = False
 
     async def _check_redis(self) -> None:
         warning = await check_eviction_async(self.redis, allow=self.settings.redis_allow_eviction)
@@ -52,10 +47,6 @@ class AsyncPublisher:
             raise PublishFailed(describe(exc), 0) from exc
         self._replicated(replicas, 0)
         return entry_id
-
-    def _replicated(self, replicas: int, published: int) -> None:
-        if int(replicas) < self.min_replicas:
-            raise PublishFailed(not_replicated(replicas, self.min_replicas, self.replica_timeout_ms), published)
 
     async def publish_many(
         self, commands: Iterable[AnyCommand], on_progress: Callable[[int], None] | None = None

@@ -104,14 +104,17 @@ def read_feed(stream: IO[str], project_id: int, kind: str = "grant") -> Iterator
                 raw = stream.readline(MAX_LINE_BYTES)
             yield [FeedError(line_no, "(line)", f"longer than {MAX_LINE_BYTES} bytes")]
             continue
-        if not raw.strip():
-            continue
-        try:
-            obj = loads_exact(raw)
-        except ValueError as exc:
-            yield [FeedError(line_no, "(json)", f"invalid JSON: {exc}")]
-            continue
-        yield validate(obj, project_id, line_no, kind)
+        if raw.strip():
+            yield _parse(raw, project_id, line_no, kind)
+
+
+def _parse(text: str, project_id: int, line_no: int, kind: str) -> Any:
+    """One element of a feed, decoded and validated (or its errors)."""
+    try:
+        obj = loads_exact(text)
+    except ValueError as exc:
+        return [FeedError(line_no, "(json)", f"invalid JSON: {exc}")]
+    return validate(obj, project_id, line_no, kind)
 
 
 def _chain(head: list[str], lines: Iterator[str]) -> Iterator[str]:
@@ -131,11 +134,6 @@ def _array(text: str, project_id: int, kind: str = "grant") -> Iterator[Any]:
             if len(element) > MAX_LINE_BYTES:  # as a JSON line of that size would be
                 yield [FeedError(first, "(operation)", f"longer than {MAX_LINE_BYTES} bytes")]
                 continue
-            try:
-                obj = loads_exact(element)
-            except ValueError as exc:
-                yield [FeedError(first, "(json)", f"invalid JSON: {exc}")]
-                continue
-            yield validate(obj, project_id, first, kind)
+            yield _parse(element, project_id, first, kind)
     except ValueError as exc:  # the array itself is broken: nothing more to read
         yield [FeedError(text.count("\n") + 1, "(json)", str(exc))]

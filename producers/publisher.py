@@ -65,20 +65,31 @@ def not_replicated(replicas: int, wanted: int, timeout_ms: int) -> str:
     )
 
 
-class Publisher:
-    """Publishes commands to the workers (thread-safe; one per process is enough)."""
+class PublisherBase:
+    """What the sync and the asyncio publisher share: where and how they publish."""
 
-    def __init__(self, settings: Settings, client: redis.Redis | None = None):
+    def __init__(self, settings: Settings):
         self.settings = settings
-        # Patient: a Redis restart (a few seconds with AOF) is ridden out
-        # inside the call, ~40 s, before publish raises PublishFailed.
-        self.redis = client or settings.redis_client()
         self.stream = command_stream(settings.key_prefix)
         self.pipeline_size = settings.publish_chunk_size
-        self._append_many = self.redis.register_script(APPEND_MANY)
         self.min_replicas = settings.redis_min_replicas
         self.replica_timeout_ms = settings.redis_replica_timeout_ms
         self._checked = False
+
+    def _replicated(self, replicas: int, published: int) -> None:
+        if int(replicas) < self.min_replicas:
+            raise PublishFailed(not_replicated(replicas, self.min_replicas, self.replica_timeout_ms), published)
+
+
+class Publisher(PublisherBase):
+    """Publishes commands to the workers (thread-safe; one per process is enough)."""
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None):
+        super().__init__(settings)
+        # Patient: a Redis restart (a few seconds with AOF) is ridden out
+        # inside the call, ~40 s, before publish raises PublishFailed.
+        self.redis = client or settings.redis_client()
+        self._append_many = self.redis.register_script(APPEND_MANY)
 
     def _check_redis(self) -> None:
         """Once, before the first publish: a Redis that may evict keys is
@@ -109,10 +120,6 @@ class Publisher:
             raise PublishFailed(describe(exc), 0) from exc
         self._replicated(replicas, 0)
         return entry_id
-
-    def _replicated(self, replicas: int, published: int) -> None:
-        if int(replicas) < self.min_replicas:
-            raise PublishFailed(not_replicated(replicas, self.min_replicas, self.replica_timeout_ms), published)
 
     def publish_many(self, commands: Iterable[AnyCommand], on_progress: Callable[[int], None] | None = None) -> int:
         """Publish commands in order, ``GRANTS_PUBLISH_CHUNK_SIZE`` per round trip; returns how many."""

@@ -122,7 +122,9 @@ def inventory_report(settings, results: Results, backends: Backends, project_id:
     else:
         report["sources"].append({"backend": "xsolla", "read": None, "note": NO_INVENTORY_READ})
     wants_backpack = any(KINDS[r["kind"]].family == "backpack" for r in doubts)
-    if wants_backpack or settings.backpack_token.get_secret_value():
+    # Backpack belongs to Xsolla projects: read when one is configured, or
+    # whenever the user has Backpack operations in doubt.
+    if wants_backpack or (inventory_backend == "xsolla" and settings.backpack_token.get_secret_value()):
         source = {"backend": "backpack", "read": "GET .../users/{user}/items"}
         try:
             source["items"] = backends.backpack.list_items(project_id, user)

@@ -19,7 +19,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from schemas.commands import MODELS
+from schemas.commands import GrantCommand
 from schemas.kinds import BACKPACK_DELETE, GRANT, KINDS, PLAYFAB_DELETE
 from schemas.records import Status
 from worker import errors
@@ -86,8 +86,8 @@ def playfab_seen(record: dict[str, Any], inventory: list[dict[str, Any]]) -> str
     """Whether a PlayFab inventory shows an in_doubt command's effect."""
     kind, rid = record["kind"], _record_id(record)
     if kind == GRANT:
-        command = MODELS[GRANT].model_validate({**record["command"], "project_id": record["project_id"]})
-        expected = Counter(g["ItemId"] for g in item_grants(command))  # type: ignore[arg-type]
+        command = GrantCommand.model_validate({**record["command"], "project_id": record["project_id"]})
+        expected = Counter(g["ItemId"] for g in item_grants(command))
         have = Counter(i.get("ItemId") for i in inventory if i.get("Annotation") == rid)
         if not have:
             return f"not seen: no instance annotated {rid}"

@@ -174,3 +174,24 @@ def test_bulk_selection_by_replays_filters(ledger, results, resolver):
     assert results.get(7, "b1")["status"] == "in_doubt"
     with pytest.raises(ValueError):
         rs.resolve(resolver, chosen, finding="maybe", kind="grant", actor="ana")
+
+
+def test_a_refund_that_came_while_in_doubt_follows_the_resolution(ledger, results, resolver):
+    ingest(ledger, ["rg", "rf"], user="u-9")
+    send(ledger, {"rg": "in_doubt", "rf": "in_doubt"})
+    refunds = ledger.ingest(
+        [Arrival(RevokeCommand(project_id=1, external_purchase_id=i), 1, f"r:{i}") for i in ("rg", "rf")]
+    )
+    assert [r.result for r in refunds] == ["in_doubt", "in_doubt"]
+    rs.resolve(resolver, [(1, "rg")], finding="granted", kind="grant", actor="ana")
+    rs.resolve(resolver, [(1, "rf")], finding="failed", kind="grant", actor="ana")
+    # Resolved granted: the refund is sent now, with what the purchase granted.
+    assert results.get(1, "rg")["revoke"]["status"] == "pending"
+    (bid,) = ledger.take(max_batches=1, **TAKE)
+    work = ledger.begin(bid, "rv", lease_ms=5000, on_unknown=OnUnknown.doubt)
+    assert work.kind == "revoke" and work.ids == ["rg"]
+    assert work.commands[0].refund == {"user": {"id": "u-9"}, "items": [{"sku": "gem.pack", "quantity": 1}]}
+    # Resolved failed: nothing to revoke.
+    revoke = results.get(1, "rf")["revoke"]
+    assert revoke["status"] == "noop" and "resolved failed by ana" in revoke["error"]
+    assert ledger.replay([(1, "rf")], actor="ana", allow_in_doubt=False) == ["refunded"]

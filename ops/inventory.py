@@ -23,7 +23,7 @@ from schemas.commands import GrantCommand
 from schemas.kinds import BACKPACK_DELETE, GRANT, KINDS, PLAYFAB_DELETE
 from schemas.records import Status
 from worker import errors
-from worker.backends.playfab import PlayFab, item_grants
+from worker.backends.playfab import PlayFab, item_grants, playfab_extras
 from worker.backends.registry import Backends, backend_name
 from worker.backends.xsolla import NO_INVENTORY_READ
 from worker.keys import Keys
@@ -89,6 +89,8 @@ def playfab_seen(record: dict[str, Any], inventory: list[dict[str, Any]]) -> str
         command = GrantCommand.model_validate({**record["command"], "project_id": record["project_id"]})
         expected = Counter(g["ItemId"] for g in item_grants(command))
         have = Counter(i.get("ItemId") for i in inventory if i.get("Annotation") == rid)
+        if playfab_extras(command).get("CharacterId"):
+            return "a character's grant: not in the player's inventory read; the match is the operator's"
         if not have:
             return f"not seen: no instance annotated {rid}"
         if have == expected:

@@ -37,6 +37,7 @@ import structlog
 
 from schemas.commands import MODELS, GrantCommand, from_stored
 from schemas.kinds import GRANT, KINDS
+from schemas.playfab import GetUserInventoryResult
 from schemas.records import Status, parse_record
 from worker import errors
 from worker.backends.playfab import PlayFab, item_grants
@@ -113,6 +114,8 @@ class Resolver:
         self.ledger = ledger
         self.results = results
         self.backends = backends
+        # Inventories read while planning (PlayFab), by (project, user).
+        self._read: dict[tuple[int, str], GetUserInventoryResult] = {}
 
     @cached_property
     def _script(self) -> Any:
@@ -148,7 +151,7 @@ class Resolver:
         if kind == GRANT and isinstance(backend, PlayFab) and isinstance(command, GrantCommand):
             # The instances our grant annotated are what a revoke takes back:
             # read them now, so the refund data is the truth.
-            instances = backend.purchase_instances(command.user_id, record_id)
+            instances = self._instances(backend, project_id, command.user_id, record_id)
             if not instances:
                 return Planned(
                     project_id,
@@ -176,8 +179,21 @@ class Resolver:
             answer=orjson.dumps(answer).decode() if evidence else "",
         )
 
+    def _instances(self, backend: PlayFab, project_id: int, user: str, record_id: str) -> list[dict[str, Any]]:
+        """The user's instances annotated ``record_id``; one inventory read
+        per user and project within a plan (a bulk resolve of one player's
+        purchases reads once)."""
+        key = (project_id, user)
+        if key not in self._read:
+            self._read[key] = backend.get_user_inventory(user)
+        return backend.purchase_instances(user, record_id, self._read[key])
+
     def plan(self, targets: Iterable[tuple[int, str]], *, kind: str, finding: str) -> list[Planned]:
-        return [self.plan_one(pid, rid, kind=kind, finding=finding) for pid, rid in targets]
+        self._read = {}
+        try:
+            return [self.plan_one(pid, rid, kind=kind, finding=finding) for pid, rid in targets]
+        finally:
+            self._read = {}
 
     # --- writing ------------------------------------------------------------
 

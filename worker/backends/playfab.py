@@ -258,11 +258,15 @@ class PlayFab:
         except ValidationError as exc:
             raise errors.OutcomeUnknown(f"{what}: an answer not as documented ({exc.error_count()} problems)") from None
 
-    def purchase_instances(self, playfab_id: str, purchase_id: str) -> list[dict[str, Any]]:
+    def purchase_instances(
+        self, playfab_id: str, purchase_id: str, inventory: GetUserInventoryResult | None = None
+    ) -> list[dict[str, Any]]:
         """The player's instances annotated with ``purchase_id`` (what our
         grants write), as GrantItemsToUsers reports granted instances
-        (``PlayFabId``, ``Result: true``): what a revoke of them needs."""
-        inventory = self.get_user_inventory(playfab_id)
+        (``PlayFabId``, ``Result: true``): what a revoke of them needs. Reads
+        the inventory unless given one read already."""
+        if inventory is None:
+            inventory = self.get_user_inventory(playfab_id)
         return [
             {**i.model_dump(exclude_none=True), "PlayFabId": playfab_id, "Result": True}
             for i in inventory.Inventory

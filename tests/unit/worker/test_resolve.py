@@ -195,3 +195,25 @@ def test_a_refund_that_came_while_in_doubt_follows_the_resolution(ledger, result
     revoke = results.get(1, "rf")["revoke"]
     assert revoke["status"] == "noop" and "resolved failed by ana" in revoke["error"]
     assert ledger.replay([(1, "rf")], actor="ana", allow_in_doubt=False) == ["refunded"]
+
+
+def test_resolutions_are_exported_as_grants_resolutions_total(ledger, results, resolver, redis_client):
+    from worker.metrics import LedgerCollector
+
+    client, keys = redis_client
+    ingest(ledger, ["m1", "m2"], project=3)
+    send(ledger, {"m1": "in_doubt", "m2": "in_doubt"}, project=3)
+
+    def scrape() -> dict:
+        return {f.name: f for f in LedgerCollector(client, keys, Settings(), lambda: True).collect()}
+
+    def in_doubt(families: dict) -> float:
+        return sum(s.value for s in families["grants_in_doubt"].samples if s.labels.get("project") == "3")
+
+    assert in_doubt(scrape()) == 2
+    rs.resolve(resolver, [(3, "m1")], finding="granted", kind="grant", actor="ana")
+    rs.resolve(resolver, [(3, "m2")], finding="failed", kind="grant", actor="ana")
+    families = scrape()
+    samples = {(s.labels["project"], s.labels["as_status"]): s.value for s in families["grants_resolutions"].samples}
+    assert samples[("3", "granted")] == 1 and samples[("3", "failed")] == 1
+    assert in_doubt(families) == 0

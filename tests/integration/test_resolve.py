@@ -225,3 +225,21 @@ def test_resolve_as_a_celery_task(pf, results):
     assert h["by"] == "flower-ops" and h["note"] == "seen in Game Manager"
     metrics = connect(pf.redis.url).hgetall(Keys().operator_actions)
     assert int(metrics[f"resolve|grant|{PF}|granted"]) >= 1
+
+
+def test_resolve_through_flowers_task_api(pf, results):
+    user = PLAYERS[4]
+    make_in_doubt(pf, results, "res-flower", user, applied=False)
+    if pf.flower is None:
+        pf.start_flower()
+    body = {"kwargs": {"as_status": "failed", "actor": "flower-bo", "purchase_ids": ["res-flower"], "project_id": PF}}
+    answer = httpx.post(
+        f"http://127.0.0.1:{pf.flower_port}/api/task/async-apply/grants.resolve",
+        json=body,
+        auth=pf.flower_auth,
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    wait_until(lambda: results.get(PF, "res-flower")["status"] == "failed", 20, "the resolution", interval=0.1)
+    (h,) = results.get(PF, "res-flower")["history"]
+    assert h["by"] == "flower-bo" and h["as"] == "failed"

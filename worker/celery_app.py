@@ -10,7 +10,7 @@ import structlog
 from celery import Celery, signals
 from kombu import Queue
 
-from worker import logs, monitor, tasks
+from worker import logs, monitor, resolve, tasks
 from worker.broker import ON_UNUSABLE
 from worker.gc_tuning import tune_gc
 from worker.ingest import IngestStep
@@ -115,6 +115,7 @@ def create_app(settings: Settings) -> GrantsCelery:
     )
     app.task(name=tasks.SEND_BATCHES, bind=True, queue=tasks.SEND_QUEUE)(tasks.send_batches)
     app.task(name=tasks.REPLAY, bind=True, queue=tasks.OPS_QUEUE)(tasks.replay)
+    app.task(name=resolve.RESOLVE, bind=True, queue=tasks.OPS_QUEUE)(resolve.resolve_task)
     app.steps["worker"].add(SweeperStep)
     app.steps["worker"].add(IngestStep)
     app.steps["worker"].add(monitor.MonitorStep)

@@ -34,7 +34,10 @@ Records and claims
   LATENCY_BUCKETS_MS), and ``kind|project|sum_ms``.
 - ``{p}:outcomes``  stream of final outcomes (schemas/stream.py), capped.
 - ``{p}:ops``  hash ``action|kind|project|result`` -> count of operator
-  actions, for ever (``replay|grant|44056|failed``: replayed from failed).
+  actions, for ever (``replay|grant|44056|failed``: replayed from failed;
+  ``resolve|grant|44056|granted``: an in_doubt command an operator resolved
+  as granted, worker/lua/resolve.lua; the record's ``hist`` says who, when
+  and why).
 
 Batching and sending
 - ``{p}:buf:{lane}``  list of ids waiting for a batch, FIFO.

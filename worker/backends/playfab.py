@@ -37,6 +37,7 @@ from schemas.playfab import (
     RETRYABLE_ERROR_CODES,
     AccountNotFound,
     CatalogNotConfigured,
+    GetUserInventoryResult,
     GrantItemsToUsersRequest,
     ItemGrant,
     ProductDisabledForTitle,
@@ -243,6 +244,34 @@ class PlayFab:
             else:
                 out.append(OpResult("in_doubt", error=f"inventory shows {dict(have)} of {dict(expected)}"))
         return out
+
+    # --- reads (operators: grants inventory, grants resolve) -----------------
+
+    def get_user_inventory(self, playfab_id: str) -> GetUserInventoryResult:
+        """Admin/GetUserInventory: the player's own (not characters') item
+        instances and virtual currency. Raises worker.errors on failure, and
+        OutcomeUnknown for an answer not as documented."""
+        what = f"POST Admin/GetUserInventory ({playfab_id})"
+        data = self._call("GetUserInventory", {"PlayFabId": playfab_id})
+        try:
+            return GetUserInventoryResult.model_validate(data)
+        except ValidationError as exc:
+            raise errors.OutcomeUnknown(f"{what}: an answer not as documented ({exc.error_count()} problems)") from None
+
+    def purchase_instances(
+        self, playfab_id: str, purchase_id: str, inventory: GetUserInventoryResult | None = None
+    ) -> list[dict[str, Any]]:
+        """The player's instances annotated with ``purchase_id`` (what our
+        grants write), as GrantItemsToUsers reports granted instances
+        (``PlayFabId``, ``Result: true``): what a revoke of them needs. Reads
+        the inventory unless given one read already."""
+        if inventory is None:
+            inventory = self.get_user_inventory(playfab_id)
+        return [
+            {**i.model_dump(exclude_none=True), "PlayFabId": playfab_id, "Result": True}
+            for i in inventory.Inventory
+            if i.Annotation == purchase_id
+        ]
 
     def refund_data(self, kind: str, command: Sendable, response: Any) -> dict[str, Any] | None:
         """A grant's revoke takes back the item instances it created."""

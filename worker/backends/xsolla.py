@@ -28,6 +28,14 @@ from worker.work import Lane, OnUnknown, RevokeOrder, Sendable
 
 _PATHS = {"grant": "purchase", "revoke": "revoke"}
 
+# What `grants inventory` says for a project on Xsolla's inventory API.
+NO_INVENTORY_READ = (
+    "Xsolla's inventory API has no server-side read of a user's inventory: its \"Get user's inventory\" "
+    "is a game-client method, authorized by the player's Xsolla Login JWT or a Pay Station access token, "
+    "not by the merchant's API key this service holds. Check the user's inventory in Publisher Account "
+    "(or from the game client), then record what you found with `grants resolve`."
+)
+
 
 def operation(command: Sendable) -> dict[str, Any]:
     """The API operation one command sends."""

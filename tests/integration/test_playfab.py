@@ -87,6 +87,16 @@ def test_a_read_timeout_is_reconciled_from_the_inventory_not_doubted_or_doubled(
     assert counts(pf)["counts"]["pf-hang"] == 1  # applied once: not resent
     annotated = [i for i in inventory(pf, "PF-BO")["Inventory"] if i.get("Annotation") == "pf-hang"]
     assert len(annotated) == 2
+    # What the read-back found is what a refund takes back.
+    Publisher(settings_for(pf)).publish(RevokeCommand(project_id=PF, external_purchase_id="pf-hang", comment="Refund"))
+    wait_until(
+        lambda: results.get(PF, "pf-hang").get("revoke", {}).get("status") not in (None, "pending", "sending"),
+        20,
+        "the revoke's outcome",
+        interval=0.1,
+    )
+    assert results.get(PF, "pf-hang")["revoke"]["status"] == "revoked", results.get(PF, "pf-hang")["revoke"]
+    assert [i for i in inventory(pf, "PF-BO")["Inventory"] if i.get("Annotation") == "pf-hang"] == []
 
 
 def test_unknown_account_rejects_that_users_grants_only(pf, results):

@@ -234,7 +234,13 @@ class PlayFab:
                 # absence proves nothing, so the outcome stays unknown.
                 out.append(OpResult("in_doubt", error="answer lost; a character's grant cannot be read back"))
                 continue
-            found = [i for i in inventories[c.user_id] if i.get("Annotation") == c.external_purchase_id]
+            # Shaped as GrantItemsToUsers reports granted instances (owner,
+            # Result): what the grant's refund data and a revoke are made of.
+            found = [
+                {**i, "PlayFabId": c.user_id, "Result": True}
+                for i in inventories[c.user_id]
+                if i.get("Annotation") == c.external_purchase_id
+            ]
             expected = Counter((g["ItemId"]) for g in item_grants(c))
             have = Counter(i.get("ItemId") for i in found)
             if not found:

@@ -265,7 +265,11 @@ def from_stored(
         return None
     if "kind" in body and "project_id" in body:
         return body
-    body = {**{k: v for k, v in (refund or {}).items() if k not in body}, **body}
+    # Only what stored(refund) left out comes back from the refund data: a
+    # field of the command. The rest of it (PlayFab's granted instances) is
+    # for the revoke, not part of the grant.
+    fields = PurchaseOperation.model_fields if kind == GRANT else MODELS[kind].model_fields
+    body = {**{k: v for k, v in (refund or {}).items() if k in fields and k not in body}, **body}
     message: dict[str, Any] = {"kind": kind, "project_id": int(project_id)}
     if kind == GRANT:
         purchase = {**(body.get("purchase") or {}), "external_purchase_id": record_id}

@@ -166,3 +166,23 @@ def test_every_kind_in_the_table_has_its_model_and_the_model_its_name():
     assert set(MODELS) == set(KINDS)
     for name, model in MODELS.items():
         assert model.model_fields["kind"].default == name
+
+
+@pytest.mark.parametrize(
+    "refund",
+    [
+        None,
+        # Xsolla: the revoke's user and items, left out of the stored grant.
+        {"user": {"id": "player-ana"}, "items": [{"sku": "gem.pack.100", "quantity": 1}]},
+        # PlayFab: the instances a revoke takes back; not part of the grant.
+        {"instances": [{"PlayFabId": "PF-ANA", "ItemInstanceId": "i-1"}]},
+    ],
+)
+def test_a_stored_grant_comes_back_as_it_was_published(refund):
+    from schemas.commands import command_from_stored
+    from tests.helpers import command
+
+    original = command(44056, "p-1", user="player-ana", sku="gem.pack.100")
+    again = command_from_stored("grant", 44056, "p-1", original.stored(refund), refund)
+    assert again == original
+    assert "instances" not in again.model_dump()["operation"]

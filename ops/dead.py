@@ -61,18 +61,21 @@ def run_list(args: argparse.Namespace, settings) -> int:
         print(json.dumps(letters, indent=2, ensure_ascii=False))
         print(showing(len(letters), total, "dead letters"), file=sys.stderr)
         return 0
-    rows, any_cut = [], False
+    rows: list[tuple] = []
+    first_cut = None
     for d in letters:
         reason, was_cut = (d["reason"] or "", False) if args.wide else cut(d["reason"], REASON_WIDTH)
-        any_cut |= was_cut
+        if was_cut and first_cut is None:
+            first_cut = d["id"]
         size = f"{d['raw_size']:,}" + ("+" if d["raw_truncated"] else "")
         rows.append((d["id"], d["received_at"] or "", d["source"] or "", d["external_purchase_id"] or "", size, reason))
     for line in table(("ID", "RECEIVED", "SOURCE", "PURCHASE_ID", "BYTES", "REASON"), rows, right={4}):
         print(line)
     print(showing(len(letters), total, "dead letters"), file=sys.stderr)
-    if any_cut:
+    if first_cut is not None:
         print(
-            f"reasons cut to {REASON_WIDTH} characters (…): `grants dead show ID` shows one whole, --wide all",
+            f"reasons cut to {REASON_WIDTH} characters (…): see one whole with `grants dead show {first_cut}`, "
+            "all with --wide",
             file=sys.stderr,
         )
     return 0

@@ -13,7 +13,7 @@ from schemas.kinds import GRANT, KINDS
 from schemas.records import Status
 from schemas.stream import LEGACY_INGEST_QUEUE
 from worker.keys import Keys
-from worker.results import Results
+from worker.results import DEAD_LETTERS, Results
 from worker.settings import connect
 from worker.tasks import OPS_QUEUE, SEND_QUEUE
 
@@ -121,11 +121,13 @@ def run_list(args, settings) -> int:
         print(showing(len(records), total, noun), file=sys.stderr)
         return 0
     identity = "ID" if Status.dead in wanted else KINDS[args.kind].identity.upper()
-    rows, any_cut = [], False
+    rows: list[tuple] = []
+    first_cut: dict[str, Any] | None = None
     for r in records:
         reason = r.get("error") or r.get("reason") or ""
         shown, was_cut = (reason, False) if args.wide else cut(reason, REASON_WIDTH)
-        any_cut |= was_cut
+        if was_cut and first_cut is None:
+            first_cut = r
         rows.append(
             (
                 "" if r.get("project_id") is None else r["project_id"],
@@ -140,11 +142,15 @@ def run_list(args, settings) -> int:
     for line in table(("PROJECT", identity, "STATUS", "ATTEMPTS", "SPLITS", "WHEN", "REASON"), rows, right={0, 3, 4}):
         print(line)
     print(showing(len(records), total, noun), file=sys.stderr)
-    if any_cut:
+    if first_cut is not None:
+        if first_cut.get("status") == Status.dead.value:
+            whole = f"grants dead show {first_cut.get('id')}"
+        else:
+            name = first_cut.get("external_purchase_id") or first_cut.get("operation_id")
+            whole = f"grants results get {name} --project-id {first_cut.get('project_id')}"
+            whole += "" if args.kind == GRANT else f" --kind {args.kind}"
         print(
-            f"reasons cut to {REASON_WIDTH} characters (…): one whole with `grants results get ID --project-id P"
-            + ("" if args.kind == GRANT else f" --kind {args.kind}")
-            + "`, all whole with --wide or --json",
+            f"reasons cut to {REASON_WIDTH} characters (…): see one whole with `{whole}`, all with --wide or --json",
             file=sys.stderr,
         )
     return 0
@@ -184,26 +190,29 @@ def stats_lines(stats: dict[str, Any]) -> list[str]:
     oldest = stats["oldest_waiting_age_s"]
     lane = f" ({stats['oldest_waiting_lane']})" if stats.get("oldest_waiting_lane") else ""
     out.append("")
-    out.append(
-        f"backlog: {stats['backlog']:,} not finished ({stats['waiting']:,} waiting to be sent); "
-        f"oldest waiting {oldest:,.1f} s{lane}"
-    )
+    age = f"oldest waiting {oldest:,.1f} s{lane}" if stats["backlog"] else "nothing waiting"
+    out.append(f"backlog: {stats['backlog']:,} not finished ({stats['waiting']:,} waiting to be sent); {age}")
     out.append(
         f"batches in flight: {stats['batches_in_flight']:,} ({stats.get('batches_backing_off', 0):,} backing off)"
     )
     rates = stats.get("per_minute") or {}
     if rates:
         parts = [
-            f"{kind} {status} {n:,.0f}" for kind, per in sorted(rates.items()) for status, n in sorted(per.items())
+            f"dead letters {n:,.0f}" if kind == DEAD_LETTERS else f"{kind} {status} {n:,.0f}"
+            for kind, per in sorted(rates.items())
+            for status, n in sorted(per.items())
         ]
         out.append(f"outcomes per minute (last minute): {', '.join(parts)}")
     else:
         out.append("outcomes per minute (last minute): none")
     paused = stats.get("paused_lanes") or []
     if paused:
+        # Lanes paused together (a project's every kind) on one line.
+        together: dict[tuple[str, str, str], list[str]] = {}
         for p in paused:
-            note = f": {p['note']}" if p.get("note") else ""
-            out.append(f"paused: {p['lane']} since {p['since']} by {p['actor']}{note}")
+            together.setdefault((p["since"] or "", p["actor"] or "", p["note"] or ""), []).append(p["lane"])
+        for (since, actor, note), names in together.items():
+            out.append(f"paused: {', '.join(names)} since {since} by {actor}" + (f": {note}" if note else ""))
     else:
         out.append("paused lanes: none")
     queued = stats.get("queued_messages")

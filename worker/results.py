@@ -30,6 +30,8 @@ _TIME_FIELDS = {
 # of the newest outcomes (a bounded read, ~100 bytes each, however busy).
 RATE_WINDOW_MS = 60_000
 RATE_SAMPLE = 5_000
+# Where dead letters are counted among the rates (they have no kind).
+DEAD_LETTERS = "dead_letters"
 
 # Statuses counted in {p}:totals only (no index per command): listed off the
 # outcome stream.
@@ -467,7 +469,10 @@ class Results:
         for _, f in entries:
             if project_id is not None and f.get("project_id") != str(project_id):
                 continue
-            if f.get("status") == Status.dead.value and project_id is not None:
+            if f.get("status") == Status.dead.value:
+                if project_id is None:  # a dead letter belongs to no project, nor kind
+                    per.setdefault(DEAD_LETTERS, {})
+                    per[DEAD_LETTERS]["dead"] = per[DEAD_LETTERS].get("dead", 0) + 1
                 continue
             kind = f.get("kind") or GRANT
             status = f.get("status") or "?"

@@ -42,6 +42,7 @@ def add_parser(sub) -> None:
     pg.add_argument("letter_ids", metavar="ID", nargs="*", help="the ids to delete")
     pg.add_argument("--all", action="store_true", help="every dead letter")
     pg.add_argument("--yes", action="store_true", help="really delete (without it: say what would go)")
+    pg.add_argument("--json", action="store_true", help="print the result as JSON")
     pg.set_defaults(run=run_purge)
 
 
@@ -118,14 +119,21 @@ def run_purge(args: argparse.Namespace, settings) -> int:
     dead = _dead(settings)
     if not args.yes:
         n = dead.count() if args.all else sum(dead.get(i) is not None for i in args.letter_ids)
-        print(f"would delete {n} dead letter(s); nothing changed. Run again with --yes to delete them.")
+        if args.json:
+            print(json.dumps({"deleted": 0, "would_delete": n}))
+        else:
+            print(f"would delete {n} dead letter(s); nothing changed. Run again with --yes to delete them.")
         return 0
     if args.all:
-        print(f"deleted {dead.purge_all()} dead letter(s)")
+        n = dead.purge_all()
+        print(json.dumps({"deleted": n}) if args.json else f"deleted {n} dead letter(s)")
         return 0
     found = dead.purge(args.letter_ids)
     missing = [i for i, ok in zip(args.letter_ids, found, strict=True) if not ok]
-    print(f"deleted {sum(found)} dead letter(s)")
+    if args.json:
+        print(json.dumps({"deleted": sum(found), "not_found": missing}))
+    else:
+        print(f"deleted {sum(found)} dead letter(s)")
     if missing:
         print(f"not found: {', '.join(missing)}", file=sys.stderr)
         return 1

@@ -180,9 +180,12 @@ def stats_lines(stats: dict[str, Any]) -> list[str]:
     order: list[str] = []
     for kind in KINDS.values():
         order += [s.value for s in kind.statuses if s.value not in order]
+    one_project = stats.get("project_id") is not None
     rows = []
     for status in order:
-        cells = [f"{by_kind[k][status]:,}" if status in by_kind[k] else "-" for k in KINDS]
+        # (A dead letter belongs to no project.)
+        applies = [status in by_kind[k] and not (one_project and status == Status.dead.value) for k in KINDS]
+        cells = [f"{by_kind[k][status]:,}" if ok else "-" for k, ok in zip(KINDS, applies, strict=True)]
         rows.append((status, *cells))
     scope = f"project {stats['project_id']}" if stats.get("project_id") is not None else "all projects"
     out = [f"commands by status ({scope}; granted and revoked: ever, the others: now)"]

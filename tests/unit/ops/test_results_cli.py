@@ -86,6 +86,9 @@ def test_stats_of_one_project(store, capsys):
     assert main(["results", "stats", "--project-id", "8", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["project_id"] == 8 and stats["counts"]["failed"] == 0 and stats["counts"]["granted"] == 0
+    assert main(["results", "stats", "--project-id", "8"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:14]}
+    assert rows["dead"][0] == "-"  # dead letters belong to no project
     assert main(["results", "stats", "--project-id", "7", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["counts"]["failed"] == 4 and stats["counts"]["granted"] == 1200

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ops.args import table
 from worker import errors
 from worker.backends.registry import Backends
 
@@ -36,7 +37,7 @@ def run_items(args: argparse.Namespace, settings) -> int:
     if args.json:
         print(json.dumps(found, indent=2, ensure_ascii=False))
         return 0
-    print(f"{'ITEM_ID':<38} {'TYPE':<17} {'SKU':<24} {'GAME':<16} DETAIL")
+    rows = []
     for item in found:
         detail = (
             item.get("code")
@@ -47,9 +48,16 @@ def run_items(args: argparse.Namespace, settings) -> int:
                 else ""
             )
         )
-        print(
-            f"{item.get('item_id', ''):<38} {item.get('item_type', ''):<17} {item.get('item_sku', ''):<24} "
-            f"{item.get('external_game_id', ''):<16} {detail}"
+        rows.append(
+            (
+                item.get("item_id", ""),
+                item.get("item_type", ""),
+                item.get("item_sku", ""),
+                item.get("external_game_id", ""),
+                detail,
+            )
         )
+    for line in table(("ITEM_ID", "TYPE", "SKU", "GAME", "DETAIL"), rows):
+        print(line)
     print(f"({len(found)} items)", file=sys.stderr)
     return 0

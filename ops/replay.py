@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import socket
 import sys
 
 from redis.exceptions import RedisError
 
-from ops.args import kind_name, positive_int, when
+from ops.args import kind_name, positive_int, redis_client, when
 from producers.progress import Progress
 from schemas.kinds import KINDS
 from schemas.records import REPLAYABLE, Status
@@ -48,12 +49,13 @@ def add_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print what would be replayed and why; change nothing")
     p.add_argument("--force", action="store_true", help="replay in_doubt commands (they may apply twice)")
     p.add_argument("--actor", default=None, help="who is replaying, for the history (default user@host)")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON (the plan with --dry-run)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, settings) -> int:
     actor = args.actor or f"{getpass.getuser()}@{socket.gethostname()}"
-    client = settings.redis_client(patient=False)
+    client = redis_client(settings)
     keys = Keys(settings.key_prefix)
     ledger = Ledger.from_settings(client, settings)
     filters = rp.Filters(
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace, settings) -> int:
     progress = Progress("replayed")
 
     def planned(summary: rp.Summary) -> None:
-        if args.dry_run or summary.needs_force:
+        if (args.dry_run or summary.needs_force) and not args.json:
             for p in summary.planned:
                 print(f"{'would replay' if p.replay else 'would skip'} {p.name}: {p.why}")
         progress.total = sum(p.replay for p in summary.planned)
@@ -98,6 +100,21 @@ def run(args: argparse.Namespace, settings) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "dry_run": args.dry_run,
+                    "actor": actor,
+                    "selected": len(summary.planned),
+                    "verdicts": {} if args.dry_run else dict(summary.verdicts),
+                    "planned": [{"name": p.name, "replay": p.replay, "why": p.why} for p in summary.planned],
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+        return 0
     if args.dry_run:
         print(
             f"dry run: {sum(p.replay for p in summary.planned)} would be replayed, "
@@ -110,7 +127,7 @@ def run(args: argparse.Namespace, settings) -> int:
     changed = {k: v for k, v in verdicts.items() if k not in ("replayed", "skipped") and v}
     print(
         f"replayed {verdicts['replayed']} of {len(summary.planned)} selected"
-        + (f"; left alone: {changed}" if changed else "")
+        + (f"; left alone: {', '.join(f'{n} {why}' for why, n in changed.items())}" if changed else "")
         + (f"; skipped {verdicts['skipped']}" if verdicts["skipped"] else "")
         + f" (as {actor})"
     )

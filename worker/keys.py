@@ -28,6 +28,9 @@ Records and claims
   statuses in INDEXED_STATUSES only (and ``dead``, ``conflict``).
 - ``{p}:dead:{source}``  hash: an entry or message that was not a valid
   command (raw payload, reason), indexed in ``{p}:idx:dead``.
+  Fields ``id``, ``raw``, ``size``, ``truncated``, ``reason``, ``src``,
+  ``epid``, ``at``; `grants dead purge` removes hash and index entry together
+  (worker/lua/dead_purge.lua).
 - ``{p}:totals``  hash ``kind|project|status`` -> count, for ever.
 - ``{p}:latency``  hash ``kind|project|<bucket ms or +Inf>`` -> count of
   outcomes that took up to that long from publish (buckets not cumulative,
@@ -48,6 +51,8 @@ Batching and sending
 - ``{p}:batch:{id}``  hash: a taken batch (``members``, ``st``, ``tok`` the
   fencing token, ``att``, ``paid``, ``nbf``, ``rec``, ``err``); the id names
   its lane: ``b17|grant:44056``.
+  ``old``: received time (ms) of its oldest command, set by take (stats'
+  oldest waiting; a batch without it is read off its members' records).
 - ``{p}:leases``  sorted set batch id -> lease deadline (ms).
 - ``{p}:seq:batch``  counter for batch ids.
 - ``{p}:budget:{backend}:{project}``  hash ``t`` (tokens), ``ts`` (ms): a

@@ -26,6 +26,13 @@ _TIME_FIELDS = {
     "snt": "sent_at",
     "cpl": "completed_at",
 }
+# Outcomes per minute are measured over this window, off at most this many
+# of the newest outcomes (a bounded read, ~100 bytes each, however busy).
+RATE_WINDOW_MS = 60_000
+RATE_SAMPLE = 5_000
+# Where dead letters are counted among the rates (they have no kind).
+DEAD_LETTERS = "dead_letters"
+
 # Statuses counted in {p}:totals only (no index per command): listed off the
 # outcome stream.
 _STREAMED = (Status.granted, Status.revoked)
@@ -52,6 +59,11 @@ def record_view(
     }
     for field, name in _INT_FIELDS.items():
         view[name] = int(header.get(field) or 0)
+    # 'att' counts every call that carried the command, the calls refused as a
+    # whole that split its batch too ('spl' of them): attempts are the others
+    # (a grant granted on the first call after two splits made 1 attempt).
+    view["calls"] = view["attempts"]
+    view["attempts"] = max(0, view["attempts"] - view["splits"])
     for field, name in _TIME_FIELDS.items():
         view[name] = iso_ms(header.get(field))
     batch = header.get("bat") or None
@@ -112,6 +124,15 @@ def dead_view(raw: dict[str, str]) -> dict[str, Any]:
         "raw_size": int(raw.get("size") or 0),
         "raw_truncated": raw.get("truncated") == "1",
     }
+
+
+def parse_paused_view(lane: str, value: str) -> dict[str, Any]:
+    """A paused lane's entry of {p}:lanes:paused (JSON since, actor, note) as shown."""
+    try:
+        raw = json.loads(value)
+    except ValueError:
+        raw = {}
+    return {"lane": lane, "since": iso_ms(raw.get("since")), "actor": raw.get("actor"), "note": raw.get("note")}
 
 
 def claim_view(value: str) -> dict[str, Any]:
@@ -298,32 +319,77 @@ class Results:
                 out[kind][status] = out[kind].get(status, 0) + int(n)
         return out
 
-    def stats(self) -> dict[str, Any]:
-        """Counts by status (grants, revokes and operations apart), backlog, oldest waiting, batches in flight.
+    def count(
+        self,
+        status: Status,
+        *,
+        kind: str = GRANT,
+        project_id: int | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> int | None:
+        """How many records :meth:`in_status` could list (None: not known, as for
+        the happy path within a time range: its outcome stream is capped)."""
+        if status in (Status.pending, Status.sending):
+            wanted = [w for w in self._in_flight(status, kind) if project_id is None or w[0] == project_id]
+            if since_ms is None and until_ms is None:
+                return len(wanted)
+            return sum(_received_within(v, since_ms, until_ms) for v in self._views(wanted, kind))
+        if status in _STREAMED:
+            if since_ms is not None or until_ms is not None:
+                return None
+            return self.totals(project_id)[kind].get(status.value, 0)
+        lo = since_ms if since_ms is not None else "-inf"
+        hi = until_ms if until_ms is not None else "+inf"
+        index = self.keys.index(status.value, kind)
+        if project_id is None or status is Status.dead:
+            return int(self.redis.zcount(index, lo, hi))
+        prefix = f"{project_id}:"
+        return sum(m.startswith(prefix) for m in self.redis.zrangebyscore(index, lo, hi))
+
+    def stats(self, project_id: int | None = None) -> dict[str, Any]:
+        """Counts by kind and status, backlog, oldest waiting, batches in flight
+        and backing off, paused lanes, outcomes per minute (of one project).
 
         granted and revoked are outcomes ever written (the ledger counts
         them); the statuses an operator acts on are what their indexes hold
         now (within the retention); 'pending' and 'sending' are read off the
         buffers and the batches in flight, which is where those commands are.
+        The oldest waiting command is the oldest not finished: in a buffer,
+        or in a batch taken (being sent, or backing off after a 429).
         """
+
+        def ours(lane: str) -> bool:
+            return project_id is None or lane.rpartition(":")[2] == str(project_id)
+
         indexed = [
             (k, s) for k, kind in KINDS.items() for s in kind.statuses if s in INDEXED_STATUSES or s is Status.conflict
         ]
         pipe = self.redis.pipeline(transaction=False)
         for kind, s in indexed:
-            pipe.zcard(self.keys.index(s.value, kind))
+            if project_id is None:
+                pipe.zcard(self.keys.index(s.value, kind))
+            else:
+                pipe.zrange(self.keys.index(s.value, kind), 0, -1)
         pipe.zrange(self.keys.lanes, 0, -1, withscores=True)
         pipe.zrange(self.keys.leases, 0, -1)
+        pipe.hgetall(self.keys.paused_lanes)
+        pipe.hget(self.keys.totals, "dead")
         pipe.time()
-        *counts, lanes, leases, (sec, usec) = pipe.execute()
+        *counts, lanes, leases, paused, dead, (sec, usec) = pipe.execute()
         now_ms = sec * 1000 + usec // 1000
+        if project_id is not None:
+            counts = [sum(m.startswith(f"{project_id}:") for m in members) for members in counts]
+        lanes = [(lane, score) for lane, score in lanes if ours(lane)]
+        leases = [b for b in leases if ours(str(Lane.of_batch(b)))]
         pipe = self.redis.pipeline(transaction=False)
         for lane, _ in lanes:
             pipe.llen(self.keys.buffer(lane))
         for batch_id in leases:
-            pipe.hmget(self.keys.batch(batch_id), "n", "begun")
+            pipe.hmget(self.keys.batch(batch_id), "n", "begun", "st", "old", "members", "nbf")
         replies = pipe.execute()
-        totals = self.totals()
+        batches = replies[len(lanes) :]
+        totals = self.totals(project_id)
         by: dict[str, dict[str, int]] = {k: {s.value: 0 for s in kind.statuses} for k, kind in KINDS.items()}
         for kind in by:
             for s in _STREAMED:
@@ -331,26 +397,89 @@ class Results:
                     by[kind][s.value] = totals[kind].get(s.value, 0)
         for (kind, s), n in zip(indexed, counts, strict=True):
             by[kind][s.value] = n
-        by[GRANT][Status.dead.value] = int(self.redis.hget(self.keys.totals, "dead") or 0)
+        # Dead letters belong to no project.
+        by[GRANT][Status.dead.value] = int(dead or 0) if project_id is None else 0
         for kind in by:
             by[kind]["pending"] = sum(
                 n for (lane, _), n in zip(lanes, replies[: len(lanes)], strict=True) if lane.partition(":")[0] == kind
             )
             by[kind]["sending"] = 0
-        for batch_id, (n, begun) in zip(leases, replies[len(lanes) :], strict=True):
-            kind = Lane.of_batch(batch_id).kind
-            if kind in by:
-                by[kind]["sending" if begun == "1" else "pending"] += int(n or 0)
-        oldest = min((score for _, score in lanes), default=None)
+        backing_off = 0
+        oldest: tuple[float, str] | None = min(((score, lane) for lane, score in lanes), default=None)
+        unknown_age: list[tuple[str, list[str]]] = []
+        for batch_id, (n, begun, st, old, members, nbf) in zip(leases, batches, strict=True):
+            lane = Lane.of_batch(batch_id)
+            if lane.kind in by:
+                by[lane.kind]["sending" if begun == "1" else "pending"] += int(n or 0)
+            if st == "leased" and begun == "1" and nbf and int(nbf) > now_ms:
+                backing_off += 1
+            if old:
+                oldest = min(oldest or (float(old), str(lane)), (float(old), str(lane)))
+            elif members:
+                unknown_age.append((batch_id, json.loads(members)))
+        for batch_id, received in self._received_times(unknown_age):
+            lane_name = str(Lane.of_batch(batch_id))
+            oldest = min(oldest or (received, lane_name), (received, lane_name))
         return {
+            "project_id": project_id,
             "counts": by[GRANT],
             "revokes": by[REVOKE],
             "operations": {k: by[k] for k in KINDS if k not in (GRANT, REVOKE)},
             "backlog": sum(by[k]["pending"] + by[k]["sending"] for k in KINDS),
             "waiting": sum(by[k]["pending"] for k in KINDS),
-            "oldest_waiting_age_s": round((now_ms - oldest) / 1000, 3) if oldest is not None else 0.0,
+            "oldest_waiting_age_s": round(max(0.0, (now_ms - oldest[0]) / 1000), 3) if oldest else 0.0,
+            "oldest_waiting_lane": oldest[1] if oldest else None,
             "batches_in_flight": len(leases),
+            "batches_backing_off": backing_off,
+            "paused_lanes": [parse_paused_view(lane, value) for lane, value in sorted(paused.items()) if ours(lane)],
+            "per_minute": self.rates(project_id, now_ms),
         }
+
+    def _received_times(self, batches: list[tuple[str, list[str]]]) -> list[tuple[str, float]]:
+        """(batch id, received time of its oldest member) for batches that do not
+        keep it (split halves, batches taken by an earlier version)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for batch_id, members in batches:
+            lane = Lane.of_batch(batch_id)
+            for m in members:
+                pipe.get(self.keys.record(lane.project_id, m, lane.kind))
+        replies = iter(pipe.execute())
+        out = []
+        for batch_id, members in batches:
+            times = [int(parse_record(raw)[0].get("rcv") or 0) for raw in (next(replies) for _ in members) if raw]
+            times = [t for t in times if t]
+            if times:
+                out.append((batch_id, float(min(times))))
+        return out
+
+    def rates(self, project_id: int | None = None, now_ms: int | None = None) -> dict[str, dict[str, float]]:
+        """Outcomes per minute by kind and status, over the last minute (read
+        off the newest RATE_SAMPLE outcomes: when more than that came within
+        the minute, the rate is theirs over the time they span)."""
+        if now_ms is None:
+            sec, usec = self.redis.time()
+            now_ms = sec * 1000 + usec // 1000
+        entries = self.redis.xrevrange(self.keys.outcomes, "+", f"{now_ms - RATE_WINDOW_MS}-0", count=RATE_SAMPLE)
+        if not entries:
+            return {}
+        span_ms = RATE_WINDOW_MS
+        if len(entries) >= RATE_SAMPLE:
+            span_ms = max(1, now_ms - int(entries[-1][0].partition("-")[0]))
+        per: dict[str, dict[str, float]] = {}
+        for _, f in entries:
+            if project_id is not None and f.get("project_id") != str(project_id):
+                continue
+            if f.get("status") == Status.dead.value:
+                if project_id is None:  # a dead letter belongs to no project, nor kind
+                    per.setdefault(DEAD_LETTERS, {})
+                    per[DEAD_LETTERS]["dead"] = per[DEAD_LETTERS].get("dead", 0) + 1
+                continue
+            kind = f.get("kind") or GRANT
+            status = f.get("status") or "?"
+            per.setdefault(kind, {})
+            per[kind][status] = per[kind].get(status, 0) + 1
+        factor = 60_000 / span_ms
+        return {k: {s: round(n * factor, 1) for s, n in v.items()} for k, v in per.items()}
 
     def timings(self, members: list[tuple[int, str]]) -> list[tuple[int, int, int]]:
         """(enqueued, received, completed) ms of each purchase, for latency figures."""

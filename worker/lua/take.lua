@@ -14,6 +14,12 @@
 --       eager_inflight, budgets (JSON: see budget_spec below; {} for none)
 -- The per-lane cap keeps one project (say, rate limited and backing off) from
 -- holding every in-flight slot while the others wait.
+-- Lanes an operator paused (grants lanes pause, {p}:lanes:paused) are skipped:
+-- their commands wait in their buffers until resumed. The scan reaches past
+-- them, so paused lanes never crowd the others out of it.
+-- Each batch keeps 'old', the received time of its oldest command (the
+-- lane's score when it was taken): how long its commands have waited, for
+-- grants results stats, without reading their records.
 -- Returns the new batch ids.
 local max_inflight = tonumber(ARGV[3])
 local flush_ms = tonumber(ARGV[4])
@@ -56,13 +62,17 @@ local holds = redis.call('HGETALL', HOLDS)
 for i = 1, #holds, 2 do
   if tonumber(holds[i + 1]) > now then held[holds[i]] = true else redis.call('HDEL', HOLDS, holds[i]) end
 end
-local lanes = redis.call('ZRANGE', LANES, 0, scan - 1, 'WITHSCORES')
+local paused, npaused = {}, 0
+for _, l in ipairs(redis.call('HKEYS', P .. ':lanes:paused')) do
+  paused[l], npaused = true, npaused + 1
+end
+local lanes = redis.call('ZRANGE', LANES, 0, scan + npaused - 1, 'WITHSCORES')
 for i = 1, #lanes, 2 do
   local lane, oldest = lanes[i], tonumber(lanes[i + 1])
   local kind, pid = string.match(lane, '^([^:]+):(.+)$')
   local limit = tonumber(limits[lane]) or tonumber(limits[kind]) or default_limit
   local buf = P .. ':buf:' .. lane
-  while not held[lane] and #taken < max_batches and inflight < max_inflight and (per_lane[lane] or 0) < lane_cap do
+  while not held[lane] and not paused[lane] and #taken < max_batches and inflight < max_inflight and (per_lane[lane] or 0) < lane_cap do
     local n = redis.call('LLEN', buf)
     if n == 0 then break end
     if n < limit and now - oldest < flush_ms and (per_lane[lane] or 0) >= eager then break end
@@ -78,7 +88,8 @@ for i = 1, #lanes, 2 do
     if #members > 0 then
       local id = new_batch_id(lane)
       redis.call('HSET', batch_key(id), 'lane', lane, 'kind', kind, 'pid', pid, 'n', #members,
-        'members', cjson.encode(members), 'st', 'leased', 'att', 0, 'begun', 0, 'created', now, 'paid', 1)
+        'members', cjson.encode(members), 'st', 'leased', 'att', 0, 'begun', 0, 'created', now, 'paid', 1,
+        'old', oldest)
       redis.call('ZADD', LEASES, now + lease_ms, id)
       inflight = inflight + 1
       per_lane[lane] = (per_lane[lane] or 0) + 1

@@ -75,6 +75,7 @@ def test_a_granted_record_is_shown_with_its_times_counts_batch_and_answer(result
         "attempts": 2,
         "duplicates": 4,
         "splits": 0,
+        "calls": 2,
         "enqueued_at": "2026-11-21T09:59:59.995+00:00",
         "received_at": ISO0,
         "sent_at": "2026-11-21T10:00:00.010+00:00",
@@ -85,6 +86,15 @@ def test_a_granted_record_is_shown_with_its_times_counts_batch_and_answer(result
         "command": {"kind": "grant", "operation": command(7, "p-1").body()},
         "history": [],
     }
+
+
+def test_attempts_leave_out_the_calls_that_split_the_batch(results, fake, keys):
+    # Two calls refused as a whole split its batch twice; the third granted it.
+    header = {"st": "granted", "rcv": T0, "cpl": T0 + 250, "att": 3, "spl": 2}
+    put_record(fake, keys, 7, "p-s", header, grant_body(7, "p-s"))
+    view = results.get(7, "p-s")
+    assert view is not None
+    assert (view["attempts"], view["splits"], view["calls"]) == (1, 2, 3)
 
 
 def test_an_unknown_command_is_none(results):

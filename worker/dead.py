@@ -20,7 +20,7 @@ import redis
 
 from schemas.records import Status
 from worker.keys import Keys
-from worker.ledger import _generated_tables, _load_lua  # the prelude every script shares
+from worker.ledger import register_script
 from worker.results import dead_view
 
 # Letters per purge call: one script call blocks Redis, so keep each short.
@@ -62,9 +62,7 @@ class DeadLetters:
 
     @cached_property
     def _purge(self) -> Any:
-        return self.redis.register_script(
-            _generated_tables() + "\n" + _load_lua("_lib") + "\n" + _load_lua("dead_purge")
-        )
+        return register_script(self.redis, "dead_purge")
 
     def purge(self, letter_ids: list[str]) -> list[bool]:
         """Remove these letters (hash and index entry together): whether each was there."""

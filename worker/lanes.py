@@ -25,7 +25,7 @@ import redis
 
 from schemas.kinds import KINDS
 from worker.keys import Keys
-from worker.ledger import _generated_tables, _load_lua  # the prelude every script shares
+from worker.ledger import register_script
 from worker.results import iso_ms
 from worker.work import Lane
 
@@ -79,7 +79,7 @@ class Lanes:
 
     @cached_property
     def _pause(self) -> Any:
-        return self.redis.register_script(_generated_tables() + "\n" + _load_lua("_lib") + "\n" + _load_lua("pause"))
+        return register_script(self.redis, "pause")
 
     def pause(self, lanes: list[str], *, actor: str, note: str = "") -> list[tuple[str, str, int]]:
         """Pause ``lanes``: (lane, 'paused' | 'already', batches handed back to its buffer) each.

@@ -68,6 +68,12 @@ def _generated_tables() -> str:
     )
 
 
+def register_script(client: Any, name: str) -> Any:
+    """``worker/lua/<name>.lua`` registered on ``client``, after the prelude
+    every script shares (the generated tables and ``_lib.lua``)."""
+    return client.register_script(_generated_tables() + "\n" + _load_lua("_lib") + "\n" + _load_lua(name))
+
+
 class Moved(Exception):
     """Another worker ingested the range first; ``position`` is where it is now."""
 
@@ -137,8 +143,7 @@ class Ledger:
 
     @cached_property
     def _scripts(self) -> dict:
-        lib = _generated_tables() + "\n" + _load_lua("_lib")
-        return {n: self.redis.register_script(lib + "\n" + _load_lua(n)) for n in _SCRIPTS}
+        return {n: register_script(self.redis, n) for n in _SCRIPTS}
 
     def _run(self, name: str, *args: Any) -> list:
         return self._scripts[name](args=[self.keys.prefix, self.retention, *args])

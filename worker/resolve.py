@@ -42,7 +42,7 @@ from schemas.records import Status, parse_record
 from worker import errors
 from worker.backends.playfab import PlayFab, item_grants
 from worker.backends.registry import Backends
-from worker.ledger import Ledger, _generated_tables, _load_lua
+from worker.ledger import Ledger, register_script
 from worker.replay import Filters, select
 from worker.results import Results
 from worker.work import Lane
@@ -119,8 +119,7 @@ class Resolver:
 
     @cached_property
     def _script(self) -> Any:
-        lib = _generated_tables() + "\n" + _load_lua("_lib")
-        return self.ledger.redis.register_script(lib + "\n" + _load_lua("resolve"))
+        return register_script(self.ledger.redis, "resolve")
 
     # --- planning -----------------------------------------------------------
 

@@ -290,17 +290,31 @@ class LedgerCollector:
         pipe = self.redis.pipeline(transaction=False)
         for lane, _ in lanes:
             pipe.llen(k.buffer(lane))
-        lengths = pipe.execute()
+        for batch_id in leases:
+            pipe.hget(k.batch(batch_id), "old")
+        replies = pipe.execute()
+        lengths, olds = replies[: len(lanes)], replies[len(lanes) :]
 
         backlog = GaugeMetricFamily("grants_backlog", "Commands waiting for a batch", labels=["kind", "project"])
-        oldest = GaugeMetricFamily(
-            "grants_oldest_waiting_seconds", "Age of the oldest command waiting for a batch", labels=["kind", "project"]
-        )
-        for (lane, received_ms), n in zip(lanes, lengths, strict=True):
+        # The oldest command not finished: in a buffer, or in a batch taken
+        # (being sent, or backing off after a 429), which keeps it as 'old'.
+        received: dict[str, float] = {lane: score for lane, score in lanes}
+        for batch_id, old in zip(leases, olds, strict=True):
+            lane = batch_id.partition("|")[2]
+            if old:
+                received[lane] = min(received.get(lane, float(old)), float(old))
+        for (lane, _), n in zip(lanes, lengths, strict=True):
             kind, _, project = lane.partition(":")
             backlog.add_metric([kind, project], n)
-            oldest.add_metric([kind, project], max(0.0, (now_ms - received_ms) / 1000))
         yield backlog
+        oldest = GaugeMetricFamily(
+            "grants_oldest_waiting_seconds",
+            "Age of the oldest command not finished (waiting, being sent or backing off)",
+            labels=["kind", "project"],
+        )
+        for lane, received_ms in sorted(received.items()):
+            kind, _, project = lane.partition(":")
+            oldest.add_metric([kind, project], max(0.0, (now_ms - received_ms) / 1000))
         yield oldest
 
         flying: dict[tuple[str, str], int] = defaultdict(int)

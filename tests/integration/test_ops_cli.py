@@ -18,6 +18,9 @@ import redis
 
 from devstack.localstack import REPO_ROOT, free_port, redis_binary, wait_until
 from tests.helpers import command, wait_final
+from worker.keys import Keys
+from worker.metrics import LedgerCollector
+from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -140,6 +143,11 @@ def test_stats_oldest_age_under_a_429_backoff_is_the_real_age(stack, publisher, 
     shown = re.search(rf"oldest waiting ([\d.]+) s \(grant:{project_id}\)", text)
     assert shown and abs(float(shown.group(1)) - (time.time() - published_at)) <= 1.0, text
     assert "{" not in text and "'" not in text  # no Python reprs
+    # The metric an alert watches says the same (the leader's collector, on this Redis).
+    collector = LedgerCollector(stack.redis.client(), Keys(), Settings(redis_url=stack.redis_url), lambda: True)
+    family = next(f for f in collector.collect() if f.name == "grants_oldest_waiting_seconds")
+    exported = {s.labels["project"]: s.value for s in family.samples if s.labels["kind"] == "grant"}
+    assert abs(exported[str(project_id)] - (time.time() - published_at)) <= 1.0, exported
     records = wait_final(results, project_id, ids, timeout=40)
     assert {r["status"] for r in records.values()} == {"granted"}
     assert stack.audit_counts(project_id) == dict.fromkeys(ids, 1)

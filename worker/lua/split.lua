@@ -25,13 +25,18 @@ for part = 0, 1 do
     'members', cjson.encode(chunk), 'st', 'leased', 'att', 0, 'begun', 1, 'created', now, 'parent', id,
     'rec', reconcile)
   redis.call('ZADD', LEASES, now + lease_ms, child)
-  -- The child owns these commands now (begin and complete check it).
+  -- The child owns these commands now (begin and complete check it); it keeps
+  -- the received time of its oldest, as take does ('old': the backlog's age).
+  local oldest
   for _, epid in ipairs(chunk) do
     local rk = rec_key(b[6], pid, epid)
     local hdr, body = rec_read(rk)
     hdr.bat, hdr.spl = child, (hdr.spl or 0) + 1
     rec_write(rk, hdr, body, nil)
+    local rcv = tonumber(hdr.rcv)
+    if rcv and (not oldest or rcv < oldest) then oldest = rcv end
   end
+  if oldest then redis.call('HSET', batch_key(child), 'old', oldest) end
   out[#out + 1] = child
 end
 redis.call('DEL', bk)

@@ -405,6 +405,7 @@ class Ledger:
         )
         pipe.pexpire(key, self.ttl_ms)
         pipe.zadd(self.keys.index("dead"), {letter_id: now_ms})
+        pipe.hincrby(self.keys.totals, "dead", 1)  # as ingest.lua counts its own (grants_dead_letters_total)
         pipe.xadd(
             self.keys.outcomes,
             {

@@ -66,6 +66,7 @@ def test_poison_messages_become_dead_letters_and_the_worker_goes_on(tmp_path, pr
         assert log.count(" ready.") == 1, "the worker restarted"
         dead = results.in_status(Status.dead, limit=100)
         assert len(dead) == len(pushed), [d["reason"] for d in dead]
+        assert int(client.hget(Keys().totals, "dead") or 0) == len(pushed)  # grants_dead_letters_total
         raws = {d["raw"] for d in dead}
         for entry in pushed:
             # What arrived: the whole list entry, or, for a kombu message

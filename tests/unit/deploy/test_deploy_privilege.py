@@ -81,9 +81,9 @@ def test_k8s_flower_has_no_backend_credential_and_is_cluster_internal():
         if doc["kind"] != "Deployment":
             continue
         for container in doc["spec"]["template"]["spec"]["containers"]:
-            mounted = {path for path, (s, _) in secret_files(doc, container).items() if s == "grants-backends"}
+            paths = {path for path, (s, _) in secret_files(doc, container).items() if s == "grants-backends"}
             read = {v for k, v in pod_env(doc, container, BASE).items() if k.endswith("_FILE")}
-            assert mounted <= read, (doc["metadata"]["name"], mounted - read)
+            assert paths <= read, (doc["metadata"]["name"], paths - read)
 
 
 def test_the_local_stack_gives_flower_no_backend_credential(tmp_path):

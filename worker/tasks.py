@@ -104,6 +104,7 @@ class SendReport:
         self.outcomes: dict[str, Counter] = {}
         self.retries: list[dict[str, Any]] = []
         self.not_applied: list[str] = []  # batches with failed or in_doubt commands
+        self.not_applied_ids: list[str] = []  # and their purchase ids
         self.drained: list[str] = []  # purchase ids of batches taken while draining
 
     def add(self, batch_id: str, members: list[str], summary: dict[str, Any], rt: Runtime) -> None:
@@ -128,6 +129,7 @@ class SendReport:
             counts["lease_lost"] += 1
         if any(summary.get(s) for s in NOT_APPLIED) or state in NOT_APPLIED:
             self.not_applied.append(batch_id)
+            self.not_applied_ids += members
 
     def totals(self) -> Counter:
         out: Counter = Counter()
@@ -141,6 +143,7 @@ class SendReport:
             out["retries"] = self.retries
         if self.not_applied:
             out["failed_or_in_doubt_in"] = self.not_applied
+            out["their_purchases"] = _ids_text(self.not_applied_ids)
         if self.drained:
             out["drained_purchases"] = _ids_text(self.drained)
         return out
@@ -184,8 +187,21 @@ def send_batches(task, batch_ids: Any = None, *extra: Any, **unexpected: Any) ->
                 report.drained += [i for b in queue for i in members[b]]
     failure = report.failure()
     if failure is not None:
+        _show_result(task, str(failure))
         raise failure
     return report.as_dict()
+
+
+def _show_result(task, text: str) -> None:
+    """Give a failing task a result text in its events, as a succeeding one
+    has: Flower searches a task's args and result, not its exception, and a
+    batch the task took while draining is named in neither args nor
+    exception. A custom event (``task-outcomes``) sets the ``result`` field
+    Flower keeps; the task-failed event after it makes the state FAILURE."""
+    try:
+        task.send_event("task-outcomes", result=text)
+    except Exception as exc:  # the broker away: the outcomes are written all the same
+        log.warning("task result event not sent", error=str(exc))
 
 
 def replay(

@@ -84,6 +84,10 @@ def test_flower_shows_failures_retries_and_finds_purchases(flowered, project_id)
     # Flower's Failed view (state=FAILURE) lists it, and its search finds it by purchase id.
     assert failed["uuid"] in flower_tasks(stack, state="FAILURE")
     assert failed["uuid"] in flower_tasks(stack, search="fl-doubt-1")
+    # Its summary is its result too, which Flower searches (a batch the task
+    # took while draining is named there, not in its args).
+    assert "fl-doubt-1" in failed["result"] and '"in_doubt":1' in failed["result"], failed["result"]
+    assert failed["uuid"] in flower_tasks(stack, search="result:their_purchases")
 
     # A 429 first, then the grant: the retry is in the result of the task
     # that met it (the ledger backed the batch off; no Celery retry).

@@ -125,6 +125,8 @@ class SendReport:
                 self.retries.append({"batch": batch_id, "in_s": summary.get("retry_in_s"), "error": error[:200]})
         if summary.get("split_into"):
             counts["split"] += 1
+        if summary.get("reconciled"):  # every command settled by reading the inventory back
+            counts["read_back"] += 1
         if summary.get("owned") is False or state == "fenced":
             counts["lease_lost"] += 1
         if any(summary.get(s) for s in NOT_APPLIED) or state in NOT_APPLIED:

@@ -201,6 +201,8 @@ def create_app(settings: Settings) -> GrantsCelery:
             log.info(
                 "worker starting",
                 hostname=sender,
+                # As the banner shows it (password masked).
+                broker=app.connection_for_write().as_uri(),
                 concurrency=instance.concurrency,
                 queues=sorted(q.name for q in app.amqp.queues.consume_from.values()),
                 tasks=sorted(n for n in app.tasks if not n.startswith("celery.")),

@@ -319,9 +319,14 @@ def _scrape_until(url: str, done, timeout: float = 10.0) -> metricsview.Scrape:
     numbers once it holds its lock), or the last one after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
-        scrape = metricsview.Scrape.of([url])
-        if done(scrape) or time.monotonic() > deadline:
-            return scrape
+        try:
+            scrape = metricsview.Scrape.of([url])
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+        else:
+            if done(scrape) or time.monotonic() > deadline:
+                return scrape
         time.sleep(0.3)
 
 

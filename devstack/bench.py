@@ -28,7 +28,8 @@ from pathlib import Path
 
 import psutil
 
-from devstack.localstack import RedisServer, Stack, wait_until
+from devstack import metricsview
+from devstack.localstack import RedisServer, Stack, free_port, wait_until
 from producers.progress import Progress
 from producers.publisher import Publisher
 from schemas.commands import GrantCommand
@@ -80,6 +81,13 @@ def add_parser(sub) -> None:
         "--replica",
         action="store_true",
         help="give Redis a replica and confirm writes on it (GRANTS_REDIS_MIN_REPLICAS=1): what WAIT costs",
+    )
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PATH",
+        help="write a PNG of grants/s and purchase -> outcome latency over the run, from the workers' /metrics "
+        "(scraped every 0.25 s; the workers serve GRANTS_METRICS_PORT for it)",
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -154,6 +162,34 @@ def percentile(values: list[float], pct: float) -> float:
     return values[min(len(values) - 1, round(pct / 100 * (len(values) - 1)))]
 
 
+class Plotting:
+    """With --plot: the workers serve /metrics, a sampler scrapes them during
+    the run, and the PNG is written at its end (without --plot: nothing)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.urls: list[str] = []
+        self.sampler: metricsview.Sampler | None = None
+
+    def worker_env(self) -> dict[str, str]:
+        if self.path is None:
+            return {}
+        port = free_port()
+        self.urls.append(f"http://127.0.0.1:{port}/metrics")
+        return {"GRANTS_METRICS_PORT": str(port)}
+
+    def start(self) -> None:
+        if self.path is not None:
+            self.sampler = metricsview.Sampler(self.urls, interval=0.25).start()
+
+    def finish(self, title: str, say) -> None:
+        if self.sampler is None or self.path is None:
+            return
+        scrapes = self.sampler.stop()
+        png = metricsview.plot(scrapes, self.path, title, project=str(BENCH_PROJECT))
+        say(f"  plot: {png}" if png else "  plot: not written (the run was shorter than two scrapes)")
+
+
 def start_redis(stack: Stack, args: argparse.Namespace, settings):
     """The stack's Redis (and, with --replica, a replica every write that
     must survive a failover waits for); returns the bench's settings."""
@@ -178,12 +214,14 @@ def run(args: argparse.Namespace, settings) -> int:
         f"appendfsync {args.appendfsync}"
         + ("; a replica confirms every write (MIN_REPLICAS=1)" if args.replica else "")
     )
+    plotting = Plotting(args.plot)
     with Stack(args.workdir) as stack:
         settings = start_redis(stack, args, settings)
         stack.start_sandbox("--latency-ms", str(args.latency_ms))
         if not args.backlog:
             for _ in range(args.workers):
-                stack.start_worker(concurrency=args.concurrency)
+                stack.start_worker(args.concurrency, True, **plotting.worker_env())
+            plotting.start()
         redis_url = stack.redis_url
         results = Results(connect(redis_url), Keys(settings.key_prefix))
         publisher = Publisher(settings.model_copy(update={"redis_url": redis_url, "broker_url": None}))
@@ -196,8 +234,9 @@ def run(args: argparse.Namespace, settings) -> int:
         memory = PeakMemory()
         if args.backlog:
             for _ in range(args.workers):
-                stack.start_worker(concurrency=args.concurrency, wait=False)
+                stack.start_worker(args.concurrency, False, **plotting.worker_env())
             started = time.monotonic()
+            plotting.start()
         memory.watch([w.pid for w in stack.workers])
 
         progress = Progress("outcomes", total=args.purchases)
@@ -215,6 +254,7 @@ def run(args: argparse.Namespace, settings) -> int:
         progress.done()
         wall_s = time.monotonic() - started
         memory.stop()
+        plotting.finish(f"grants bench: {args.purchases:,} purchases", say)
 
         ids = [f"bench-{i}" for i in range(args.purchases)]
         timings = results.timings([(BENCH_PROJECT, i) for i in ids])
@@ -286,11 +326,13 @@ def run_live(args: argparse.Namespace, settings) -> int:
         f"bench --live: {rate:,.0f}/s for {seconds:g} s ({total:,} purchases, one publish() each); "
         f"{args.workers} worker(s) x {args.concurrency} processes; backend latency {args.latency_ms} ms"
     )
+    plotting = Plotting(args.plot)
     with Stack(args.workdir) as stack:
         settings = start_redis(stack, args, settings)
         stack.start_sandbox("--latency-ms", str(args.latency_ms))
         for _ in range(args.workers):
-            stack.start_worker(concurrency=args.concurrency)
+            stack.start_worker(args.concurrency, True, **plotting.worker_env())
+        plotting.start()
         redis_url = stack.redis_url
         results = Results(connect(redis_url), Keys(settings.key_prefix))
         publisher = Publisher(settings.model_copy(update={"redis_url": redis_url, "broker_url": None}))
@@ -323,6 +365,7 @@ def run_live(args: argparse.Namespace, settings) -> int:
             if not page["entries"]:
                 break
             after = page["next_after_id"]
+        plotting.finish(f"grants bench --live {rate:,.0f}/s", say)
         latencies = [(applied[e] - due) * 1000 for e, due in scheduled.items() if e in applied]
         sandbox = stack.sandbox_get("/sandbox/stats")
         audit = stack.audit_counts(BENCH_PROJECT)

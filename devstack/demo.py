@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import shutil
 import sys
 import time
@@ -26,6 +28,7 @@ from pathlib import Path
 import httpx
 from pydantic import SecretStr
 
+from devstack import metricsview
 from devstack.localstack import REPO_ROOT, Stack, free_port
 from producers.feed import read_feed
 from producers.progress import Progress
@@ -106,8 +109,11 @@ def run(args: argparse.Namespace, settings) -> int:
         if real_backend:
             overrides["GRANTS_XSOLLA_BASE_URL"] = settings.xsolla_base_url
         stack.settings_env.update(overrides)
-        stack.start_worker(concurrency=2)
+        metrics_port = free_port()
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        stack.start_worker(concurrency=2, GRANTS_METRICS_PORT=str(metrics_port))
         _say(f"   worker:  celery -A worker worker (log: {stack.workers[0].log_path})")
+        _say(f"   metrics: {metrics_url} (health: /livez, /readyz; GRANTS_METRICS_PORT={metrics_port})")
         flower_port = args.flower_port if args.flower_port and _port_free(args.flower_port) else free_port()
         stack.start_flower(flower_port)
         _say(
@@ -116,6 +122,11 @@ def run(args: argparse.Namespace, settings) -> int:
         )
 
         redis_url = settings.redis_url if real_redis else stack.redis_url
+        env_file = _write_env(stack, args.workdir / "env", settings, flower_port, metrics_url)
+        source = f"source {_shown(env_file)} &&"
+        _say(f"   env:     {_shown(env_file)} (source it to run the commands below against this stack)")
+        # The demo's workload takes a second or two: sampled every 0.1 s.
+        sampler = metricsview.Sampler([metrics_url], interval=0.1).start()
         pub_settings = settings.model_copy(update={"redis_url": redis_url, "broker_url": settings.broker_url})
         feed_path = args.feed or Path(str(resources.files("devstack").joinpath("samples", "purchases.jsonl")))
         _say(f"\n== publishing {feed_path.name} to project {args.project_id}")
@@ -134,33 +145,84 @@ def run(args: argparse.Namespace, settings) -> int:
 
         results = Results(connect(redis_url), Keys(settings.key_prefix))
         _wait_outcomes(results, args.project_id, unique)
-        _report(results, args.project_id, unique)
+        metrics_agree = _report(results, args.project_id, unique, metrics_url)
+        backpack_user = None
         if not real_backend:
             publisher = Publisher(pub_settings)
             _refunds(publisher, results, args.project_id)
             _balances(stack, args.project_id)
             _playfab(publisher, results, stack)
-            _backpack(publisher, results, stack, settings, args.project_id)
+            backpack_user = _backpack(publisher, results, stack, settings, args.project_id, source)
+        scrapes = sampler.stop()
+        _metrics_table(metricsview.Scrape.of([metrics_url]), metrics_url)
+        png = metricsview.plot(scrapes, args.workdir / "demo.png", "grants demo: outcomes and latency")
+        if png is not None:
+            _say(f"   plot of outcomes/s and purchase -> outcome latency over the run: {_shown(png)}")
 
         keep = sys.stdout.isatty() if args.keep is None else args.keep
         _say(
             f"\nFlower (tasks, workers, queues): http://127.0.0.1:{flower_port} "
             f"(user {stack.flower_auth[0]}, password {stack.flower_auth[1]})"
         )
+        _say(f"\n== try it ({'while the stack is up' if keep else 'on a stack kept up: grants demo --keep'})")
+        tries = [
+            f"grants results get {unique[0]} --project-id {args.project_id}",
+            "grants results stats",
+            f"grants results list --status rejected --project-id {args.project_id}",
+        ]
+        if backpack_user is not None:
+            tries.append(f"grants backpack items --project-id {args.project_id} --user {backpack_user}")
+        for line in tries:
+            _say(f"   {source} {line}")
+        _say(f'   {source} curl -s "$GRANTS_METRICS_URL" | grep ^grants_outcomes_total')
+        _say(f'   {source} curl -su "$FLOWER_BASIC_AUTH" "$FLOWER_URL/api/tasks?search={unique[0]}"')
         if keep:
-            _say(
-                f"Look a purchase up: GRANTS_REDIS_URL={_mask(redis_url)} .venv/bin/grants results get "
-                f"{unique[0]} --project-id {args.project_id}"
-            )
             _say("The stack stays up for you to explore. Press Ctrl-C to stop it.")
             while True:
                 time.sleep(3600)
-        return 0
+        _say(
+            "\nstack stopped (not on a terminal, or --no-keep): Redis, the sandbox, the worker and Flower "
+            "are gone. To keep them up for the commands above: grants demo --keep"
+        )
+        return 0 if metrics_agree else 1
     except KeyboardInterrupt:
         _say("\nstopping")
         return 0
     finally:
         stack.stop()
+
+
+def _shown(path: Path) -> str:
+    """A path as the operator types it: relative to here when under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _write_env(stack: Stack, path: Path, settings, flower_port: int, metrics_url: str) -> Path:
+    """``var/demo/env``: every setting the printed commands need, to ``source``
+    (this run's credentials: readable by the owner alone)."""
+    env = {k: v for k, v in stack.env().items() if k.startswith("GRANTS_") and k != "GRANTS_LOG_FORMAT" and v}
+    env["GRANTS_KEY_PREFIX"] = settings.key_prefix
+    env["GRANTS_METRICS_URL"] = metrics_url
+    env["SANDBOX_URL"] = stack.sandbox_url
+    env["FLOWER_URL"] = f"http://127.0.0.1:{flower_port}"
+    env["FLOWER_BASIC_AUTH"] = ":".join(stack.flower_auth)
+    lines = [
+        "# Written by `grants demo` for the stack it started (gone once the demo ends,",
+        "# unless run with --keep). Holds this run's credentials: chmod 600.",
+        "#   source " + _shown(path),
+        *(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())),
+        # `grants` as installed next to the Python running the demo.
+        f'export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"',
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("\n".join(lines) + "\n")
+    os.chmod(path, 0o600)
+    return path
 
 
 def _port_free(port: int) -> bool:
@@ -196,7 +258,9 @@ def _wait_outcomes(results: Results, project_id: int, ids: list[str], timeout: f
         _say(f"   {len(ids) - done} purchases still without an outcome after {timeout:.0f}s")
 
 
-def _report(results: Results, project_id: int, ids: list[str]) -> None:
+def _report(results: Results, project_id: int, ids: list[str], metrics_url: str) -> bool:
+    """The outcome table (from the records) and its summary (from the
+    metrics); False when the two disagree."""
     _say("\n== outcomes")
     _say(f"   {'EXTERNAL_PURCHASE_ID':<14} {'USER':<38} {'ITEMS':<22} {'STATUS':<9} DUPS NOTE")
     counts: dict[str, int] = {}
@@ -214,12 +278,89 @@ def _report(results: Results, project_id: int, ids: list[str]) -> None:
         _say(
             f"   {pid:<14} {op.get('user', {}).get('id', ''):<38} {items:<22} {status:<9} {r.get('duplicates', 0):>4} {note}"
         )
-    stats = results.stats()
+    # The summary is the metrics' (what Prometheus would scrape), checked
+    # against the records above.
+    labels = {"kind": "grant", "project": str(project_id)}
+    scrape = _scrape_until(metrics_url, lambda s: s.by(metricsview.OUTCOMES, "status", **labels) == _floats(counts))
+    outcomes = {k: int(v) for k, v in sorted(scrape.by(metricsview.OUTCOMES, "status", **labels).items())}
+    received = {k: int(v) for k, v in scrape.by(metricsview.RECEIVED, "result", **labels).items()}
+    latency = scrape.buckets(metricsview.LATENCY, **labels)
     _say(
         "   "
-        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        + f"; conflicts recorded: {stats['counts'][Status.conflict.value]}"
+        + ", ".join(f"{n} {s}" for s, n in outcomes.items())
+        + f"; conflicts recorded: {received.get('conflict', 0)}"
     )
+    _say(
+        "   received: "
+        + ", ".join(f"{received.get(r, 0)} {r}" for r in ("new", "duplicate", "conflict"))
+        + f"; purchase -> outcome p50 {_secs(metricsview.quantile(latency, 0.5))}, "
+        f"p99 {_secs(metricsview.quantile(latency, 0.99))}"
+    )
+    stats = results.stats()
+    agree = outcomes == counts and received.get("conflict", 0) == stats["counts"][Status.conflict.value]
+    _say(
+        f"   (from {metrics_url}: grants_outcomes_total, grants_commands_received_total, "
+        f"grants_purchase_to_outcome_seconds; "
+        + ("the records above agree)" if agree else f"MISMATCH: the records say {counts})")
+    )
+    return agree
+
+
+def _floats(counts: dict[str, int]) -> dict[str, float]:
+    return {k: float(v) for k, v in counts.items()}
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} s"
+
+
+def _scrape_until(url: str, done, timeout: float = 10.0) -> metricsview.Scrape:
+    """A scrape that shows what ``done`` wants (the leader exports the ledger's
+    numbers once it holds its lock), or the last one after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            scrape = metricsview.Scrape.of([url])
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+        else:
+            if done(scrape) or time.monotonic() > deadline:
+                return scrape
+        time.sleep(0.3)
+
+
+def _metrics_table(scrape: metricsview.Scrape, metrics_url: str) -> None:
+    """Every kind and project the run touched, as the metrics count them."""
+    _say(f"\n== metrics ({metrics_url})")
+    lanes = sorted(
+        {
+            (dict(ls)["kind"], dict(ls)["project"])
+            for (n, ls), _v in scrape.samples.items()
+            if n in (metricsview.OUTCOMES, metricsview.RECEIVED)
+        }
+    )
+    rows = [("KIND", "PROJECT", "OUTCOMES", "RECEIVED", "P50", "P99")]
+    for kind, project in lanes:
+        labels = {"kind": kind, "project": project}
+        by_status = sorted(scrape.by(metricsview.OUTCOMES, "status", **labels).items())
+        by_result = sorted(scrape.by(metricsview.RECEIVED, "result", **labels).items())
+        latency = scrape.buckets(metricsview.LATENCY, **labels)
+        rows.append(
+            (
+                kind,
+                project,
+                ", ".join(f"{int(v)} {s}" for s, v in by_status if v),
+                ", ".join(f"{int(v)} {r}" for r, v in by_result if v),
+                _secs(metricsview.quantile(latency, 0.5)),
+                _secs(metricsview.quantile(latency, 0.99)),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row[:4], widths, strict=False)]
+        cells += [c.rjust(w) for c, w in zip(row[4:], widths[4:], strict=False)]
+        _say("   " + "  ".join(cells))
 
 
 def _sample(name: str, project_id: int, kind: str = "grant") -> list:
@@ -268,7 +409,7 @@ def _playfab(publisher: Publisher, results: Results, stack: Stack) -> None:
         )
 
 
-def _backpack(publisher: Publisher, results: Results, stack: Stack, settings, project_id: int) -> None:
+def _backpack(publisher: Publisher, results: Results, stack: Stack, settings, project_id: int, source: str) -> str:
     from worker.backends.registry import Backends
 
     creates = _sample("backpack.jsonl", project_id, BACKPACK_CREATE)
@@ -298,7 +439,7 @@ def _backpack(publisher: Publisher, results: Results, stack: Stack, settings, pr
         items = backend.list_items(project_id, user)
     finally:
         backend.close()
-    _say(f"   the user's Backpack now (grants backpack items --project-id {project_id} --user {user}):")
+    _say(f"   the user's Backpack now ({source} grants backpack items --project-id {project_id} --user {user}):")
     for i in items:
         extra = (
             i.get("code")
@@ -310,6 +451,7 @@ def _backpack(publisher: Publisher, results: Results, stack: Stack, settings, pr
             )
         )
         _say(f"     {i.get('item_type', ''):<17} {i.get('item_sku', ''):<22} {extra}")
+    return user
 
 
 def _balances(stack: Stack, project_id: int) -> None:

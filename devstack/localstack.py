@@ -428,6 +428,23 @@ class Stack:
             wait_until(lambda: worker.alive() and " ready." in worker.log_text(), 60, f"worker {name}")
         return worker
 
+    # What only the workers (and the sandbox) need: the backends' credentials.
+    BACKEND_CREDENTIALS = (
+        "GRANTS_XSOLLA_API_KEY",
+        "GRANTS_PLAYFAB_SECRET_KEY",
+        "GRANTS_BACKPACK_TOKEN",
+        "GRANTS_PROJECTS",  # per-project backends may name their keys
+    )
+
+    def flower_env(self) -> dict[str, str]:
+        """Flower's environment: the broker and its basic auth, no backend
+        credential (deploy/ gives Flower the same, and tests check both)."""
+        env = self.env(FLOWER_BASIC_AUTH=":".join(self.flower_auth))
+        for name in self.BACKEND_CREDENTIALS:
+            env.pop(name, None)
+            env.pop(f"{name}_FILE", None)
+        return env
+
     def start_flower(self, port: int | None = None) -> Service:
         """Flower on 127.0.0.1 behind basic auth (``flower_auth``, generated).
 
@@ -448,7 +465,7 @@ class Stack:
             f"--port={self.flower_port}",
             "--address=127.0.0.1",
         ]
-        env = self.env(FLOWER_BASIC_AUTH=":".join(self.flower_auth))
+        env = self.flower_env()
         flower = self.flower = Service("flower", argv, env, self.workdir / "flower.log").start()
         # Up once its event receiver is connected: events sent before are lost to it.
         wait_until(lambda: flower.alive() and "Connected to" in flower.log_text(), 60, "flower")

@@ -47,13 +47,36 @@ class GrantsCelery(Celery):
         return rt
 
     def dispatch_batches(self, batch_ids: list[str]) -> None:
-        """Queue ``send_batches`` tasks, a few batches each, on one connection."""
+        """Queue ``send_batches`` tasks, a few batches each, on one connection;
+        their args as Flower shows them name the batches' purchase ids."""
         step = tasks.BATCHES_PER_TASK
+        members = tasks.batch_members(self.grants_runtime(), batch_ids)
         with self.producer_or_acquire() as producer:
             for i in range(0, len(batch_ids), step):
+                chunk = batch_ids[i : i + step]
                 self.send_task(
-                    tasks.SEND_BATCHES, args=[batch_ids[i : i + step]], queue=tasks.SEND_QUEUE, producer=producer
+                    tasks.SEND_BATCHES,
+                    args=[chunk],
+                    argsrepr=tasks.describe(chunk, members),
+                    queue=tasks.SEND_QUEUE,
+                    producer=producer,
                 )
+
+
+class _OnUnusable:
+    """Records a queue entry kombu cannot deliver as a dead letter. A class,
+    not a lambda: `celery inspect conf` (Flower asks every worker it finds)
+    sends the configuration as JSON, and a function in it made each such
+    request fail with a traceback in the worker's log."""
+
+    def __init__(self, app: GrantsCelery):
+        self.app = app
+
+    def __call__(self, raw: str | bytes, queue: str, reason: str) -> str:
+        return self.app.grants_runtime().record_unusable(raw, reason, source=f"queue {queue}")
+
+    def __json__(self) -> str:
+        return "dead letter (worker.celery_app)"
 
 
 def broker_transport(url: str) -> str:
@@ -67,6 +90,14 @@ def create_app(settings: Settings) -> GrantsCelery:
     """Build the app from settings (parsed once by the entry point)."""
     app = GrantsCelery("grants", broker=settings.effective_broker_url, set_as_current=True)
     app.grants_settings = settings
+    # In JSON mode every line a worker writes is one JSON object: Celery's
+    # and the libraries' stdlib logging goes through structlog's formatter
+    # (from here on, so warnings while the app is built are JSON too), prints
+    # become log lines, and the banner is left out (its facts are in the
+    # "worker starting" line).
+    json_logs = logs.log_format(settings) == "json"
+    if json_logs:
+        logs.configure(settings)
     app.conf.update(
         # A message is acked only after its task ran; a task whose pool process
         # died is put back at once instead of being acked as failed.
@@ -83,9 +114,7 @@ def create_app(settings: Settings) -> GrantsCelery:
             # each message, so old and new messages mix safely.
             "body_encoding": None,
             # A queue entry kombu cannot deliver becomes a dead letter.
-            ON_UNUSABLE: lambda raw, queue, reason: app.grants_runtime().record_unusable(
-                raw, reason, source=f"queue {queue}"
-            ),
+            ON_UNUSABLE: _OnUnusable(app),
             # Through sentinels: the primary's name and their credentials.
             **settings.broker_transport_options(),
         },
@@ -108,14 +137,18 @@ def create_app(settings: Settings) -> GrantsCelery:
         task_send_sent_event=False,
         task_queues=(Queue(tasks.SEND_QUEUE), Queue(tasks.OPS_QUEUE)),
         task_default_queue=tasks.OPS_QUEUE,
+        # Send tasks to their queue; operator tasks go to the default one.
+        # (Routes, not a task's queue= option: Celery 6 drops that.)
+        task_routes={tasks.SEND_BATCHES: {"queue": tasks.SEND_QUEUE}},
         # Records undecodable / unknown-task messages as dead letters.
         worker_consumer="worker.consumer:GrantsConsumer",
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
-    app.task(name=tasks.SEND_BATCHES, bind=True, queue=tasks.SEND_QUEUE)(tasks.send_batches)
-    app.task(name=tasks.REPLAY, bind=True, queue=tasks.OPS_QUEUE)(tasks.replay)
-    app.task(name=resolve.RESOLVE, bind=True, queue=tasks.OPS_QUEUE)(resolve.resolve_task)
+    app.task(name=tasks.SEND_BATCHES, **tasks.SEND_OPTIONS)(tasks.send_batches)
+    # Operator tasks go to the default queue, grants.ops.
+    app.task(name=tasks.REPLAY, bind=True)(tasks.replay)
+    app.task(name=resolve.RESOLVE, bind=True)(resolve.resolve_task)
     app.steps["worker"].add(SweeperStep)
     app.steps["worker"].add(IngestStep)
     app.steps["worker"].add(monitor.MonitorStep)
@@ -156,5 +189,31 @@ def create_app(settings: Settings) -> GrantsCelery:
     @signals.setup_logging.connect(weak=False)
     def _logging(**_kw):  # replaces Celery's own logging set-up
         logs.configure(settings)
+        if json_logs:
+            logs.capture_prints()
+
+    @signals.celeryd_init.connect(weak=False)
+    def _no_banner(instance, **_kw):
+        if json_logs:
+            instance.quiet = True
+
+    @signals.celeryd_after_setup.connect(weak=False)
+    def _starting(sender, instance, **_kw):
+        if json_logs:
+            log.info(
+                "worker starting",
+                hostname=sender,
+                # As the banner shows it (password masked).
+                broker=app.connection_for_write().as_uri(),
+                concurrency=instance.concurrency,
+                queues=sorted(q.name for q in app.amqp.queues.consume_from.values()),
+                tasks=sorted(n for n in app.tasks if not n.startswith("celery.")),
+            )
+
+    @signals.worker_shutting_down.connect(weak=False)
+    def _stopping(sig, how, **_kw):
+        # Celery's own notice ("worker: Warm shutdown") is a plain print.
+        if json_logs:
+            log.info("worker shutting down", signal=sig, how=how)
 
     return app

@@ -3,21 +3,23 @@
 questions only: may I retry, is it final, or is the outcome unknown?
 
     GrantsError
-    └── BackendError
-        ├── Retryable             certainly NOT applied: safe to send again
-        │   ├── ConnectFailed     refused, DNS, connect/pool timeout, write failed
-        │   ├── RateLimited       429 (carries Retry-After)
-        │   ├── ServerError       503, 408
-        │   └── EndpointRefused   3xx, or 404/405 naming no item or operation: the
-        │                         base URL or configuration is wrong, not the command
-        ├── Permanent             the backend refused; resending cannot help
-        │   ├── InvalidRequest    400/409/413/422, 404 naming an item: split the batch
-        │   │                     to find the bad one
-        │   ├── AuthFailed        401/403: fix credentials, then replay
-        │   └── NotSent           the request could not even be built: nothing left
-        │                         us (certainly not applied; replay after a fix)
-        └── OutcomeUnknown        sent, no usable answer (read timeout, dropped
-                                  connection, 500/502/504: may have applied)
+    ├── BackendError
+    │   ├── Retryable             certainly NOT applied: safe to send again
+    │   │   ├── ConnectFailed     refused, DNS, connect/pool timeout, write failed
+    │   │   ├── RateLimited       429 (carries Retry-After)
+    │   │   ├── ServerError       503, 408
+    │   │   └── EndpointRefused   3xx, or 404/405 naming no item or operation: the
+    │   │                         base URL or configuration is wrong, not the command
+    │   ├── Permanent             the backend refused; resending cannot help
+    │   │   ├── InvalidRequest    400/409/413/422, 404 naming an item: split the batch
+    │   │   │                     to find the bad one
+    │   │   ├── AuthFailed        401/403: fix credentials, then replay
+    │   │   └── NotSent           the request could not even be built: nothing left
+    │   │                         us (certainly not applied; replay after a fix)
+    │   └── OutcomeUnknown        sent, no usable answer (read timeout, dropped
+    │                             connection, 500/502/504: may have applied)
+    └── SendTaskFailed            a send task's batches ended failed or in_doubt
+                                  (outcomes written; the task shows FAILURE)
 """
 
 from __future__ import annotations
@@ -103,3 +105,12 @@ def building(what: str) -> Iterator[None]:
 
 class OutcomeUnknown(BackendError):
     """The request was sent and the answer lost: it may or may not have applied."""
+
+
+class SendTaskFailed(GrantsError):
+    """A send task whose batches ended with ``failed`` or ``in_doubt``
+    commands (worker/tasks.py): raised once their outcomes are written, so
+    the task's events, and Flower, say FAILURE instead of SUCCESS. Celery
+    never retries it and acks its message as usual: the outcomes are final in
+    the ledger; the ledger, not Celery, owns retries and backoff. Its text
+    (one argument, so it pickles across the pool) is the task's summary."""

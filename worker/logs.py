@@ -7,6 +7,7 @@ exception text), and masks fields whose names say they hold one.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import sys
@@ -57,12 +58,26 @@ class Redactor:
         return {k: self._value(k, v) for k, v in event.items()}
 
 
-def configure(settings, *, stream=None) -> None:
-    """Set up structlog (and stdlib logging for libraries) for this process."""
-    stream = stream or sys.__stderr__
+# The process's own streams, as it started: logs are written there even
+# after :func:`capture_prints` replaced ``sys.stdout`` and ``sys.stderr``.
+_STDOUT: Any = sys.__stdout__
+_STDERR: Any = sys.__stderr__
+
+
+def log_format(settings, stream=None) -> str:
+    """``json`` or ``console``: GRANTS_LOG_FORMAT, ``auto`` deciding by the stream."""
     fmt = settings.log_format
     if fmt == "auto":
-        fmt = "console" if stream.isatty() else "json"
+        fmt = "console" if (stream or _STDERR).isatty() else "json"
+    return fmt
+
+
+def configure(settings, *, stream=None) -> None:
+    """Set up structlog, and stdlib logging for libraries (Celery, kombu,
+    httpx), for this process: one format for both, so in JSON mode every line
+    is a JSON object, a library's as much as ours."""
+    stream = stream or _STDERR
+    fmt = log_format(settings, stream)
     level = logging.getLevelName(settings.log_level.upper())
     if not isinstance(level, int):
         level = logging.INFO
@@ -83,15 +98,87 @@ def configure(settings, *, stream=None) -> None:
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
-    # Libraries (celery, kombu, httpx) log through stdlib: same redaction.
+    # Libraries log through stdlib: the same fields, redaction and renderer
+    # (structlog's ProcessorFormatter), plus the logger's name.
     handler = logging.StreamHandler(stream)
     handler.addFilter(_StdlibRedactFilter(redactor))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.processors.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                redactor,
+                renderer,
+            ],
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(level, logging.INFO))
     # httpx logs every request at INFO, with the URL: noise at our volume.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Python's warnings (DeprecationWarning and the like) become log lines.
+    logging.captureWarnings(True)
+
+
+class _LinesToLog(io.TextIOBase):
+    """A text stream whose every line becomes one log record, so what a
+    library prints (Celery's shutdown notices, a stray ``print``) is a log
+    line in the format of the others."""
+
+    def __init__(self, name: str, level: int, fallback):
+        self.logger = logging.getLogger(name)
+        self.level = level
+        self.fallback = fallback
+        self._pending = ""
+        self._emitting = False
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int | None:  # type: ignore[override]
+        # None, not the real descriptor: Celery writes its notices (the
+        # shutdown one) straight to a stream's descriptor when it has one.
+        return None
+
+    def write(self, text: str) -> int:
+        if self._emitting:  # logging itself failed and says so: say it plainly
+            return self.fallback.write(text)
+        self._pending += text
+        while "\n" in self._pending:
+            line, self._pending = self._pending.split("\n", 1)
+            self._emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            line, self._pending = self._pending, ""
+            self._emit(line)
+
+    def _emit(self, line: str) -> None:
+        if not line.strip():
+            return
+        self._emitting = True
+        try:
+            self.logger.log(self.level, line.rstrip())
+        finally:
+            self._emitting = False
+
+
+def capture_prints() -> None:
+    """JSON mode in a worker: what is printed to stdout or stderr (Celery
+    writes some notices to ``sys.__stdout__`` itself) becomes log lines
+    (loggers ``stdout``, ``stderr``), written to the process's stderr."""
+    sys.stdout = sys.__stdout__ = _LinesToLog("stdout", logging.INFO, _STDOUT)  # type: ignore[assignment,misc]
+    sys.stderr = sys.__stderr__ = _LinesToLog("stderr", logging.WARNING, _STDERR)  # type: ignore[assignment,misc]
 
 
 class Throttle:

@@ -87,13 +87,14 @@ def _grant_through(server: AclRedisServer, workdir: Path, project_id: int) -> St
         assert {i: r["status"] for i, r in records.items()} == {i: "granted" for i in ids}
         assert stack.audit_counts(project_id) == {i: 1 for i in ids}
         results.redis.close()
-        # The worker's banner and its "Connected to" line show the broker with
-        # the password masked (Celery writes **; our log filter makes that ***).
-        # (The scheme shown is our guarded transport's name, worker/broker.py.)
-        masked = f"://{ACL_USER}:**@127.0.0.1:{server.port}/0"
+        # The worker's "worker starting" line (its banner, in JSON mode) and its
+        # "Connected to" line show the broker with the password masked (Celery
+        # writes **; our log filter makes that ***). (The scheme shown is our
+        # guarded transport's name, worker/broker.py.)
+        masked = f"://{ACL_USER}:***@127.0.0.1:{server.port}/0"
         log = worker.log_text()
-        assert f"transport:   worker.broker:Transport{masked}" in log
-        assert f"Connected to worker.broker:Transport{masked.replace(':**@', ':***@')}" in log
+        assert f'"broker": "worker.broker:Transport{masked}"' in log
+        assert f"Connected to worker.broker:Transport{masked}" in log
     finally:
         if publisher is not None:
             publisher.close()

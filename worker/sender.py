@@ -178,12 +178,13 @@ class Sender:
         blog = log.bind(batch_id=batch_id, project_id=lane.project_id, attempt=work.attempt, size=len(work.ids))
         blog.debug("batch sending", backend=backend.name, kind=lane.kind, reconcile=work.reconcile or None)
         answer: list[Outcome] | errors.BackendError
+        settled: Counter[str] = Counter()  # what a read-back made final, for the task's result
         try:
             with self.keeper.holding(work):
                 if work.reconcile:
-                    work = self._read_back(backend, work, blog)
+                    work, settled = self._read_back(backend, work, blog)
                     if not work.ids:
-                        return {"batch_id": batch_id, "reconciled": True}
+                        return {"batch_id": batch_id, "reconciled": True, **settled}
                 started = time.perf_counter()
                 try:
                     results = backend.send(lane, work.commands)
@@ -202,7 +203,10 @@ class Sender:
             # rather than a batch stuck in 'sending'.
             blog.exception("backend call failed unexpectedly")
             answer = errors.OutcomeUnknown(f"{type(exc).__name__}: {exc}")
-        return self._apply(work, decide(work, answer), blog)
+        summary = self._apply(work, decide(work, answer), blog)
+        for status, n in settled.items():
+            summary[status] = summary.get(status, 0) + n
+        return summary
 
     @staticmethod
     def _outcomes(backend: Backend, work: BatchWork, results: list[tuple[int, OpResult]]) -> list[Outcome]:
@@ -223,11 +227,12 @@ class Sender:
             )
         return out
 
-    def _read_back(self, backend: Backend, work: BatchWork, blog: Any) -> BatchWork:
+    def _read_back(self, backend: Backend, work: BatchWork, blog: Any) -> tuple[BatchWork, Counter[str]]:
         """After a lost answer: settle what the inventory shows applied (or
-        cannot tell) at once, and go on with what is certainly absent."""
+        cannot tell) at once, and go on with what is certainly absent.
+        Returns the rest and the statuses settled."""
         if backend.on_unknown is not OnUnknown.reconcile:
-            return work
+            return work, Counter()
         try:
             found = cast(ReadsBack, backend).reconcile(work.lane, work.commands)
         except errors.BackendError as exc:
@@ -236,11 +241,11 @@ class Sender:
         settled = self._outcomes(backend, work, [(i, r) for i, r in enumerate(found) if r is not None])
         blog.info("batch reconciled", settled=len(settled), absent=len(found) - len(settled))
         if not settled:
-            return work
+            return work, Counter()
         rest = self.ledger.settle(work, settled)
         if rest is None:
             raise _Fenced()
-        return rest
+        return rest, Counter(o.status for o in settled)
 
     def _apply(self, work: BatchWork, decision: Decision, blog: Any) -> dict[str, Any]:
         if isinstance(decision, Finish):

@@ -259,3 +259,44 @@ def test_trim_drops_old_index_entries_of_every_kind(redis_client):
     Results(client, keys).trim(retention_ms=1000)
     for kind in RECORD_NAMESPACES:
         assert client.zrange(keys.index("failed", kind), 0, -1) == ["1:new"], kind
+
+
+def test_what_a_read_back_settles_is_counted_in_the_send_summary(redis_client):
+    """PlayFab: the call's answer is lost; the next attempt reads the
+    inventory back, finds the grant applied and settles it: the summary (the
+    send task's result, what Flower shows) counts it as granted."""
+    import json
+
+    client, keys = redis_client
+    inventory: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if request.url.path.endswith("/GrantItemsToUsers"):
+            for g in body["ItemGrants"]:
+                inventory.append(
+                    {"ItemId": g["ItemId"], "ItemInstanceId": f"i{len(inventory)}", "Annotation": g["Annotation"]}
+                )
+            raise httpx.ReadTimeout("answer lost", request=request)
+        assert request.url.path.endswith("/GetUserInventory")
+        return httpx.Response(
+            200,
+            json={
+                "code": 200,
+                "status": "OK",
+                "data": {"PlayFabId": body["PlayFabId"], "Inventory": inventory, "VirtualCurrency": {}},
+            },
+        )
+
+    settings = Settings(projects={3: {"backend": "playfab", "base_url": "http://pf.test"}}, playfab_secret_key="s")
+    ledger = Ledger(client, keys, ttl_ms=60_000, batch_limits={"grant": 50}, default_batch_limit=50)
+    sender = Sender(
+        ledger, Backends(settings, httpx.MockTransport(handler)), settings, lambda ids: None, rng=random.Random(1)
+    )
+    ledger.ingest([Arrival(command(3, "pf-1", user="PF-ANA", sku="gem"), 1, "t:pf-1")])
+    bid = ledger.take(max_batches=1, max_inflight=10, flush_ms=0, lease_ms=5000)[0]
+    assert sender.send(bid).get("state") == "retry"  # lost: read it back next time
+    client.hset(keys.batch(bid), "nbf", 0)
+    summary = sender.send(bid)
+    assert summary.get("reconciled") is True and summary.get("granted") == 1, summary
+    assert Results(client, keys).get(3, "pf-1")["status"] == "granted"

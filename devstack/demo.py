@@ -24,12 +24,14 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
 from devstack import metricsview
 from devstack.localstack import REPO_ROOT, Stack, free_port
+from ops.args import table
 from producers.feed import read_feed
 from producers.progress import Progress
 from producers.publisher import Publisher
@@ -258,12 +260,18 @@ def _wait_outcomes(results: Results, project_id: int, ids: list[str], timeout: f
         _say(f"   {len(ids) - done} purchases still without an outcome after {timeout:.0f}s")
 
 
+def _table(headers: list[str], rows: list[list[Any]], right: list[int] | None = None) -> None:
+    """An aligned table, indented as the demo's output is."""
+    for line in table(headers, rows, right=right or ()):
+        _say("   " + line)
+
+
 def _report(results: Results, project_id: int, ids: list[str], metrics_url: str) -> bool:
     """The outcome table (from the records) and its summary (from the
     metrics); False when the two disagree."""
     _say("\n== outcomes")
-    _say(f"   {'EXTERNAL_PURCHASE_ID':<14} {'USER':<38} {'ITEMS':<22} {'STATUS':<9} DUPS NOTE")
     counts: dict[str, int] = {}
+    rows = []
     for pid in ids:
         r = results.get(project_id, pid) or {}
         op = (r.get("command") or {}).get("operation") or {}
@@ -274,10 +282,9 @@ def _report(results: Results, project_id: int, ids: list[str], metrics_url: str)
         if r.get("conflicts"):
             note = f"conflicting repeat refused ({r['conflicts']['count']}x)"
         elif r.get("error"):
-            note = r["error"][:60]
-        _say(
-            f"   {pid:<14} {op.get('user', {}).get('id', ''):<38} {items:<22} {status:<9} {r.get('duplicates', 0):>4} {note}"
-        )
+            note = r["error"]  # whole: the demo's reasons are short, and the point
+        rows.append([pid, op.get("user", {}).get("id", ""), items, status, r.get("duplicates", 0), note])
+    _table(["EXTERNAL_PURCHASE_ID", "USER", "ITEMS", "STATUS", "DUPS", "NOTE"], rows, right=[4])
     # The summary is the metrics' (what Prometheus would scrape), checked
     # against the records above.
     labels = {"kind": "grant", "project": str(project_id)}
@@ -340,27 +347,23 @@ def _metrics_table(scrape: metricsview.Scrape, metrics_url: str) -> None:
             if n in (metricsview.OUTCOMES, metricsview.RECEIVED)
         }
     )
-    rows = [("KIND", "PROJECT", "OUTCOMES", "RECEIVED", "P50", "P99")]
+    rows = []
     for kind, project in lanes:
         labels = {"kind": kind, "project": project}
         by_status = sorted(scrape.by(metricsview.OUTCOMES, "status", **labels).items())
         by_result = sorted(scrape.by(metricsview.RECEIVED, "result", **labels).items())
         latency = scrape.buckets(metricsview.LATENCY, **labels)
         rows.append(
-            (
+            [
                 kind,
                 project,
                 ", ".join(f"{int(v)} {s}" for s, v in by_status if v),
                 ", ".join(f"{int(v)} {r}" for r, v in by_result if v),
                 _secs(metricsview.quantile(latency, 0.5)),
                 _secs(metricsview.quantile(latency, 0.99)),
-            )
+            ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = [c.ljust(w) for c, w in zip(row[:4], widths, strict=False)]
-        cells += [c.rjust(w) for c, w in zip(row[4:], widths[4:], strict=False)]
-        _say("   " + "  ".join(cells))
+    _table(["KIND", "PROJECT", "OUTCOMES", "RECEIVED", "P50", "P99"], rows, right=[4, 5])
 
 
 def _sample(name: str, project_id: int, kind: str = "grant") -> list:
@@ -382,11 +385,12 @@ def _refunds(publisher: Publisher, results: Results, project_id: int) -> None:
     final = {"revoked", "noop", "rejected", "failed", "in_doubt"}
     ids = [r.external_purchase_id for r in refunds]
     _wait(lambda: all(((results.get(project_id, i) or {}).get("revoke") or {}).get("status") in final for i in ids))
-    _say(f"   {'EXTERNAL_PURCHASE_ID':<14} {'GRANT':<10} {'REVOKE':<9} NOTE")
+    rows = []
     for i in ids:
         r = results.get(project_id, i) or {}
         rv = r.get("revoke") or {}
-        _say(f"   {i:<14} {r.get('status') or '-':<10} {rv.get('status') or '?':<9} {(rv.get('error') or '')[:60]}")
+        rows.append([i, r.get("status") or "-", rv.get("status") or "?", rv.get("error") or ""])
+    _table(["EXTERNAL_PURCHASE_ID", "GRANT", "REVOKE", "NOTE"], rows)
 
 
 def _playfab(publisher: Publisher, results: Results, stack: Stack) -> None:
@@ -398,15 +402,21 @@ def _playfab(publisher: Publisher, results: Results, stack: Stack) -> None:
     publisher.publish_many(purchases)
     ids = [c.external_purchase_id for c in purchases]
     _wait_outcomes(results, PLAYFAB_PROJECT, ids)
-    _say(f"   {'EXTERNAL_PURCHASE_ID':<14} {'PLAYFAB_ID':<12} {'ITEMS':<16} {'STATUS':<9} INSTANCES")
+    rows = []
     for c in purchases:
         r = results.get(PLAYFAB_PROJECT, c.external_purchase_id) or {}
         instances = [g.get("ItemInstanceId") for g in (r.get("response") or {}).get("ItemGrantResults", [])]
         item = c.operation.items[0]
-        _say(
-            f"   {c.external_purchase_id:<14} {c.user_id:<12} {f'{item.quantity}x {item.sku}':<16} "
-            f"{r.get('status', '?'):<9} {', '.join(i or '?' for i in instances)}"
+        rows.append(
+            [
+                c.external_purchase_id,
+                c.user_id,
+                f"{item.quantity}x {item.sku}",
+                r.get("status", "?"),
+                ", ".join(i or "?" for i in instances),
+            ]
         )
+    _table(["EXTERNAL_PURCHASE_ID", "PLAYFAB_ID", "ITEMS", "STATUS", "INSTANCES"], rows)
 
 
 def _backpack(publisher: Publisher, results: Results, stack: Stack, settings, project_id: int, source: str) -> str:
@@ -414,7 +424,7 @@ def _backpack(publisher: Publisher, results: Results, stack: Stack, settings, pr
 
     creates = _sample("backpack.jsonl", project_id, BACKPACK_CREATE)
     user = creates[0].user_id
-    _say(f"\n== Xsolla Backpack: {len(creates)} creates for user {user} (grants publish --kind backpack-create)")
+    _say(f"\n== Xsolla Backpack: {len(creates)} creates for user {user} (grants publish --kind {BACKPACK_CREATE})")
     publisher.publish_many(creates)
     final = {"granted", "rejected", "failed", "in_doubt"}
     _wait(
@@ -422,9 +432,17 @@ def _backpack(publisher: Publisher, results: Results, stack: Stack, settings, pr
             (results.get(project_id, c.operation_id, "backpack.create") or {}).get("status") in final for c in creates
         )
     )
-    for c in creates:
-        r = results.get(project_id, c.operation_id, "backpack.create") or {}
-        _say(f"   {c.operation_id:<8} {c.item_type:<17} {r.get('status', '?')}")
+    _table(
+        ["OPERATION_ID", "ITEM_TYPE", "STATUS"],
+        [
+            [
+                c.operation_id,
+                c.item_type,
+                (results.get(project_id, c.operation_id, BACKPACK_CREATE) or {}).get("status", "?"),
+            ]
+            for c in creates
+        ],
+    )
     backend = Backends(
         settings.model_copy(
             update={
@@ -440,6 +458,7 @@ def _backpack(publisher: Publisher, results: Results, stack: Stack, settings, pr
     finally:
         backend.close()
     _say(f"   the user's Backpack now ({source} grants backpack items --project-id {project_id} --user {user}):")
+    rows = []
     for i in items:
         extra = (
             i.get("code")
@@ -450,13 +469,13 @@ def _backpack(publisher: Publisher, results: Results, stack: Stack, settings, pr
                 else ""
             )
         )
-        _say(f"     {i.get('item_type', ''):<17} {i.get('item_sku', ''):<22} {extra}")
+        rows.append([i.get("item_type", ""), i.get("item_sku", ""), extra])
+    _table(["ITEM_TYPE", "SKU", "CODE / QUANTITY"], rows)
     return user
 
 
 def _balances(stack: Stack, project_id: int) -> None:
     rows = stack.sandbox_get("/sandbox/balances", project_id=project_id)["balances"]
     _say("\n== sandbox balances")
-    _say(f"   {'USER':<38} {'SKU':<16} QUANTITY")
-    for b in sorted(rows, key=lambda b: (b["user_id"], b["sku"])):
-        _say(f"   {b['user_id']:<38} {b['sku']:<16} {b['quantity']:>8}")
+    ordered = sorted(rows, key=lambda b: (b["user_id"], b["sku"]))
+    _table(["USER", "SKU", "QUANTITY"], [[b["user_id"], b["sku"], b["quantity"]] for b in ordered], right=[2])

@@ -19,9 +19,10 @@ from schemas.kinds import KINDS
 from worker.keys import Keys
 from worker.lanes import Lanes, lanes_of
 from worker.results import iso_ms
+from worker.settings import Settings
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "lanes",
         help="pause or resume sending for a project (commands keep accumulating)",
@@ -52,11 +53,11 @@ def add_parser(sub) -> None:
         a.set_defaults(run=fn)
 
 
-def _lanes(settings) -> Lanes:
+def _lanes(settings: Settings) -> Lanes:
     return Lanes(redis_client(settings), Keys(settings.key_prefix))
 
 
-def run_list(args: argparse.Namespace, settings) -> int:
+def run_list(args: argparse.Namespace, settings: Settings) -> int:
     states = _lanes(settings).overview(args.project_id, args.kind)
     if args.paused:
         states = [s for s in states if s.paused]
@@ -95,7 +96,7 @@ def run_list(args: argparse.Namespace, settings) -> int:
     return 0
 
 
-def run_pause(args: argparse.Namespace, settings) -> int:
+def run_pause(args: argparse.Namespace, settings: Settings) -> int:
     actor = args.actor or f"{getpass.getuser()}@{socket.gethostname()}"
     done = _lanes(settings).pause(lanes_of(args.project_id, args.kind), actor=actor, note=args.note)
     if args.json:
@@ -112,7 +113,7 @@ def run_pause(args: argparse.Namespace, settings) -> int:
     return 0
 
 
-def run_resume(args: argparse.Namespace, settings) -> int:
+def run_resume(args: argparse.Namespace, settings: Settings) -> int:
     done = _lanes(settings).resume(lanes_of(args.project_id, args.kind))
     if args.json:
         print(json.dumps([{"lane": lane, "was_paused": was} for lane, was in done], indent=2))

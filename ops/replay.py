@@ -19,9 +19,10 @@ from worker.backends.registry import project_is_idempotent
 from worker.keys import Keys
 from worker.ledger import Ledger
 from worker.results import Results
+from worker.settings import Settings
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "replay",
         help="re-queue failed or in_doubt commands (guarded: never an applied one)",
@@ -53,7 +54,7 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace, settings) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     actor = args.actor or f"{getpass.getuser()}@{socket.gethostname()}"
     client = redis_client(settings)
     keys = Keys(settings.key_prefix)

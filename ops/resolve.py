@@ -18,9 +18,10 @@ from worker.keys import Keys
 from worker.ledger import Ledger
 from worker.replay import Filters
 from worker.results import Results
+from worker.settings import Settings
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "resolve",
         help="record what you found about in_doubt commands: granted (closed, revocable) or failed (replayable)",
@@ -86,7 +87,7 @@ def _targets(args: argparse.Namespace, results: Results) -> list[tuple[int, str]
     )
 
 
-def run(args: argparse.Namespace, settings) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     client = settings.redis_client(patient=False)
     keys = Keys(settings.key_prefix)
     results = Results(client, keys)

@@ -11,6 +11,8 @@ unreachable Redis into :class:`CliError` (one line on stderr, exit 2).
 from __future__ import annotations
 
 import argparse
+import getpass
+import socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
@@ -24,17 +26,19 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from producers.cli import kind_name
 from schemas.records import Status
 from worker.keys import Keys
-from worker.replay import parse_time
+from worker.replay import Filters, parse_time
 from worker.settings import Settings
 
 __all__ = [
     "CliError",
+    "actor_or_default",
     "cut",
     "describe_store",
     "kind_name",
     "positive_int",
     "redact_url",
     "redis_client",
+    "selection",
     "showing",
     "statuses",
     "table",
@@ -82,6 +86,27 @@ def statuses(allowed: Iterable[Status]) -> Callable[[str], list[Status]]:
         return out
 
     return parse
+
+
+def selection(args: argparse.Namespace, status: Status) -> Filters:
+    """The records in ``status`` that the selecting options (``--kind``,
+    ``--project-id``, ``--since``, ``--until``, ``--sku``, ``--user``,
+    ``--limit``, as ``grants replay`` and ``grants resolve`` take them) pick."""
+    return Filters(
+        status,
+        kind=args.kind,
+        project_id=args.project_id,
+        since_ms=args.since,
+        until_ms=args.until,
+        sku=args.sku,
+        user=args.user,
+        limit=args.limit,
+    )
+
+
+def actor_or_default(actor: str | None) -> str:
+    """Who acts, for the record: ``--actor`` when given, else ``user@host``."""
+    return actor or f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 # --- the store ---------------------------------------------------------------

@@ -8,13 +8,11 @@ as usual (worker/lanes.py says what happens to batches already taken).
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import socket
 import sys
 import time
 
-from ops.args import kind_name, redis_client, table
+from ops.args import actor_or_default, kind_name, redis_client, table
 from schemas.kinds import KINDS
 from worker.keys import Keys
 from worker.lanes import Lanes, lanes_of
@@ -97,7 +95,7 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_pause(args: argparse.Namespace, settings: Settings) -> int:
-    actor = args.actor or f"{getpass.getuser()}@{socket.gethostname()}"
+    actor = actor_or_default(args.actor)
     done = _lanes(settings).pause(lanes_of(args.project_id, args.kind), actor=actor, note=args.note)
     if args.json:
         print(json.dumps([{"lane": lane, "result": v, "batches_returned": n} for lane, v, n in done], indent=2))

@@ -11,8 +11,10 @@ unreachable Redis into :class:`CliError` (one line on stderr, exit 2).
 from __future__ import annotations
 
 import argparse
+import getpass
+import socket
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 import redis
@@ -24,16 +26,19 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from producers.cli import kind_name
 from schemas.records import Status
 from worker.keys import Keys
-from worker.replay import parse_time
+from worker.replay import Filters, parse_time
+from worker.settings import Settings
 
 __all__ = [
     "CliError",
+    "actor_or_default",
     "cut",
     "describe_store",
     "kind_name",
     "positive_int",
     "redact_url",
     "redis_client",
+    "selection",
     "showing",
     "statuses",
     "table",
@@ -64,14 +69,14 @@ def positive_int(text: str) -> int:
     return value
 
 
-def statuses(allowed: Iterable[Status]):
+def statuses(allowed: Iterable[Status]) -> Callable[[str], list[Status]]:
     """An argparse type for ``--status`` (with ``action="extend"``): one status
     or a comma list of them, so ``--status failed --status in_doubt`` and
     ``--status failed,in_doubt`` say the same."""
     names = [s.value for s in allowed]
 
     def parse(text: str) -> list[Status]:
-        out = []
+        out: list[Status] = []
         for part in filter(None, (p.strip() for p in text.split(","))):
             if part not in names:
                 raise argparse.ArgumentTypeError(f"unknown status {part!r}: one of {', '.join(names)}")
@@ -81,6 +86,27 @@ def statuses(allowed: Iterable[Status]):
         return out
 
     return parse
+
+
+def selection(args: argparse.Namespace, status: Status) -> Filters:
+    """The records in ``status`` that the selecting options (``--kind``,
+    ``--project-id``, ``--since``, ``--until``, ``--sku``, ``--user``,
+    ``--limit``, as ``grants replay`` and ``grants resolve`` take them) pick."""
+    return Filters(
+        status,
+        kind=args.kind,
+        project_id=args.project_id,
+        since_ms=args.since,
+        until_ms=args.until,
+        sku=args.sku,
+        user=args.user,
+        limit=args.limit,
+    )
+
+
+def actor_or_default(actor: str | None) -> str:
+    """Who acts, for the record: ``--actor`` when given, else ``user@host``."""
+    return actor or f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 # --- the store ---------------------------------------------------------------
@@ -100,7 +126,7 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
-def describe_store(settings) -> str:
+def describe_store(settings: Settings) -> str:
     """Which Redis and which key prefix, as one line (no secret in it)."""
     if settings.redis_sentinels:
         where = f"sentinels {','.join(settings.redis_sentinels)} (primary {settings.redis_sentinel_master!r})"
@@ -111,13 +137,13 @@ def describe_store(settings) -> str:
     return f"{where}{source}{password}, key prefix {settings.key_prefix!r}"
 
 
-def _scrub(text: str, settings) -> str:
+def _scrub(text: str, settings: Settings) -> str:
     for secret in settings.secrets():
         text = text.replace(secret, "***")
     return text
 
 
-def store_failure(exc: Exception, settings) -> CliError:
+def store_failure(exc: Exception, settings: Settings) -> CliError:
     """A Redis failure as one line that says what to check."""
     where = redact_url(settings.redis_url) if not settings.redis_sentinels else "the sentinels' primary"
     text = _scrub(str(exc), settings).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -137,7 +163,7 @@ def store_failure(exc: Exception, settings) -> CliError:
 _clients: dict[int, redis.Redis] = {}
 
 
-def redis_client(settings, *, announce: bool = True) -> redis.Redis:
+def redis_client(settings: Settings, *, announce: bool = True) -> redis.Redis:
     """The client every operator command reads the store with (fails fast).
 
     The first call names the store on stderr, checks the URL, the

@@ -9,9 +9,10 @@ import sys
 from ops.args import table
 from worker import errors
 from worker.backends.registry import Backends
+from worker.settings import Settings
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "backpack",
         help="look into users' Xsolla Backpacks",
@@ -25,7 +26,7 @@ def add_parser(sub) -> None:
     items.set_defaults(run=run_items)
 
 
-def run_items(args: argparse.Namespace, settings) -> int:
+def run_items(args: argparse.Namespace, settings: Settings) -> int:
     backend = Backends(settings).backpack
     try:
         found = backend.list_items(args.project_id, args.user)

@@ -10,11 +10,12 @@ import sys
 from ops.args import cut, positive_int, redis_client, showing, table
 from worker.dead import DeadLetters
 from worker.keys import Keys
+from worker.settings import Settings
 
 REASON_WIDTH = 70
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "dead",
         help="dead letters: what arrived and was not a valid command",
@@ -46,11 +47,11 @@ def add_parser(sub) -> None:
     pg.set_defaults(run=run_purge)
 
 
-def _dead(settings) -> DeadLetters:
+def _dead(settings: Settings) -> DeadLetters:
     return DeadLetters(redis_client(settings), Keys(settings.key_prefix))
 
 
-def run_list(args: argparse.Namespace, settings) -> int:
+def run_list(args: argparse.Namespace, settings: Settings) -> int:
     dead = _dead(settings)
     letters = []
     for letter in dead.iter():
@@ -82,7 +83,7 @@ def run_list(args: argparse.Namespace, settings) -> int:
     return 0
 
 
-def run_show(args: argparse.Namespace, settings) -> int:
+def run_show(args: argparse.Namespace, settings: Settings) -> int:
     letter = _dead(settings).get(args.letter_id)
     if letter is None:
         print(f"no dead letter {args.letter_id!r} (purged, or past the results retention)", file=sys.stderr)
@@ -112,7 +113,7 @@ def run_show(args: argparse.Namespace, settings) -> int:
     return 0
 
 
-def run_purge(args: argparse.Namespace, settings) -> int:
+def run_purge(args: argparse.Namespace, settings: Settings) -> int:
     if bool(args.letter_ids) == bool(args.all):
         print("grants dead purge: give the ids to delete, or --all", file=sys.stderr)
         return 2

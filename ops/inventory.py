@@ -29,6 +29,7 @@ from worker.backends.xsolla import NO_INVENTORY_READ
 from worker.keys import Keys
 from worker.replay import record_skus, record_user
 from worker.results import Results
+from worker.settings import Settings
 from worker.work import Lane
 
 OPERATORS_MATCH = (
@@ -37,7 +38,7 @@ OPERATORS_MATCH = (
 )
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "inventory",
         help="a player's inventory in the project's backend, next to their in_doubt commands",
@@ -103,7 +104,9 @@ def playfab_seen(record: dict[str, Any], inventory: list[dict[str, Any]]) -> str
     return OPERATORS_MATCH
 
 
-def inventory_report(settings, results: Results, backends: Backends, project_id: int, user: str) -> dict[str, Any]:
+def inventory_report(
+    settings: Settings, results: Results, backends: Backends, project_id: int, user: str
+) -> dict[str, Any]:
     """The user's inventory as each backend involved reads it, and their
     in_doubt commands, each marked where the backend shows it."""
     doubts = in_doubt_of(results, project_id, user)
@@ -226,7 +229,7 @@ def render(report: dict[str, Any]) -> list[str]:
     return out
 
 
-def run(args: argparse.Namespace, settings) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     client = settings.redis_client(patient=False)
     results = Results(client, Keys(settings.key_prefix))
     backends = Backends(settings)

@@ -8,20 +8,19 @@ as usual (worker/lanes.py says what happens to batches already taken).
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import socket
 import sys
 import time
 
-from ops.args import kind_name, redis_client, table
+from ops.args import actor_or_default, kind_name, redis_client, table
 from schemas.kinds import KINDS
 from worker.keys import Keys
 from worker.lanes import Lanes, lanes_of
 from worker.results import iso_ms
+from worker.settings import Settings
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "lanes",
         help="pause or resume sending for a project (commands keep accumulating)",
@@ -52,11 +51,11 @@ def add_parser(sub) -> None:
         a.set_defaults(run=fn)
 
 
-def _lanes(settings) -> Lanes:
+def _lanes(settings: Settings) -> Lanes:
     return Lanes(redis_client(settings), Keys(settings.key_prefix))
 
 
-def run_list(args: argparse.Namespace, settings) -> int:
+def run_list(args: argparse.Namespace, settings: Settings) -> int:
     states = _lanes(settings).overview(args.project_id, args.kind)
     if args.paused:
         states = [s for s in states if s.paused]
@@ -95,8 +94,8 @@ def run_list(args: argparse.Namespace, settings) -> int:
     return 0
 
 
-def run_pause(args: argparse.Namespace, settings) -> int:
-    actor = args.actor or f"{getpass.getuser()}@{socket.gethostname()}"
+def run_pause(args: argparse.Namespace, settings: Settings) -> int:
+    actor = actor_or_default(args.actor)
     done = _lanes(settings).pause(lanes_of(args.project_id, args.kind), actor=actor, note=args.note)
     if args.json:
         print(json.dumps([{"lane": lane, "result": v, "batches_returned": n} for lane, v, n in done], indent=2))
@@ -112,7 +111,7 @@ def run_pause(args: argparse.Namespace, settings) -> int:
     return 0
 
 
-def run_resume(args: argparse.Namespace, settings) -> int:
+def run_resume(args: argparse.Namespace, settings: Settings) -> int:
     done = _lanes(settings).resume(lanes_of(args.project_id, args.kind))
     if args.json:
         print(json.dumps([{"lane": lane, "was_paused": was} for lane, was in done], indent=2))

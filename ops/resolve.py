@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from redis.exceptions import RedisError
 
-from ops.args import kind_name, positive_int, when
+from ops.args import kind_name, positive_int, selection, when
 from schemas.kinds import KINDS
 from schemas.records import Status
 from worker import errors
@@ -16,11 +17,11 @@ from worker import resolve as rs
 from worker.backends.registry import Backends
 from worker.keys import Keys
 from worker.ledger import Ledger
-from worker.replay import Filters
 from worker.results import Results
+from worker.settings import Settings
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "resolve",
         help="record what you found about in_doubt commands: granted (closed, revocable) or failed (replayable)",
@@ -71,36 +72,16 @@ def _targets(args: argparse.Namespace, results: Results) -> list[tuple[int, str]
         return [(args.project_id, rid) for rid in dict.fromkeys(named)]
     if args.project_id is None and all(v is None for v in (args.since, args.until, args.sku, args.user)):
         return "name the commands (ids, --file) or select them (--project-id, --since, --until, --sku, --user)"
-    return rs.select_in_doubt(
-        results,
-        Filters(
-            Status.in_doubt,
-            kind=args.kind,
-            project_id=args.project_id,
-            since_ms=args.since,
-            until_ms=args.until,
-            sku=args.sku,
-            user=args.user,
-            limit=args.limit,
-        ),
-    )
+    return rs.select_in_doubt(results, selection(args, Status.in_doubt))
 
 
-def run(args: argparse.Namespace, settings) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     client = settings.redis_client(patient=False)
     keys = Keys(settings.key_prefix)
     results = Results(client, keys)
     backends = Backends(settings)
     resolver = rs.Resolver(Ledger.from_settings(client, settings), results, backends)
     status = rs.written_status(args.kind, args.finding)
-
-    def planned(summary: rs.Summary) -> None:
-        for p in summary.planned:
-            if args.dry_run:
-                print(f"{'would resolve' if p.resolve else 'would skip'} {p.name}: {p.why}")
-            elif not p.resolve:
-                print(f"grants resolve: {p.name}: {p.why}", file=sys.stderr)
-
     try:
         targets = _targets(args, results)
         if isinstance(targets, str):
@@ -117,7 +98,7 @@ def run(args: argparse.Namespace, settings) -> int:
             actor=args.actor,
             note=args.note,
             dry_run=args.dry_run,
-            on_planned=planned,
+            on_planned=_show_plan(args),
         )
     except RedisError as exc:
         print(f"grants resolve: the results store failed: {exc}; run again, resolve is safe to repeat", file=sys.stderr)
@@ -127,6 +108,28 @@ def run(args: argparse.Namespace, settings) -> int:
         return 2
     finally:
         backends.close()
+    return _report(args, summary, status)
+
+
+def _show_plan(args: argparse.Namespace) -> Callable[[rs.Summary], None]:
+    """The ``on_planned`` callback: with --dry-run, prints what each target
+    would get; otherwise names on stderr the targets it refuses, and why."""
+
+    def planned(summary: rs.Summary) -> None:
+        for p in summary.planned:
+            if args.dry_run:
+                print(f"{'would resolve' if p.resolve else 'would skip'} {p.name}: {p.why}")
+            elif not p.resolve:
+                print(f"grants resolve: {p.name}: {p.why}", file=sys.stderr)
+
+    return planned
+
+
+def _report(args: argparse.Namespace, summary: rs.Summary, status: str) -> int:
+    """Print what was resolved as ``status`` (or, with --dry-run, would be),
+    and what to run next; the exit code: 0 when every target was resolved,
+    else 1 (anything not resolved, refused or changed meanwhile, is the
+    operator's to look at)."""
     todo = sum(p.resolve for p in summary.planned)
     if args.dry_run:
         print(f"dry run: {todo} would be resolved as {status}, {len(summary.planned) - todo} skipped; nothing changed")
@@ -145,5 +148,4 @@ def run(args: argparse.Namespace, settings) -> int:
             + " sends them again",
             file=sys.stderr,
         )
-    # Anything not resolved (refused, or changed meanwhile) is the operator's to look at.
     return 0 if verdicts["resolved"] == len(summary.planned) else 1

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, TypedDict
 
+import redis
 from redis.exceptions import RedisError
 
 from ops.args import cut, kind_name, positive_int, redis_client, showing, statuses, table, when
@@ -14,7 +16,7 @@ from schemas.records import Status
 from schemas.stream import LEGACY_INGEST_QUEUE
 from worker.keys import Keys
 from worker.results import DEAD_LETTERS, Results
-from worker.settings import connect
+from worker.settings import Settings, connect
 from worker.tasks import OPS_QUEUE, SEND_QUEUE
 
 # A reason in a list is cut to this many characters (… marks it; the footer
@@ -22,7 +24,7 @@ from worker.tasks import OPS_QUEUE, SEND_QUEUE
 REASON_WIDTH = 60
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "results",
         help="look up outcomes in the results store",
@@ -77,11 +79,11 @@ def add_parser(sub) -> None:
     st.set_defaults(run=run_stats)
 
 
-def _results(settings) -> Results:
+def _results(settings: Settings) -> Results:
     return Results(redis_client(settings), Keys(settings.key_prefix))
 
 
-def run_get(args, settings) -> int:
+def run_get(args: argparse.Namespace, settings: Settings) -> int:
     record = _results(settings).get(args.project_id, args.external_purchase_id, args.kind)
     if record is None:
         what = "purchase" if KINDS[args.kind].identity == "external_purchase_id" else f"{args.kind} operation"
@@ -95,7 +97,7 @@ def _when(r: dict[str, Any]) -> str:
     return r.get("completed_at") or r.get("received_at") or r.get("last_seen_at") or ""
 
 
-def run_list(args, settings) -> int:
+def run_list(args: argparse.Namespace, settings: Settings) -> int:
     results = _results(settings)
     wanted = list(dict.fromkeys(args.status))  # in order, once each
     found: list[dict[str, Any]] = []
@@ -156,7 +158,7 @@ def run_list(args, settings) -> int:
     return 0
 
 
-def run_stats(args, settings) -> int:
+def run_stats(args: argparse.Namespace, settings: Settings) -> int:
     results = _results(settings)
     stats = results.stats(args.project_id)
     stats["redis_memory"] = redis_memory(results.redis)
@@ -230,7 +232,15 @@ def stats_lines(stats: dict[str, Any]) -> list[str]:
     return out
 
 
-def redis_memory(client) -> dict:
+class RedisMemory(TypedDict):
+    """What :func:`redis_memory` reads off ``INFO memory``."""
+
+    used_bytes: int
+    limit_bytes: int  # 0: no limit
+    policy: str
+
+
+def redis_memory(client: redis.Redis) -> RedisMemory:
     """Redis's memory in use, its limit (0: none) and its eviction policy."""
     info = client.info("memory")
     return {

@@ -22,14 +22,19 @@ import argparse
 import importlib.util
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
+from starlette.types import ASGIApp
 
 from sandbox.app import create_app
 from sandbox.backpack import DEFAULT_BACKPACK_HOST_ID, DEFAULT_BACKPACK_TOKEN
 from sandbox.faults import Faults
 from sandbox.playfab import DEFAULT_PLAYFAB_SECRET_KEY, PlayFabConfig
 from sandbox.store import Store
+
+if TYPE_CHECKING:
+    import uvicorn
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8900
@@ -88,7 +93,22 @@ def serve(
         playfab_secret_key=playfab_secret_key,
         playfab_config=playfab_config,
     )
-    config = uvicorn.Config(
+    config = _uvicorn_config(app, host, port)
+    # Bind first so the printed line can name the port actually bound.
+    sock = config.bind_socket()
+    _announce(host, sock.getsockname()[1], db_path, idempotent)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        store.close()
+
+
+def _uvicorn_config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
+    """How uvicorn serves the sandbox: the fastest loop and HTTP parser
+    installed, quiet, and quick to stop."""
+    import uvicorn
+
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -103,18 +123,17 @@ def serve(
         # keep Ctrl-C from stopping the server.
         timeout_graceful_shutdown=1,
     )
-    # Bind first so the printed line can name the port actually bound.
-    sock = config.bind_socket()
-    bound_port = sock.getsockname()[1]
+
+
+def _announce(host: str, port: int, db_path: str, idempotent: bool) -> None:
+    """Print the start-up line ``sandbox listening on http://HOST:PORT (db=...,
+    idempotent=...)`` (an IPv6 host in brackets), flushed at once: whoever
+    started the sandbox reads the port from it."""
     shown_host = f"[{host}]" if ":" in host else host
     print(
-        f"sandbox listening on http://{shown_host}:{bound_port} (db={db_path}, idempotent={str(idempotent).lower()})",
+        f"sandbox listening on http://{shown_host}:{port} (db={db_path}, idempotent={str(idempotent).lower()})",
         flush=True,
     )
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        store.close()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -147,6 +148,74 @@ def claim_view(value: str) -> dict[str, Any]:
         "completed_at": iso_ms(done),
         "refund_data_kept": bool(refund),
     }
+
+
+# The (kind, status) pairs :meth:`Results.stats` counts off their indexes.
+_INDEXED = [(k, s) for k, kind in KINDS.items() for s in kind.statuses if s in INDEXED_STATUSES or s is Status.conflict]
+# The fields of a taken batch's hash that :meth:`Results.stats` reads.
+_TAKEN_FIELDS = ("n", "begun", "st", "old", "members", "nbf")
+
+
+def _of_project(lane: str, project_id: int | None) -> bool:
+    """Whether a lane (``kind:project``) is the project's (any, for None)."""
+    return project_id is None or lane.rpartition(":")[2] == str(project_id)
+
+
+class _Taken(NamedTuple):
+    """A batch taken off its lane (being sent, or backing off), as its hash
+    says (worker/keys.py: ``{p}:batch:{id}``); the fields in _TAKEN_FIELDS order."""
+
+    batch_id: str
+    n: str | None  # how many commands it carries
+    begun: str | None  # "1" once its call began
+    st: str | None  # its state
+    old: str | None  # the received time (ms) of its oldest command, when kept
+    members: str | None  # JSON list of its commands' ids
+    nbf: str | None  # not before (ms): backing off until then
+
+    @property
+    def lane(self) -> Lane:
+        return Lane.of_batch(self.batch_id)
+
+    def backing_off(self, now_ms: int) -> bool:
+        """Whether its call began and it waits out a backoff (after a 429)."""
+        return self.st == "leased" and self.begun == "1" and int(self.nbf or 0) > now_ms
+
+
+@dataclass(frozen=True)
+class _StatsState:
+    """The store as :meth:`Results.stats` reads it, cut to one project (or not)."""
+
+    indexed: list[int]  # records in each (kind, status) of _INDEXED
+    lanes: list[tuple[str, float, int]]  # (lane, oldest waiting ms, commands waiting) per waiting lane
+    batches: list[_Taken]  # the batches taken
+    paused: dict[str, str]  # lane -> its pause entry (JSON), for paused lanes
+    dead: int  # dead letters ever written (they belong to no project)
+    now_ms: int  # Redis's clock
+
+
+def _counts_by_kind(
+    state: _StatsState, totals: dict[str, dict[str, int]], project_id: int | None
+) -> dict[str, dict[str, int]]:
+    """Commands by kind and status: granted and revoked off the ledger's
+    ``totals``, the indexed statuses off their indexes, pending and sending
+    off the buffers and the batches taken (sending once their call began)."""
+    by: dict[str, dict[str, int]] = {k: {s.value: 0 for s in kind.statuses} for k, kind in KINDS.items()}
+    for kind in by:
+        for s in _STREAMED:
+            if s.value in by[kind]:
+                by[kind][s.value] = totals[kind].get(s.value, 0)
+    for (kind, s), n in zip(_INDEXED, state.indexed, strict=True):
+        by[kind][s.value] = n
+    # Dead letters belong to no project.
+    by[GRANT][Status.dead.value] = state.dead if project_id is None else 0
+    for kind in by:
+        by[kind]["pending"] = sum(n for lane, _, n in state.lanes if lane.partition(":")[0] == kind)
+        by[kind]["sending"] = 0
+    for batch in state.batches:
+        if batch.lane.kind in by:
+            by[batch.lane.kind]["sending" if batch.begun == "1" else "pending"] += int(batch.n or 0)
+    return by
 
 
 class Results:
@@ -358,15 +427,30 @@ class Results:
         The oldest waiting command is the oldest not finished: in a buffer,
         or in a batch taken (being sent, or backing off after a 429).
         """
+        state = self._stats_state(project_id)
+        by = _counts_by_kind(state, self.totals(project_id), project_id)
+        oldest = self._oldest_unfinished(state)
+        return {
+            "project_id": project_id,
+            "counts": by[GRANT],
+            "revokes": by[REVOKE],
+            "operations": {k: by[k] for k in KINDS if k not in (GRANT, REVOKE)},
+            "backlog": sum(by[k]["pending"] + by[k]["sending"] for k in KINDS),
+            "waiting": sum(by[k]["pending"] for k in KINDS),
+            "oldest_waiting_age_s": round(max(0.0, (state.now_ms - oldest[0]) / 1000), 3) if oldest else 0.0,
+            "oldest_waiting_lane": oldest[1] if oldest else None,
+            "batches_in_flight": len(state.batches),
+            "batches_backing_off": sum(batch.backing_off(state.now_ms) for batch in state.batches),
+            "paused_lanes": [parse_paused_view(lane, value) for lane, value in sorted(state.paused.items())],
+            "per_minute": self.rates(project_id, state.now_ms),
+        }
 
-        def ours(lane: str) -> bool:
-            return project_id is None or lane.rpartition(":")[2] == str(project_id)
-
-        indexed = [
-            (k, s) for k, kind in KINDS.items() for s in kind.statuses if s in INDEXED_STATUSES or s is Status.conflict
-        ]
+    def _stats_state(self, project_id: int | None) -> _StatsState:
+        """What :meth:`stats` counts, read in two round trips and cut to the
+        project: the indexes' sizes, the lanes with waiting commands, the
+        batches taken, the paused lanes, the dead letters and Redis's clock."""
         pipe = self.redis.pipeline(transaction=False)
-        for kind, s in indexed:
+        for kind, s in _INDEXED:
             if project_id is None:
                 pipe.zcard(self.keys.index(s.value, kind))
             else:
@@ -377,63 +461,33 @@ class Results:
         pipe.hget(self.keys.totals, "dead")
         pipe.time()
         *counts, lanes, leases, paused, dead, (sec, usec) = pipe.execute()
-        now_ms = sec * 1000 + usec // 1000
         if project_id is not None:
             counts = [sum(m.startswith(f"{project_id}:") for m in members) for members in counts]
-        lanes = [(lane, score) for lane, score in lanes if ours(lane)]
-        leases = [b for b in leases if ours(str(Lane.of_batch(b)))]
+        lanes = [(lane, score) for lane, score in lanes if _of_project(lane, project_id)]
+        leases = [b for b in leases if _of_project(str(Lane.of_batch(b)), project_id)]
         pipe = self.redis.pipeline(transaction=False)
         for lane, _ in lanes:
             pipe.llen(self.keys.buffer(lane))
         for batch_id in leases:
-            pipe.hmget(self.keys.batch(batch_id), "n", "begun", "st", "old", "members", "nbf")
+            pipe.hmget(self.keys.batch(batch_id), *_TAKEN_FIELDS)
         replies = pipe.execute()
-        batches = replies[len(lanes) :]
-        totals = self.totals(project_id)
-        by: dict[str, dict[str, int]] = {k: {s.value: 0 for s in kind.statuses} for k, kind in KINDS.items()}
-        for kind in by:
-            for s in _STREAMED:
-                if s.value in by[kind]:
-                    by[kind][s.value] = totals[kind].get(s.value, 0)
-        for (kind, s), n in zip(indexed, counts, strict=True):
-            by[kind][s.value] = n
-        # Dead letters belong to no project.
-        by[GRANT][Status.dead.value] = int(dead or 0) if project_id is None else 0
-        for kind in by:
-            by[kind]["pending"] = sum(
-                n for (lane, _), n in zip(lanes, replies[: len(lanes)], strict=True) if lane.partition(":")[0] == kind
-            )
-            by[kind]["sending"] = 0
-        backing_off = 0
-        oldest: tuple[float, str] | None = min(((score, lane) for lane, score in lanes), default=None)
-        unknown_age: list[tuple[str, list[str]]] = []
-        for batch_id, (n, begun, st, old, members, nbf) in zip(leases, batches, strict=True):
-            lane = Lane.of_batch(batch_id)
-            if lane.kind in by:
-                by[lane.kind]["sending" if begun == "1" else "pending"] += int(n or 0)
-            if st == "leased" and begun == "1" and nbf and int(nbf) > now_ms:
-                backing_off += 1
-            if old:
-                oldest = min(oldest or (float(old), str(lane)), (float(old), str(lane)))
-            elif members:
-                unknown_age.append((batch_id, json.loads(members)))
-        for batch_id, received in self._received_times(unknown_age):
-            lane_name = str(Lane.of_batch(batch_id))
-            oldest = min(oldest or (received, lane_name), (received, lane_name))
-        return {
-            "project_id": project_id,
-            "counts": by[GRANT],
-            "revokes": by[REVOKE],
-            "operations": {k: by[k] for k in KINDS if k not in (GRANT, REVOKE)},
-            "backlog": sum(by[k]["pending"] + by[k]["sending"] for k in KINDS),
-            "waiting": sum(by[k]["pending"] for k in KINDS),
-            "oldest_waiting_age_s": round(max(0.0, (now_ms - oldest[0]) / 1000), 3) if oldest else 0.0,
-            "oldest_waiting_lane": oldest[1] if oldest else None,
-            "batches_in_flight": len(leases),
-            "batches_backing_off": backing_off,
-            "paused_lanes": [parse_paused_view(lane, value) for lane, value in sorted(paused.items()) if ours(lane)],
-            "per_minute": self.rates(project_id, now_ms),
-        }
+        return _StatsState(
+            indexed=counts,
+            lanes=[(lane, score, n) for (lane, score), n in zip(lanes, replies[: len(lanes)], strict=True)],
+            batches=[_Taken(b, *fields) for b, fields in zip(leases, replies[len(lanes) :], strict=True)],
+            paused={lane: value for lane, value in paused.items() if _of_project(lane, project_id)},
+            dead=int(dead or 0),
+            now_ms=sec * 1000 + usec // 1000,
+        )
+
+    def _oldest_unfinished(self, state: _StatsState) -> tuple[float, str] | None:
+        """(received ms, lane) of the oldest command not finished: the oldest in
+        a buffer, or in a batch taken (its own figure, else its members' records)."""
+        found = [(score, lane) for lane, score, _ in state.lanes]
+        found += [(float(batch.old), str(batch.lane)) for batch in state.batches if batch.old]
+        unknown_age = [(b.batch_id, json.loads(b.members)) for b in state.batches if not b.old and b.members]
+        found += [(received, str(Lane.of_batch(b))) for b, received in self._received_times(unknown_age)]
+        return min(found, default=None)
 
     def _received_times(self, batches: list[tuple[str, list[str]]]) -> list[tuple[str, float]]:
         """(batch id, received time of its oldest member) for batches that do not

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -40,16 +40,21 @@ from schemas.kinds import GRANT, KINDS
 from schemas.playfab import GetUserInventoryResult
 from schemas.records import Status, parse_record
 from worker import errors
-from worker.backends.playfab import PlayFab, item_grants
+from worker.backends.playfab import PlayFab, item_grants, playfab_extras
 from worker.backends.registry import Backends
 from worker.ledger import Ledger, register_script
 from worker.replay import Filters, select
 from worker.results import Results
+from worker.sender import MAX_HOLD_FACTOR, SEND_LEASE_MARGIN_S
 from worker.work import Lane
 
 log = structlog.get_logger("grants.resolve")
 
 RESOLVE = "grants.resolve"
+# How recover.lua words the in_doubt of a batch whose lease ran out during its
+# call: only then may the call's own answer still come (its sender stalled,
+# not dead) and settle it.
+LEASE_LOST = "expired during the backend call"
 # What an operator may find: applied, or certainly not applied.
 FINDINGS = ("granted", "failed")
 
@@ -76,6 +81,9 @@ class Planned:
     refund: str = ""
     slim: str = ""
     answer: str = ""
+    # When the in_doubt being resolved was written: the script resolves only
+    # that one (not one a forced replay made since the plan was read).
+    doubted_at: int = 0
 
     @property
     def name(self) -> str:
@@ -114,8 +122,10 @@ class Resolver:
         self.ledger = ledger
         self.results = results
         self.backends = backends
-        # Inventories read while planning (PlayFab), by (project, user).
-        self._read: dict[tuple[int, str], GetUserInventoryResult] = {}
+        # A call's answer may still land this long after its batch was
+        # given up for lost (the longest a sender holds its lease): a
+        # finding of 'failed' before then could be contradicted by it.
+        self.late_answer_ms = int((MAX_HOLD_FACTOR * backends.settings.http_call_budget_s + SEND_LEASE_MARGIN_S) * 1000)
 
     @cached_property
     def _script(self) -> Any:
@@ -127,9 +137,19 @@ class Resolver:
         raw = self.ledger.redis.get(self.ledger.keys.record(project_id, record_id, kind))
         return parse_record(raw) if raw else None
 
-    def plan_one(self, project_id: int, record_id: str, *, kind: str, finding: str) -> Planned:
+    def plan_one(
+        self,
+        project_id: int,
+        record_id: str,
+        *,
+        kind: str,
+        finding: str,
+        read: dict[tuple[int, str], GetUserInventoryResult] | None = None,
+    ) -> Planned:
         """What resolving this command would write; raises worker.errors when
-        the backend must be read (PlayFab, ``granted``) and cannot be."""
+        the backend must be read (PlayFab) and cannot be. ``read``: the
+        inventories read so far in this plan, by (project, user)."""
+        read = {} if read is None else read
         stored = self._stored(kind, project_id, record_id)
         if stored is None:
             return Planned(project_id, record_id, False, "no such record (or past its retention): nothing changed")
@@ -142,23 +162,34 @@ class Resolver:
                 False,
                 f"it is {status}, not in_doubt: nothing changed (only an in_doubt command is resolved)",
             )
-        if finding == "failed":
-            return Planned(project_id, record_id, True, "in_doubt -> failed (then safe to replay)")
+        doubted_at = int(header.get("cpl") or 0)
+        lease_lost = LEASE_LOST in (header.get("err") or "")
         command = MODELS[kind].model_validate(from_stored(kind, project_id, record_id, body))
         backend = self.backends.for_lane(Lane(kind, project_id))
+        playfab = backend if isinstance(backend, PlayFab) and isinstance(command, GrantCommand) else None
+        character = isinstance(command, GrantCommand) and bool(playfab_extras(command).get("CharacterId"))
+        if finding == "failed":
+            readable = (playfab, command) if playfab and isinstance(command, GrantCommand) and not character else None
+            planned = self._plan_failed(project_id, record_id, doubted_at if lease_lost else 0, readable, read)
+            return replace(planned, doubted_at=doubted_at)
         evidence = ""
-        if kind == GRANT and isinstance(backend, PlayFab) and isinstance(command, GrantCommand):
+        if playfab is not None and isinstance(command, GrantCommand):
+            backend = playfab
             # The instances our grant annotated are what a revoke takes back:
             # read them now, so the refund data is the truth.
-            instances = self._instances(backend, project_id, command.user_id, record_id)
+            instances = self._instances(backend, project_id, command.user_id, record_id, read)
             if not instances:
+                where = (
+                    "a character's items are not in that read: check the character's inventory in Game Manager"
+                    if character
+                    else "if it did not apply, resolve --as failed"
+                )
                 return Planned(
                     project_id,
                     record_id,
                     False,
                     f"PlayFab shows no item instance annotated {record_id!r} in {command.user_id}'s inventory: "
-                    "nothing a revoke could take back. Nothing changed; if it did not apply, resolve --as failed "
-                    "(a character's items are not in that read)",
+                    f"nothing a revoke could take back. Nothing changed; {where}",
                 )
             expected = len(item_grants(command))
             evidence = f" ({len(instances)} of {expected} item instances seen in PlayFab)"
@@ -176,23 +207,65 @@ class Resolver:
             refund=orjson.dumps(refund).decode() if refund else "",
             slim=slim,
             answer=orjson.dumps(answer).decode() if evidence else "",
+            doubted_at=doubted_at,
         )
 
-    def _instances(self, backend: PlayFab, project_id: int, user: str, record_id: str) -> list[dict[str, Any]]:
+    def _plan_failed(
+        self,
+        project_id: int,
+        record_id: str,
+        lease_lost_at: int,
+        readable: tuple[PlayFab, GrantCommand] | None,
+        read: dict[tuple[int, str], GetUserInventoryResult],
+    ) -> Planned:
+        """'failed' makes a command replayable: refused while a late answer
+        may still land (``lease_lost_at``: when the sweeper gave its call up
+        for lost, else 0), and (PlayFab) while the inventory shows it applied."""
+        sec, usec = self.ledger.redis.time()
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        wait_ms = lease_lost_at + self.late_answer_ms - now_ms
+        if lease_lost_at and wait_ms > 0:
+            return Planned(
+                project_id,
+                record_id,
+                False,
+                f"in doubt for less than {self.late_answer_ms // 1000} s: its call's answer may still land. "
+                f"Nothing changed; try again in {wait_ms // 1000 + 1} s",
+            )
+        if readable:
+            backend, command = readable
+            seen = self._instances(backend, project_id, command.user_id, record_id, read)
+            if seen:
+                return Planned(
+                    project_id,
+                    record_id,
+                    False,
+                    f"PlayFab shows {len(seen)} item instance(s) annotated {record_id!r} in {command.user_id}'s "
+                    "inventory: it applied. Nothing changed; resolve --as granted",
+                )
+        why = "not in PlayFab's inventory read" if readable else "on the operator's word"
+        return Planned(project_id, record_id, True, f"in_doubt -> failed ({why}; then safe to replay)")
+
+    def _instances(
+        self,
+        backend: PlayFab,
+        project_id: int,
+        user: str,
+        record_id: str,
+        read: dict[tuple[int, str], GetUserInventoryResult],
+    ) -> list[dict[str, Any]]:
         """The user's instances annotated ``record_id``; one inventory read
         per user and project within a plan (a bulk resolve of one player's
         purchases reads once)."""
         key = (project_id, user)
-        if key not in self._read:
-            self._read[key] = backend.get_user_inventory(user)
-        return backend.purchase_instances(user, record_id, self._read[key])
+        if key not in read:
+            read[key] = backend.get_user_inventory(user)
+        return backend.purchase_instances(user, record_id, read[key])
 
     def plan(self, targets: Iterable[tuple[int, str]], *, kind: str, finding: str) -> list[Planned]:
-        self._read = {}
-        try:
-            return [self.plan_one(pid, rid, kind=kind, finding=finding) for pid, rid in targets]
-        finally:
-            self._read = {}
+        """What resolving each target would do (one inventory read per player)."""
+        read: dict[tuple[int, str], GetUserInventoryResult] = {}
+        return [self.plan_one(pid, rid, kind=kind, finding=finding, read=read) for pid, rid in targets]
 
     # --- writing ------------------------------------------------------------
 
@@ -204,7 +277,7 @@ class Resolver:
         args: list[Any] = [self.ledger.keys.prefix, self.ledger.retention, actor, written_status(kind, finding)]
         args += [kind, self.ledger.scrub(note)]
         for p in planned:
-            args += [p.project_id, p.record_id, p.refund, p.slim, p.answer]
+            args += [p.project_id, p.record_id, p.refund, p.slim, p.answer, p.doubted_at]
         return list(self._script(args=args))
 
 

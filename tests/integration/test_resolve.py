@@ -243,3 +243,15 @@ def test_resolve_through_flowers_task_api(pf, results):
     wait_until(lambda: results.get(PF, "res-flower")["status"] == "failed", 20, "the resolution", interval=0.1)
     (h,) = results.get(PF, "res-flower")["history"]
     assert h["by"] == "flower-bo" and h["as"] == "failed"
+
+
+def test_failed_is_refused_where_playfab_shows_the_grant_applied(pf, results):
+    """resolve --as failed then replay would grant twice: refused where the
+    inventory read shows the purchase's instances."""
+    user = PLAYERS[3]
+    make_in_doubt(pf, results, "res-twice", user, applied=True)
+    out = grants(pf, "resolve", "res-twice", "--project-id", str(PF), "--as", "failed", "--actor", "bo", expect=1)
+    assert "it applied" in out.stdout + out.stderr and "resolve --as granted" in out.stdout + out.stderr
+    assert results.get(PF, "res-twice")["status"] == "in_doubt"
+    grants(pf, "replay", "--status", "failed", "--project-id", str(PF))
+    assert len(annotated(pf, user, "res-twice")) == 1  # never sent again

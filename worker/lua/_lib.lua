@@ -216,6 +216,15 @@ local function any_revoke_waiting()
   return revokes_waiting
 end
 
+-- The same for revokes in doubt with their grant.
+local revokes_doubted = nil
+local function any_revoke_doubted()
+  if revokes_doubted == nil then
+    revokes_doubted = redis.call('ZCARD', idx_key('revoke', 'in_doubt')) > 0
+  end
+  return revokes_doubted
+end
+
 -- A revoke waiting for its grant's outcome goes on accordingly: sent if the
 -- grant was applied, nothing to do if it certainly was not, in doubt with it.
 local function release_waiting_revoke(pid, epid, grant_status, now)
@@ -232,6 +241,39 @@ local function release_waiting_revoke(pid, epid, grant_status, now)
       'the grant is in doubt: check the inventory, then replay the grant or revoke by hand', now)
   else
     finalize('revoke', pid, epid, 'noop', '', '', 'nothing to revoke: the grant ended ' .. grant_status, now)
+  end
+end
+
+-- Who settles an in_doubt grant, when an operator does (resolve.lua sets it):
+-- named in what its refund's record says.
+local resolved_by = nil
+
+-- A refund that arrived while its grant was in doubt was never sent (in doubt
+-- with it, no call made). Once the grant leaves in_doubt (a late answer, a
+-- read-back, an operator's resolve) the refund goes on as it would have, had
+-- the grant's answer come: granted, it is sent now (the claim has the refund
+-- data); anything else, there is nothing to revoke. A revoke that was sent
+-- and lost its own answer stays the operator's (att > 0).
+local function release_doubted_revoke(pid, epid, grant_status, now)
+  local m = pid .. ':' .. epid
+  if not redis.call('ZSCORE', idx_key('revoke', 'in_doubt'), m) then return end
+  local vk = rec_key('revoke', pid, epid)
+  local vh, vbody = rec_read(vk)
+  if not vh or vh.st ~= 'in_doubt' or (tonumber(vh.att) or 0) > 0 then return end
+  local by = resolved_by and (' by ' .. resolved_by) or ''
+  if grant_status == 'granted' then
+    local hist = vh.hist or {}
+    hist[#hist + 1] = {event = 'release', by = resolved_by, at = now, from_status = 'in_doubt', as = 'pending',
+                       note = 'its grant was settled granted' .. by .. ': sent'}
+    redis.call('ZREM', idx_key('revoke', 'in_doubt'), m)
+    vh.st, vh.hist, vh.err, vh.cpl = 'pending', hist, nil, nil
+    rec_write(vk, vh, command_of(vbody), nil)
+    local c = claim_get('revoke', pid, epid, now)
+    if c then c.st = ''; claim_put('revoke', pid, epid, c) end
+    enqueue('revoke', pid, epid, now)
+  else
+    finalize('revoke', pid, epid, 'noop', '', '',
+      'nothing to revoke: the grant was ' .. (resolved_by and 'resolved ' or 'settled ') .. grant_status .. by, now, vh, vbody)
   end
 end
 
@@ -266,6 +308,8 @@ finalize = function(kind, pid, epid, new, res, refund, err, now, hdr, body, slim
   redis.call('XADD', P .. ':outcomes', 'MAXLEN', '~', MAXLEN, '*',
     'project_id', pid, 'external_purchase_id', epid, 'kind', kind, 'status', new, 'at', now)
   if kind == 'grant' and any_revoke_waiting() then release_waiting_revoke(pid, epid, new, now) end
+  -- (from in_doubt, or after a replay of it: a grant's final outcome, whatever it left)
+  if kind == 'grant' and new ~= 'in_doubt' and any_revoke_doubted() then release_doubted_revoke(pid, epid, new, now) end
 end
 
 -- Finalize every member of a batch that is still 'sending' (in it).

@@ -25,6 +25,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0,
     out[#out + 1] = id
   else
     -- (also an idempotent backend's batch past its attempts: still unknown)
+    -- worker/resolve.py knows this error by 'expired during the backend call'.
     finalize_members(b[6], b[2], id, cjson.decode(b[3]), 'in_doubt',
       'lease ' .. id .. ' expired during the backend call: the worker died or stalled; the grant may or may not be applied',
       now)

@@ -9,39 +9,20 @@
 --       or 'failed'), kind, note, then per command: project_id, record id,
 --       refund data ('' for none), the command as the record keeps it from
 --       now on ('' to keep it), the answer to keep ('' to keep the one the
---       record has)
--- Returns one code per command: resolved | missing | the status it has
--- (never changed: only an in_doubt command is resolved)
+--       record has), when the in_doubt planned for was written (ms)
+-- Returns one code per command: resolved | missing | changed (in doubt
+-- again since the plan: a forced replay) | the status it has (never
+-- changed: only an in_doubt command is resolved)
 local actor, new, kind, note = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local now = now_ms()
 
--- A refund that arrived while its grant was in doubt was never sent (in_doubt
--- with it, no call made): it goes on as it would have, had the grant's
--- answer come. Granted: sent now (its claim has the refund data). Failed:
--- nothing to revoke. A revoke that was sent and lost its own answer is the
--- operator's to resolve (--kind revoke).
-local function settle_revoke(pid, epid, grant_status, refund, now)
-  local vk = rec_key('revoke', pid, epid)
-  local vh, vbody = rec_read(vk)
-  if not vh or vh.st ~= 'in_doubt' or (tonumber(vh.att) or 0) > 0 then return end
-  if grant_status == 'granted' and refund ~= '' then
-    local hist = vh.hist or {}
-    hist[#hist + 1] = {event = 'resolve', by = actor, at = now, from_status = 'in_doubt', as = 'pending',
-                       note = 'its grant was resolved granted: sent'}
-    redis.call('ZREM', idx_key('revoke', 'in_doubt'), pid .. ':' .. epid)
-    vh.st, vh.hist, vh.err, vh.cpl = 'pending', hist, nil, nil
-    rec_write(vk, vh, command_of(vbody), nil)
-    local c = claim_get('revoke', pid, epid, now)
-    if c then c.st = ''; claim_put('revoke', pid, epid, c) end
-    enqueue('revoke', pid, epid, now)
-  elseif grant_status == 'failed' then
-    finalize('revoke', pid, epid, 'noop', '', '',
-      'nothing to revoke: the grant was resolved failed by ' .. actor, now, vh, vbody)
-  end
-end
+-- A refund that arrived while its grant was in doubt follows the resolution
+-- (_lib.lua release_doubted_revoke, from finalize), naming who resolved it.
+resolved_by = actor
 local out = {}
-for i = 7, #ARGV, 5 do
+for i = 7, #ARGV, 6 do
   local pid, epid, refund, slim, answer = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local doubted_at = tonumber(ARGV[i + 5]) or 0
   local rk = rec_key(kind, pid, epid)
   local hdr, body = rec_read(rk)
   local st = hdr and hdr.st
@@ -49,6 +30,8 @@ for i = 7, #ARGV, 5 do
     out[#out + 1] = 'missing'
   elseif st ~= 'in_doubt' then
     out[#out + 1] = st
+  elseif doubted_at > 0 and (tonumber(hdr.cpl) or 0) ~= doubted_at then
+    out[#out + 1] = 'changed'
   else
     local hist = hdr.hist or {}
     hist[#hist + 1] = {event = 'resolve', by = actor, at = now, from_status = st, as = new,
@@ -64,7 +47,6 @@ for i = 7, #ARGV, 5 do
         ' (not applied: safe to replay)'
     end
     finalize(kind, pid, epid, new, answer, new == 'failed' and '' or refund, err, now, hdr, body, slim)
-    if kind == 'grant' then settle_revoke(pid, epid, new, refund, now) end
     -- Operator actions are counted for ever (grants_resolutions_total).
     redis.call('HINCRBY', P .. ':ops', 'resolve|' .. kind .. '|' .. pid .. '|' .. new, 1)
     out[#out + 1] = 'resolved'

@@ -130,9 +130,44 @@ def test_a_late_answer_after_a_resolution_changes_nothing(ledger, results, resol
 
     time.sleep(0.01)
     assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5)[0] == 1
+    # While the stalled call's answer may still land, 'failed' is refused:
+    # the answer would be ignored, and a replay would grant twice.
+    summary = rs.resolve(resolver, [(1, "late")], finding="failed", kind="grant", actor="ana")
+    assert summary.verdicts["resolved"] == 0 and "may still land" in summary.planned[0].why
+    assert results.get(1, "late")["status"] == "in_doubt"
+    # Past that time it is the operator's finding, and an answer after it changes nothing.
+    resolver.late_answer_ms = 0
     rs.resolve(resolver, [(1, "late")], finding="failed", kind="grant", actor="ana")
     assert ledger.complete(work, [Outcome("late", "granted")]) == (False, 0)
     assert results.get(1, "late")["status"] == "failed"
+
+
+def test_a_late_answer_still_settles_what_resolve_refused_to_call_failed(ledger, results, resolver):
+    ingest(ledger, ["late2"])
+    (bid,) = ledger.take(max_batches=1, **{**TAKE, "lease_ms": 1})
+    work = ledger.begin(bid, "tok", lease_ms=1, on_unknown=OnUnknown.doubt)
+    import time
+
+    time.sleep(0.01)
+    assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5)[0] == 1
+    rs.resolve(resolver, [(1, "late2")], finding="failed", kind="grant", actor="ana")
+    ledger.complete(work, [Outcome("late2", "granted")])
+    assert results.get(1, "late2")["status"] == "granted"
+
+
+def test_a_resolution_planned_for_one_doubt_is_not_written_over_a_newer_one(ledger, results, resolver):
+    ingest(ledger, ["again"])
+    send(ledger, {"again": "in_doubt"})
+    (plan,) = resolver.plan([(1, "again")], kind="grant", finding="failed")
+    assert plan.resolve and plan.doubted_at
+    # Meanwhile: a forced replay, sent, in doubt again.
+    assert ledger.replay([(1, "again")], actor="bo", allow_in_doubt=True) == ["replayed"]
+    import time
+
+    time.sleep(0.005)
+    send(ledger, {"again": "in_doubt"})
+    assert resolver.write([plan], kind="grant", finding="failed", actor="ana", note="") == ["changed"]
+    assert results.get(1, "again")["status"] == "in_doubt"
 
 
 def test_resolve_racing_replays_and_resolves_changes_it_once(ledger, results, resolver):
@@ -217,3 +252,24 @@ def test_resolutions_are_exported_as_grants_resolutions_total(ledger, results, r
     samples = {(s.labels["project"], s.labels["as_status"]): s.value for s in families["grants_resolutions"].samples}
     assert samples[("3", "granted")] == 1 and samples[("3", "failed")] == 1
     assert in_doubt(families) == 0
+
+
+def test_a_refund_in_doubt_with_its_grant_follows_a_late_answer(ledger, results):
+    """Not only an operator's resolve settles an in_doubt grant: its call's
+    late answer does too, and the refund that waited in doubt goes on."""
+    ingest(ledger, ["late3"], user="u-3")
+    (bid,) = ledger.take(max_batches=1, **{**TAKE, "lease_ms": 1})
+    work = ledger.begin(bid, "tok", lease_ms=1, on_unknown=OnUnknown.doubt)
+    import time
+
+    time.sleep(0.01)
+    assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5)[0] == 1
+    ledger.ingest([Arrival(RevokeCommand(project_id=1, external_purchase_id="late3"), 1, "r:late3")])
+    assert results.get(1, "late3", kind="revoke")["status"] == "in_doubt"
+    refund = {"user": {"id": "u-3"}, "items": [{"sku": "gem.pack.100", "quantity": 1}]}
+    ledger.complete(work, [Outcome("late3", "granted", result={"ok": 1}, refund=refund)])
+    assert results.get(1, "late3")["status"] == "granted"
+    assert results.get(1, "late3", kind="revoke")["status"] == "pending"
+    (rbid,) = ledger.take(max_batches=1, **TAKE)
+    (order,) = ledger.begin(rbid, "rv", lease_ms=5000, on_unknown=OnUnknown.doubt).commands
+    assert order.refund == refund

@@ -119,8 +119,16 @@ def redact_url(url: str) -> str:
         password = parts.password
     except ValueError:
         return "<unparsable>"
+    # redis-py also takes the password as a query parameter.
+    query = "&".join(
+        f"{k}=***" if k == "password" else (f"{k}={v}" if v or "=" in pair else k)
+        for pair in parts.query.split("&")
+        if pair
+        for k, _, v in [pair.partition("=")]
+    )
+    parts = parts._replace(query=query)
     if not password:
-        return url
+        return parts.geturl()
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
     return parts._replace(netloc=f"{user}:***@{host}").geturl()

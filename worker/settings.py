@@ -343,10 +343,13 @@ class Settings(BaseSettings):
 
 
 def _url_password(url: str) -> str | None:
-    from urllib.parse import urlsplit
+    """The password a Redis URL carries: in its netloc, or as redis-py also
+    takes it, a ``password`` query parameter."""
+    from urllib.parse import parse_qs, urlsplit
 
     try:
-        return urlsplit(url).password
+        parts = urlsplit(url)
+        return parts.password or (parse_qs(parts.query).get("password") or [None])[0]
     except ValueError:
         return None
 

@@ -34,6 +34,14 @@ def test_several_statuses_repeated_or_in_a_comma_list():
 def test_passwords_are_redacted_from_urls():
     assert redact_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
     assert redact_url("rediss://user:s3cret@host:6380/1?ssl_cert_reqs=required").startswith("rediss://user:***@host")
+    # redis-py also takes it as a query parameter.
+    assert redact_url("redis://host:6379/0?password=s3cret&db=1") == "redis://host:6379/0?password=***&db=1"
+
+
+def test_a_password_in_the_query_is_a_secret_too():
+    from worker.settings import Settings
+
+    assert "s3cret" in Settings(redis_url="redis://host/0?password=s3cret").secrets()
     assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
 
 

@@ -191,9 +191,10 @@ class Ingestor:
         self.raw = runtime.redis_bytes
         self.position: str | None = None  # None: not read yet
         self.stopping = threading.Event()
-        # Monotonic times of the last completed round, and of the last round
-        # tried (health: worker/monitor.py).
-        self.last_round = self.alive_at = time.monotonic()
+        # Monotonic times of the last round completed (0: none yet, not
+        # ready), and of the last round tried (health: worker/monitor.py).
+        self.last_round = 0.0
+        self.alive_at = time.monotonic()
         self._legacy_due = 0.0
         self._counts: Counter = Counter()
         self._summary_at = time.monotonic()
@@ -206,6 +207,7 @@ class Ingestor:
             self.alive_at = time.monotonic()
             try:
                 self.round()
+                self.last_round = time.monotonic()  # read and ingested, or nothing to read
                 failures = 0
             except Exception as exc:  # keep the loop alive whatever one round hit
                 failures += 1
@@ -222,7 +224,6 @@ class Ingestor:
         """Ingest what is there (waiting up to BLOCK_MS); returns commands ingested."""
         if not self.lock.hold():
             self.position = None
-            self.last_round = time.monotonic()
             self.stopping.wait(STANDBY_POLL_S)
             return 0
         now = time.monotonic()
@@ -233,7 +234,6 @@ class Ingestor:
         if self.position is None:
             self.position = self.rt.redis.get(self.rt.keys.ingest_position) or ""
         reply = self.raw.xread({self.stream: self.position or "0-0"}, count=READ_COUNT, block=BLOCK_MS)
-        self.last_round = time.monotonic()
         if not reply:
             self._summarise()
             return 0

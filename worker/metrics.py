@@ -197,8 +197,11 @@ class LedgerCollector:
 
         leader = bool(self.is_leader())
         yield GaugeMetricFamily("grants_leader", "1 on the worker exporting the shared metrics", value=int(leader))
-        if not leader:
-            return
+        if leader:
+            yield from self.shared()
+
+    def shared(self) -> Iterator[Any]:
+        """The shared series (what the leader exports)."""
         yield from self._counts()
         yield from self._now()
 

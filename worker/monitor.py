@@ -162,8 +162,17 @@ class _SafeCollector:
         self.throttle = Throttle()
 
     def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
         try:
-            yield from list(self.inner.collect())
+            leader = bool(self.inner.is_leader())
+        except Exception:
+            leader = False  # Redis away: no one can tell; this worker does not export
+        yield GaugeMetricFamily("grants_leader", "1 on the worker exporting the shared metrics", value=int(leader))
+        if not leader:
+            return
+        try:
+            yield from list(self.inner.shared())
         except Exception as exc:
             if self.throttle("collect"):
                 log.warning("shared metrics not read (said once per 30 s)", error=str(exc))

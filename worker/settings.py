@@ -349,7 +349,8 @@ def _url_password(url: str) -> str | None:
 
     try:
         parts = urlsplit(url)
-        return parts.password or (parse_qs(parts.query).get("password") or [None])[0]
+        in_query = parse_qs(parts.query).get("password") or []
+        return parts.password or (in_query[0] if in_query else None)
     except ValueError:
         return None
 

@@ -48,7 +48,8 @@ class Sweeper:
         self._last_trim = 0.0
         self._last_prune = 0.0
         # Monotonic times of the last round, and of the last that worked (health).
-        self.alive_at = self.ok_at = time.monotonic()
+        self.alive_at = time.monotonic()
+        self.ok_at = 0.0  # no tick done yet: not ready
         self.stopping = threading.Event()
 
     def tick(self) -> dict[str, int] | None:

@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _quiet_stdout()
         return 141  # as a program killed by SIGPIPE (128 + 13)
+    except (ValueError, OSError) as exc:
+        # A value refused deep down (an empty --actor), a secret file that is
+        # not there: the operator's to fix, said in one line.
+        print(f"grants {args.command}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

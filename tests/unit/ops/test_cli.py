@@ -89,3 +89,23 @@ def test_lanes_pause_shows_in_list_and_stats(env, capsys, redis_client):
     assert main(["lanes", "resume", "--project-id", "44"]) == 0
     assert "grant:44: resumed" in capsys.readouterr().out
     assert client.hlen(keys.paused_lanes) == 0
+
+
+@pytest.mark.parametrize(
+    "argv, extra_env, expected",
+    [
+        (["resolve", "p1", "--project-id", "1", "--as", "failed", "--actor", ""], {}, "names who made it"),
+        (
+            ["inventory", "--project-id", "9001", "--user", "PF1"],
+            {"GRANTS_PROJECTS": '{"9001": {"backend": "playfab", "secret_file": "/nonexistent/key"}}'},
+            "/nonexistent/key",
+        ),
+    ],
+)
+def test_a_refused_value_or_a_missing_file_is_one_line_and_exit_2(env, capsys, monkeypatch, argv, extra_env, expected):
+    for name, value in extra_env.items():
+        monkeypatch.setenv(name, value)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"grants {argv[0]}: ")

@@ -5,8 +5,9 @@ id>:<id>`` (the namespace per kind is in schemas/kinds.py):
 ``<header JSON>\n<command JSON>[\n<answer JSON>]``, the header a flat
 object with ``st`` (the status), ``rcv`` (received, ms) and the other times
 as offsets from it (``e`` enqueued, ``s`` sent, ``c`` completed; records of
-earlier versions hold ``enq``, ``snt``, ``cpl`` in ms), ``att`` (calls),
-``dup``, ``spl``, ``bat``, ``err`` and ``hist``. The command is what its key
+earlier versions hold ``enq``, ``snt``, ``cpl`` in ms), ``rq`` (when an
+operator put it back in its buffer, ms, absolute), ``att`` (calls), ``dup``,
+``spl``, ``bat``, ``err`` and ``hist``. The command is what its key
 does not say already (schemas/commands.py ``stored``). The ledger's Lua
 scripts write it; :func:`parse_record` reads it.
 """

@@ -24,6 +24,7 @@ _INT_FIELDS = {"att": "attempts", "dup": "duplicates", "spl": "splits"}
 _TIME_FIELDS = {
     "enq": "enqueued_at",
     "rcv": "received_at",
+    "rq": "requeued_at",
     "snt": "sent_at",
     "cpl": "completed_at",
 }
@@ -500,7 +501,9 @@ class Results:
         replies = iter(pipe.execute())
         out = []
         for batch_id, members in batches:
-            times = [int(parse_record(raw)[0].get("rcv") or 0) for raw in (next(replies) for _ in members) if raw]
+            # Waiting since it arrived, or since an operator put it back (rq).
+            headers = [parse_record(raw)[0] for raw in (next(replies) for _ in members) if raw]
+            times = [int(h.get("rq") or h.get("rcv") or 0) for h in headers]
             times = [t for t in times if t]
             if times:
                 out.append((batch_id, float(min(times))))

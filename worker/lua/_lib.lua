@@ -174,6 +174,13 @@ local function done(reply)
 end
 
 -- Queue a record into its lane's buffer (the batching path of every command).
+-- Since when a command waits in its buffer: its arrival, or when an operator
+-- put it back (replay: 'rq'), not the purchase's age (the backlog's age and
+-- the flush interval are about the wait, not the purchase).
+local function waiting_since(hdr)
+  return tonumber(hdr.rq) or tonumber(hdr.rcv)
+end
+
 local function enqueue(kind, pid, id, now)
   local lane = lane_of(kind, pid)
   if redis.call('RPUSH', P .. ':buf:' .. lane, id) == 1 then
@@ -266,7 +273,7 @@ local function release_doubted_revoke(pid, epid, grant_status, now)
     hist[#hist + 1] = {event = 'release', by = resolved_by, at = now, from_status = 'in_doubt', as = 'pending',
                        note = 'its grant was settled granted' .. by .. ': sent'}
     redis.call('ZREM', idx_key('revoke', 'in_doubt'), m)
-    vh.st, vh.hist, vh.err, vh.cpl = 'pending', hist, nil, nil
+    vh.st, vh.hist, vh.err, vh.cpl, vh.rq = 'pending', hist, nil, nil, now
     rec_write(vk, vh, command_of(vbody), nil)
     local c = claim_get('revoke', pid, epid, now)
     if c then c.st = ''; claim_put('revoke', pid, epid, c) end

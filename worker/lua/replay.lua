@@ -31,7 +31,7 @@ for i = 6, #ARGV, 2 do
     hist[#hist + 1] = {event = 'replay', by = actor, at = now, from_status = st,
                        attempts_before = hdr.att or 0, last_error = hdr.err or ''}
     redis.call('ZREM', idx_key(kind, st), pid .. ':' .. epid)
-    hdr.st, hdr.hist, hdr.err, hdr.cpl = 'pending', hist, nil, nil
+    hdr.st, hdr.hist, hdr.err, hdr.cpl, hdr.rq = 'pending', hist, nil, nil, now
     -- Waiting again: no expiry until the new outcome sets the retention.
     rec_write(rk, hdr, command_of(body), nil)
     local c = claim_get(kind, pid, epid, now)

@@ -33,7 +33,7 @@ for part = 0, 1 do
     local hdr, body = rec_read(rk)
     hdr.bat, hdr.spl = child, (hdr.spl or 0) + 1
     rec_write(rk, hdr, body, nil)
-    local rcv = tonumber(hdr.rcv)
+    local rcv = waiting_since(hdr)
     if rcv and (not oldest or rcv < oldest) then oldest = rcv end
   end
   if oldest then redis.call('HSET', batch_key(child), 'old', oldest) end

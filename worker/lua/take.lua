@@ -101,7 +101,7 @@ for i = 1, #lanes, 2 do
       break
     end
     local hdr = rec_read(rec_key(kind, pid, head))
-    oldest = (hdr and tonumber(hdr.rcv)) or now
+    oldest = (hdr and waiting_since(hdr)) or now
     redis.call('ZADD', LANES, oldest, lane)
   end
   if #taken >= max_batches or inflight >= max_inflight then break end

@@ -500,3 +500,27 @@ def test_prune_deletes_claims_past_retention_and_refund_data_past_the_window(red
     assert client.hget(*keys.claim("grant", 1, "refunded-long-ago")).endswith("|")
     assert client.hget(*keys.claim("grant", 1, "fresh")).endswith('{"user":{"id":"u"}}')
     assert ingest(ledger, ["fresh", "refunded-long-ago"]) == ["dup", "dup"]
+
+
+def test_replayed_commands_wait_from_their_replay_not_from_their_purchase(redis_client):
+    """The backlog's age (stats, grants_oldest_waiting_seconds, the flush
+    interval) is about the wait: commands replayed days after their purchase
+    are not 'days old' in their buffer."""
+    client, keys = redis_client
+    ledger = Ledger(client, keys, ttl_ms=60_000, batch_limits={"grant": 2}, default_batch_limit=2)
+    results = Results(client, keys)
+    ids = [f"rq{i}" for i in range(5)]
+    ledger.ingest([Arrival(command(1, i), 1, f"s:{i}") for i in ids])
+    for bid in ledger.take(max_batches=10, max_inflight=100, flush_ms=0, lease_ms=5000):
+        work = ledger.begin(bid, "t" + bid, lease_ms=5000, on_unknown=OnUnknown.doubt)
+        ledger.complete(work, [Outcome(i, "failed", error="x") for i in work.ids])
+    # Received long ago (as if days before the replay).
+    for i in ids:
+        raw = client.get(keys.record(1, i))
+        header, rest = raw.split("\n", 1)
+        client.set(keys.record(1, i), json.dumps({**json.loads(header), "rcv": 1_000}) + "\n" + rest)
+    assert ledger.replay([(1, i) for i in ids], actor="op", allow_in_doubt=False) == ["replayed"] * 5
+    ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})  # one batch taken, three wait
+    stats = results.stats()
+    assert stats["batches_in_flight"] == 1 and stats["waiting"] == 5  # (taken, not begun: waiting still)
+    assert stats["oldest_waiting_age_s"] < 5

@@ -24,7 +24,6 @@ _INT_FIELDS = {"att": "attempts", "dup": "duplicates", "spl": "splits"}
 _TIME_FIELDS = {
     "enq": "enqueued_at",
     "rcv": "received_at",
-    "rq": "requeued_at",
     "snt": "sent_at",
     "cpl": "completed_at",
 }

@@ -513,6 +513,7 @@ def test_replayed_commands_wait_from_their_replay_not_from_their_purchase(redis_
     ledger.ingest([Arrival(command(1, i), 1, f"s:{i}") for i in ids])
     for bid in ledger.take(max_batches=10, max_inflight=100, flush_ms=0, lease_ms=5000):
         work = ledger.begin(bid, "t" + bid, lease_ms=5000, on_unknown=OnUnknown.doubt)
+        assert work is not None
         ledger.complete(work, [Outcome(i, "failed", error="x") for i in work.ids])
     # Received long ago (as if days before the replay).
     for i in ids:
@@ -520,7 +521,7 @@ def test_replayed_commands_wait_from_their_replay_not_from_their_purchase(redis_
         header, rest = raw.split("\n", 1)
         client.set(keys.record(1, i), json.dumps({**json.loads(header), "rcv": 1_000}) + "\n" + rest)
     assert ledger.replay([(1, i) for i in ids], actor="op", allow_in_doubt=False) == ["replayed"] * 5
-    ledger.take(max_batches=1, **{**TAKE, "flush_ms": 0})  # one batch taken, three wait
+    ledger.take(max_batches=1, max_inflight=100, flush_ms=0, lease_ms=5_000)  # one batch taken
     stats = results.stats()
     assert stats["batches_in_flight"] == 1 and stats["waiting"] == 5  # (taken, not begun: waiting still)
     assert stats["oldest_waiting_age_s"] < 5

@@ -11,7 +11,11 @@ local actor, note = ARGV[3], ARGV[4]
 local now = now_ms()
 local PAUSED = P .. ':lanes:paused'
 local out = {}
+-- In the order they were taken (their sequence number, "b17|..."), not by
+-- lease deadline: begin and recover move deadlines.
 local leased = redis.call('ZRANGE', LEASES, 0, -1)
+local function seq(id) return tonumber(string.match(id, '^b(%d+)|')) or 0 end
+table.sort(leased, function(a, b) return seq(a) < seq(b) end)
 for i = 5, #ARGV do
   local lane = ARGV[i]
   local verdict = 'already'

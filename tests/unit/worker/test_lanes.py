@@ -134,3 +134,14 @@ def test_dead_letters_are_purged_with_their_index_entry(ledger, redis_client):
     assert dead.purge(["e-1"]) == [False]
     assert dead.purge_all() == 2
     assert dead.count() == 0 and list(dead.iter()) == []
+
+
+def test_batches_go_back_in_the_order_they_were_taken_whatever_their_deadlines(redis_client):
+    client, keys = redis_client
+    ledger = Ledger(client, keys, ttl_ms=60_000, batch_limits={"grant": 2}, default_batch_limit=2)
+    ledger.ingest([Arrival(command(1, i), 1, f"s:{i}") for i in "abcd"])
+    first, second = ledger.take(max_batches=10, max_inflight=100, flush_ms=0, lease_ms=5000)
+    # The first batch's lease now ends after the second's (a redispatch moved it).
+    client.zadd(keys.leases, {first: client.zscore(keys.leases, second) + 10})
+    Lanes(client, keys).pause(["grant:1"], actor="x")
+    assert client.lrange(keys.buffer("grant:1"), 0, -1) == ["a", "b", "c", "d"]

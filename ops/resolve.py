@@ -63,7 +63,7 @@ def _targets(args: argparse.Namespace, results: Results) -> list[tuple[int, str]
             text = args.file.read_text()
         except OSError as exc:
             return f"cannot read --file: {exc}"
-        named += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        named += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if named or args.file is not None:
         if args.project_id is None:
             return "record ids need --project-id"

@@ -31,7 +31,8 @@ Records and claims
   Fields ``id``, ``raw``, ``size``, ``truncated``, ``reason``, ``src``,
   ``epid``, ``at``; `grants dead purge` removes hash and index entry together
   (worker/lua/dead_purge.lua).
-- ``{p}:totals``  hash ``kind|project|status`` -> count, for ever.
+- ``{p}:totals``  hash ``kind|project|status`` -> count, for ever; and
+  ``dead`` -> dead letters recorded, for ever.
 - ``{p}:latency``  hash ``kind|project|<bucket ms or +Inf>`` -> count of
   outcomes that took up to that long from publish (buckets not cumulative,
   LATENCY_BUCKETS_MS), and ``kind|project|sum_ms``.
@@ -48,11 +49,17 @@ Batching and sending
 - ``{p}:lanes:hold``  hash lane -> until (ms): lanes backing off as a whole.
 - ``{p}:lanes:paused``  hash lane -> JSON (since, actor, note): lanes an
   operator paused (``grants lanes``); take skips them.
-- ``{p}:batch:{id}``  hash: a taken batch (``members``, ``st``, ``tok`` the
-  fencing token, ``att``, ``paid``, ``nbf``, ``rec``, ``err``); the id names
-  its lane: ``b17|grant:44056``.
-  ``old``: received time (ms) of its oldest command, set by take (stats'
-  oldest waiting; a batch without it is read off its members' records).
+- ``{p}:batch:{id}``  hash: a taken batch; the id names its lane and its
+  place in take order: ``b17|grant:44056``. Fields: ``lane``, ``kind``,
+  ``pid``, ``n`` (members), ``members`` (JSON ids, FIFO), ``st`` (``leased``
+  or ``sending``), ``tok`` the fencing token, ``att`` (calls made), ``paid``
+  (calls paid from the budget), ``begun`` (1 once a call was begun for it:
+  it is no longer handed back by a pause), ``created`` and ``sent`` (ms),
+  ``on_unknown`` (its backend's lost-answer policy at begin), ``rec`` (1:
+  read back before the next call), ``nbf`` (not before, ms: a backoff),
+  ``err`` (the last error), ``parent`` (the batch a split made it from),
+  ``old`` (received, or requeued, time of its oldest command: the backlog's
+  age without reading records; a batch without it is read off them).
 - ``{p}:leases``  sorted set batch id -> lease deadline (ms).
 - ``{p}:seq:batch``  counter for batch ids.
 - ``{p}:budget:{backend}:{project}``  hash ``t`` (tokens), ``ts`` (ms): a
@@ -62,6 +69,8 @@ Housekeeping
 - ``{p}:layout``  string: the layout version of this store (worker/migrate.py).
 - ``{p}:lock:sweeper``, ``{p}:lock:migrate``  the recovery timer's and the
   migration's locks.
+- ``{p}:lock:metrics``  string: which worker exports the shared metrics
+  (worker/monitor.py: LEADER_TTL_MS).
 """
 
 from __future__ import annotations
@@ -217,6 +226,10 @@ class Keys:
     @property
     def layout(self) -> str:
         return f"{self.prefix}:layout"
+
+    @property
+    def metrics_lock(self) -> str:
+        return f"{self.prefix}:lock:metrics"
 
     @property
     def migrate_lock(self) -> str:

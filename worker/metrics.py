@@ -103,7 +103,8 @@ class Meter:
         from prometheus_client import Counter, Histogram
 
         # Not in a registry: the endpoint reads the pool's files
-        # (worker/monitor.py); a second Meter in a process is harmless.
+        # (worker/monitor.py). One Meter per process (the runtime's): in
+        # multiprocess mode two would write the same series over each other.
 
         self.received = Counter(
             "grants_commands_received", "Commands ingested, by result", ["kind", "project", "result"], registry=None

@@ -199,7 +199,7 @@ class MonitorStep(bootsteps.StartStopStep):
 
         rt = worker.app.grants_runtime()
         client = settings.redis_client(patient=False)
-        self.leadership = Leadership(client, f"{rt.keys.prefix}:lock:metrics")
+        self.leadership = Leadership(client, rt.keys.metrics_lock)
         threading.Thread(target=self.leadership.run, name="grants-leader", daemon=True).start()
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=path)

@@ -24,7 +24,10 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -35,12 +38,17 @@ from producers.publisher import Publisher
 from schemas.commands import GrantCommand
 from worker.keys import Keys
 from worker.results import Results
-from worker.settings import connect
+from worker.settings import Settings, connect
 
 BENCH_PROJECT = 90001
 
+# The statuses a purchase ends in; the bench waits for one per purchase.
+FINAL = ("granted", "rejected", "failed", "in_doubt")
 
-def add_parser(sub) -> None:
+Say = Callable[..., None]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="benchmark the full stack on a generated feed",
@@ -133,7 +141,7 @@ class PeakMemory:
         self._thread: threading.Thread | None = None
 
     def watch(self, pids: list[int]) -> None:
-        def sample():
+        def sample() -> None:
             while not self._stop.wait(self.interval):
                 sizes = []
                 for pid in pids:
@@ -182,7 +190,7 @@ class Plotting:
         if self.path is not None:
             self.sampler = metricsview.Sampler(self.urls, interval=0.25).start()
 
-    def finish(self, title: str, say) -> None:
+    def finish(self, title: str, say: Say) -> None:
         if self.sampler is None or self.path is None:
             return
         scrapes = self.sampler.stop()
@@ -190,7 +198,7 @@ class Plotting:
         say(f"  plot: {png}" if png else "  plot: not written (the run was shorter than two scrapes)")
 
 
-def start_redis(stack: Stack, args: argparse.Namespace, settings):
+def start_redis(stack: Stack, args: argparse.Namespace, settings: Settings) -> Settings:
     """The stack's Redis (and, with --replica, a replica every write that
     must survive a failover waits for); returns the bench's settings."""
     primary = stack.start_redis(appendfsync=args.appendfsync)
@@ -203,11 +211,71 @@ def start_redis(stack: Stack, args: argparse.Namespace, settings):
     return settings.model_copy(update={"redis_min_replicas": 1})
 
 
-def run(args: argparse.Namespace, settings) -> int:
+def sayer(json_report: bool) -> Say:
+    """Where the bench's lines go: stderr when the report is JSON on stdout."""
+    if json_report:
+        return lambda *a: print(*a, file=sys.stderr, flush=True)
+    return lambda *a: print(*a, flush=True)
+
+
+def start_workers(stack: Stack, args: argparse.Namespace, plotting: Plotting, *, wait: bool) -> None:
+    """args.workers workers of args.concurrency processes each (``wait``: until
+    each is ready), serving /metrics when plotting."""
+    for _ in range(args.workers):
+        stack.start_worker(args.concurrency, wait, **plotting.worker_env())
+
+
+def clients(stack: Stack, settings: Settings) -> tuple[Results, Publisher]:
+    """The results store and a publisher, both on the stack's Redis."""
+    redis_url = stack.redis_url
+    results = Results(connect(redis_url), Keys(settings.key_prefix))
+    publisher = Publisher(settings.model_copy(update={"redis_url": redis_url, "broker_url": None}))
+    return results, publisher
+
+
+def audit_check(stack: Stack, ids: Iterable[str]) -> dict[str, Any]:
+    """The sandbox's audit against the purchases: applied exactly once each?"""
+    audit = stack.audit_counts(BENCH_PROJECT)
+    doubles = sum(1 for n in audit.values() if n > 1)
+    missing = sum(1 for i in ids if i not in audit)
+    return {"exactly_once": doubles == 0 and missing == 0, "doubles": doubles, "missing": missing}
+
+
+def backend_calls(sandbox: dict[str, Any]) -> dict[str, Any]:
+    """The calls the sandbox counted (its /sandbox/stats) and their mean batch size."""
+    return {
+        "backend_calls": sandbox["calls"],
+        "mean_batch": round(sandbox["operations_processed"] / max(1, sandbox["calls"]), 1),
+    }
+
+
+def say_exactly_once(report: dict[str, Any], say: Say) -> None:
+    """The report's last line: the audit's verdict."""
+    say(
+        f"  exactly once per sandbox audit: {'yes' if report['exactly_once'] else 'NO'} "
+        f"(doubles {report['doubles']}, missing {report['missing']})"
+    )
+
+
+def finish(
+    args: argparse.Namespace, report: dict[str, Any], say: Say, say_report: Callable[[dict[str, Any], Say], None]
+) -> int:
+    """Print the report (as JSON with --json, else by ``say_report``); 0 when
+    every purchase was applied exactly once."""
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        say_report(report, say)
+        say_exactly_once(report, say)
+    return 0 if report["exactly_once"] else 1
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """``grants bench``: the bulk mode, or the live one with --live."""
     if args.live:
         return run_live(args, settings)
     feed = generate(args.purchases, args.duplicates, args.seed)
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+    say = sayer(args.json)
     say(
         f"bench: {args.purchases:,} purchases + {len(feed) - args.purchases:,} repeats; "
         f"{args.workers} worker(s) x {args.concurrency} processes; sandbox latency {args.latency_ms} ms; "
@@ -219,109 +287,121 @@ def run(args: argparse.Namespace, settings) -> int:
         settings = start_redis(stack, args, settings)
         stack.start_sandbox("--latency-ms", str(args.latency_ms))
         if not args.backlog:
-            for _ in range(args.workers):
-                stack.start_worker(args.concurrency, True, **plotting.worker_env())
+            start_workers(stack, args, plotting, wait=True)
             plotting.start()
-        redis_url = stack.redis_url
-        results = Results(connect(redis_url), Keys(settings.key_prefix))
-        publisher = Publisher(settings.model_copy(update={"redis_url": redis_url, "broker_url": None}))
-
+        results, publisher = clients(stack, settings)
         started = time.monotonic()
-        pub_progress = Progress("published", total=len(feed))
-        publisher.publish_many(feed, on_progress=pub_progress.update)
-        pub_progress.done()
+        publish_all(publisher, feed)
         published_s = time.monotonic() - started
         memory = PeakMemory()
         if args.backlog:
-            for _ in range(args.workers):
-                stack.start_worker(args.concurrency, False, **plotting.worker_env())
+            start_workers(stack, args, plotting, wait=False)
             started = time.monotonic()
             plotting.start()
         memory.watch([w.pid for w in stack.workers])
-
-        progress = Progress("outcomes", total=args.purchases)
-        final = ("granted", "rejected", "failed", "in_doubt")
-        while True:
-            counts = results.stats()["counts"]
-            done = sum(counts[s] for s in final)
-            progress.update(done)
-            if done >= args.purchases:
-                break
-            if time.monotonic() - started > 600:
-                say("bench: gave up after 600 s")
-                return 1
-            time.sleep(0.5)  # the stats read is not free: it shares the cores being measured
-        progress.done()
+        counts = wait_for_outcomes(results, args.purchases, started)
+        if counts is None:
+            say("bench: gave up after 600 s")
+            return 1
         wall_s = time.monotonic() - started
         memory.stop()
         plotting.finish(f"grants bench: {args.purchases:,} purchases", say)
-
-        ids = [f"bench-{i}" for i in range(args.purchases)]
-        timings = results.timings([(BENCH_PROJECT, i) for i in ids])
-        latencies = [(cpl - enq) / 1000 for enq, _rcv, cpl in timings if enq and cpl]
-        first_enq = min(t[0] for t in timings)
-        last_cpl = max(t[2] for t in timings)
-        first_cpl = min(t[2] for t in timings if t[2])
-        # A backlog is timed from the workers' start: before that it was only queued.
-        pipeline_s = wall_s if args.backlog else (last_cpl - first_enq) / 1000
-        sandbox = stack.sandbox_get("/sandbox/stats")
-        audit = stack.audit_counts(BENCH_PROJECT)
-        doubles = sum(1 for n in audit.values() if n > 1)
-        missing = sum(1 for i in ids if i not in audit)
-        report = {
-            "purchases": args.purchases,
-            "published_commands": len(feed),
-            "workers": args.workers,
-            "concurrency": args.concurrency,
-            "publish_s": round(published_s, 2),
-            "wall_s": round(wall_s, 2),
-            "pipeline_s": round(pipeline_s, 2),
-            "grants_per_s": round(args.purchases / pipeline_s),
-            # First outcome to last: the pipeline's own pace, without start-up.
-            "drain_grants_per_s": round(args.purchases / max(0.001, (last_cpl - first_cpl) / 1000)),
-            "latency_p50_s": round(percentile(latencies, 50), 3),
-            "latency_p99_s": round(percentile(latencies, 99), 3),
-            "latency_mean_s": round(statistics.fmean(latencies), 3) if latencies else None,
-            "backend_calls": sandbox["calls"],
-            "mean_batch": round(sandbox["operations_processed"] / max(1, sandbox["calls"]), 1),
-            "max_batch": sandbox["max_operations_per_call"],
-            "outcomes": {s: counts[s] for s in final},
-            "duplicates_recorded": len(feed) - args.purchases,
-            "peak_rss_mb_per_process": memory.peak_per_process_mb,
-            "peak_rss_mb_all_workers": memory.peak_total_mb,
-            "backlog": args.backlog,
-            "exactly_once": doubles == 0 and missing == 0,
-            "doubles": doubles,
-            "missing": missing,
-        }
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        say(f"  grants/s (first enqueue -> last outcome): {report['grants_per_s']:,}  ({report['pipeline_s']} s)")
-        say(f"  first outcome -> last outcome: {report['drain_grants_per_s']:,} grants/s")
-        say(f"  publish: {report['publish_s']} s for {len(feed):,} commands")
-        say(f"  latency enqueue->outcome: p50 {report['latency_p50_s']} s, p99 {report['latency_p99_s']} s")
-        say(
-            f"  backend calls: {report['backend_calls']:,}, mean batch {report['mean_batch']}, max {report['max_batch']}"
+        report = bulk_report(
+            args, stack, results, counts, memory, published=len(feed), published_s=published_s, wall_s=wall_s
         )
-        say(f"  outcomes: {report['outcomes']}")
-        say(
-            f"  worker memory: peak {report['peak_rss_mb_per_process']} MB per process, "
-            f"{report['peak_rss_mb_all_workers']} MB all worker processes together"
-        )
-        say(
-            f"  exactly once per sandbox audit: {'yes' if report['exactly_once'] else 'NO'} "
-            f"(doubles {doubles}, missing {missing})"
-        )
-    return 0 if report["exactly_once"] else 1
+    return finish(args, report, say, say_bulk_report)
 
 
-def run_live(args: argparse.Namespace, settings) -> int:
+def publish_all(publisher: Publisher, feed: list[GrantCommand]) -> None:
+    """Publish the whole feed as fast as it goes, showing progress."""
+    progress = Progress("published", total=len(feed))
+    publisher.publish_many(feed, on_progress=progress.update)
+    progress.done()
+
+
+def wait_for_outcomes(results: Results, purchases: int, started: float) -> dict[str, int] | None:
+    """The outcome counts once every purchase has one; None after 600 s."""
+    progress = Progress("outcomes", total=purchases)
+    while True:
+        counts = results.stats()["counts"]
+        done = sum(counts[s] for s in FINAL)
+        progress.update(done)
+        if done >= purchases:
+            break
+        if time.monotonic() - started > 600:
+            return None
+        time.sleep(0.5)  # the stats read is not free: it shares the cores being measured
+    progress.done()
+    return counts
+
+
+def bulk_report(
+    args: argparse.Namespace,
+    stack: Stack,
+    results: Results,
+    counts: dict[str, int],
+    memory: PeakMemory,
+    *,
+    published: int,
+    published_s: float,
+    wall_s: float,
+) -> dict[str, Any]:
+    """The bulk run's figures, from the records' timings and the sandbox
+    (``published``: the commands published, repeats included)."""
+    ids = [f"bench-{i}" for i in range(args.purchases)]
+    timings = results.timings([(BENCH_PROJECT, i) for i in ids])
+    latencies = [(cpl - enq) / 1000 for enq, _rcv, cpl in timings if enq and cpl]
+    first_enq = min(t[0] for t in timings)
+    last_cpl = max(t[2] for t in timings)
+    first_cpl = min(t[2] for t in timings if t[2])
+    # A backlog is timed from the workers' start: before that it was only queued.
+    pipeline_s = wall_s if args.backlog else (last_cpl - first_enq) / 1000
+    sandbox = stack.sandbox_get("/sandbox/stats")
+    return {
+        "purchases": args.purchases,
+        "published_commands": published,
+        "workers": args.workers,
+        "concurrency": args.concurrency,
+        "publish_s": round(published_s, 2),
+        "wall_s": round(wall_s, 2),
+        "pipeline_s": round(pipeline_s, 2),
+        "grants_per_s": round(args.purchases / pipeline_s),
+        # First outcome to last: the pipeline's own pace, without start-up.
+        "drain_grants_per_s": round(args.purchases / max(0.001, (last_cpl - first_cpl) / 1000)),
+        "latency_p50_s": round(percentile(latencies, 50), 3),
+        "latency_p99_s": round(percentile(latencies, 99), 3),
+        "latency_mean_s": round(statistics.fmean(latencies), 3) if latencies else None,
+        **backend_calls(sandbox),
+        "max_batch": sandbox["max_operations_per_call"],
+        "outcomes": {s: counts[s] for s in FINAL},
+        "duplicates_recorded": published - args.purchases,
+        "peak_rss_mb_per_process": memory.peak_per_process_mb,
+        "peak_rss_mb_all_workers": memory.peak_total_mb,
+        "backlog": args.backlog,
+        **audit_check(stack, ids),
+    }
+
+
+def say_bulk_report(report: dict[str, Any], say: Say) -> None:
+    """The bulk report as lines (but its exactly-once verdict)."""
+    say(f"  grants/s (first enqueue -> last outcome): {report['grants_per_s']:,}  ({report['pipeline_s']} s)")
+    say(f"  first outcome -> last outcome: {report['drain_grants_per_s']:,} grants/s")
+    say(f"  publish: {report['publish_s']} s for {report['published_commands']:,} commands")
+    say(f"  latency enqueue->outcome: p50 {report['latency_p50_s']} s, p99 {report['latency_p99_s']} s")
+    say(f"  backend calls: {report['backend_calls']:,}, mean batch {report['mean_batch']}, max {report['max_batch']}")
+    say(f"  outcomes: {report['outcomes']}")
+    say(
+        f"  worker memory: peak {report['peak_rss_mb_per_process']} MB per process, "
+        f"{report['peak_rss_mb_all_workers']} MB all worker processes together"
+    )
+
+
+def run_live(args: argparse.Namespace, settings: Settings) -> int:
     """Open-loop steady load: one publish() per purchase at args.live per second."""
     rate, seconds = args.live, args.seconds
     total = int(rate * seconds)
     feed = generate(total, 0.0, args.seed)
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+    say = sayer(args.json)
     say(
         f"bench --live: {rate:,.0f}/s for {seconds:g} s ({total:,} purchases, one publish() each); "
         f"{args.workers} worker(s) x {args.concurrency} processes; backend latency {args.latency_ms} ms"
@@ -330,75 +410,86 @@ def run_live(args: argparse.Namespace, settings) -> int:
     with Stack(args.workdir) as stack:
         settings = start_redis(stack, args, settings)
         stack.start_sandbox("--latency-ms", str(args.latency_ms))
-        for _ in range(args.workers):
-            stack.start_worker(args.concurrency, True, **plotting.worker_env())
+        start_workers(stack, args, plotting, wait=True)
         plotting.start()
-        redis_url = stack.redis_url
-        results = Results(connect(redis_url), Keys(settings.key_prefix))
-        publisher = Publisher(settings.model_copy(update={"redis_url": redis_url, "broker_url": None}))
-        scheduled: dict[str, float] = {}
-        progress = Progress("published", total=total)
-        t0 = time.time() + 0.2
-        for i, cmd in enumerate(feed):
-            due = t0 + i / rate
-            pause = due - time.time()
-            if pause > 0:
-                time.sleep(pause)
-            publisher.publish(cmd)
-            scheduled[cmd.external_purchase_id] = due
-            if i % 200 == 0:
-                progress.update(i)
-        published_at = time.time()
-        progress.done()
-        stats = results.stats()
-        backlog_at_end = stats["backlog"] + publisher.redis.xlen(publisher.stream)
-        final = ("granted", "rejected", "failed", "in_doubt")
-        deadline = time.monotonic() + 120
-        while sum(results.stats()["counts"][s] for s in final) < total and time.monotonic() < deadline:
-            time.sleep(0.1)
-        applied: dict[str, float] = {}
-        after = 0
-        while True:
-            page = stack.sandbox_get("/sandbox/audit", project_id=BENCH_PROJECT, after_id=after, limit=100_000)
-            for row in page["entries"]:
-                applied.setdefault(row["external_purchase_id"], row["at"])
-            if not page["entries"]:
-                break
-            after = page["next_after_id"]
+        results, publisher = clients(stack, settings)
+        schedule = publish_steadily(publisher, feed, rate)
+        backlog_at_end = results.stats()["backlog"] + publisher.redis.xlen(publisher.stream)
+        wait_until_final(results, total, timeout=120)
+        applied = applied_times(stack)
         plotting.finish(f"grants bench --live {rate:,.0f}/s", say)
-        latencies = [(applied[e] - due) * 1000 for e, due in scheduled.items() if e in applied]
-        sandbox = stack.sandbox_get("/sandbox/stats")
-        audit = stack.audit_counts(BENCH_PROJECT)
-        doubles = sum(1 for n in audit.values() if n > 1)
-        missing = sum(1 for e in scheduled if e not in audit)
+        latencies = [(applied[e] - due) * 1000 for e, due in schedule.due.items() if e in applied]
         report = {
             "offered_per_s": rate,
             "seconds": seconds,
             "purchases": total,
-            "achieved_per_s": round(total / max(0.001, published_at - t0), 1),
+            "achieved_per_s": round(total / max(0.001, schedule.published_at - schedule.t0), 1),
             "latency_p50_ms": round(percentile(latencies, 50), 1),
             "latency_p99_ms": round(percentile(latencies, 99), 1),
             "latency_max_ms": round(max(latencies, default=0.0), 1),
             "backlog_when_publishing_stopped": backlog_at_end,
-            "backend_calls": sandbox["calls"],
-            "mean_batch": round(sandbox["operations_processed"] / max(1, sandbox["calls"]), 1),
+            **backend_calls(stack.sandbox_get("/sandbox/stats")),
             "backend_latency_ms": args.latency_ms,
-            "exactly_once": doubles == 0 and missing == 0,
-            "doubles": doubles,
-            "missing": missing,
+            **audit_check(stack, schedule.due),
         }
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        say(f"  achieved: {report['achieved_per_s']:,}/s of {rate:,.0f}/s offered")
-        say(
-            f"  purchase -> applied: p50 {report['latency_p50_ms']} ms, p99 {report['latency_p99_ms']} ms, "
-            f"max {report['latency_max_ms']} ms"
-        )
-        say(f"  backlog when publishing stopped: {backlog_at_end:,}")
-        say(f"  backend calls: {report['backend_calls']:,}, mean batch {report['mean_batch']}")
-        say(
-            f"  exactly once per sandbox audit: {'yes' if report['exactly_once'] else 'NO'} "
-            f"(doubles {doubles}, missing {missing})"
-        )
-    return 0 if report["exactly_once"] else 1
+    return finish(args, report, say, say_live_report)
+
+
+@dataclass
+class Schedule:
+    """When each purchase was due (epoch seconds, by external purchase id),
+    when publishing began (t0) and when it ended."""
+
+    t0: float
+    due: dict[str, float] = field(default_factory=dict)
+    published_at: float = 0.0
+
+
+def publish_steadily(publisher: Publisher, feed: list[GrantCommand], rate: float) -> Schedule:
+    """Publish the feed one publish() each at ``rate`` per second, open loop:
+    each purchase has its due time, and a publisher behind does not slow down."""
+    schedule = Schedule(t0=time.time() + 0.2)
+    progress = Progress("published", total=len(feed))
+    for i, cmd in enumerate(feed):
+        due = schedule.t0 + i / rate
+        pause = due - time.time()
+        if pause > 0:
+            time.sleep(pause)
+        publisher.publish(cmd)
+        schedule.due[cmd.external_purchase_id] = due
+        if i % 200 == 0:
+            progress.update(i)
+    schedule.published_at = time.time()
+    progress.done()
+    return schedule
+
+
+def wait_until_final(results: Results, total: int, timeout: float) -> None:
+    """Wait (up to ``timeout`` s) until ``total`` purchases have an outcome."""
+    deadline = time.monotonic() + timeout
+    while sum(results.stats()["counts"][s] for s in FINAL) < total and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def applied_times(stack: Stack) -> dict[str, float]:
+    """When the sandbox first applied each purchase, from its audit."""
+    applied: dict[str, float] = {}
+    after = 0
+    while True:
+        page = stack.sandbox_get("/sandbox/audit", project_id=BENCH_PROJECT, after_id=after, limit=100_000)
+        for row in page["entries"]:
+            applied.setdefault(row["external_purchase_id"], row["at"])
+        if not page["entries"]:
+            return applied
+        after = page["next_after_id"]
+
+
+def say_live_report(report: dict[str, Any], say: Say) -> None:
+    """The live report as lines (but its exactly-once verdict)."""
+    say(f"  achieved: {report['achieved_per_s']:,}/s of {report['offered_per_s']:,.0f}/s offered")
+    say(
+        f"  purchase -> applied: p50 {report['latency_p50_ms']} ms, p99 {report['latency_p99_ms']} ms, "
+        f"max {report['latency_max_ms']} ms"
+    )
+    say(f"  backlog when publishing stopped: {report['backlog_when_publishing_stopped']:,}")
+    say(f"  backend calls: {report['backend_calls']:,}, mean batch {report['mean_batch']}")

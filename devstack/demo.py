@@ -22,6 +22,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from schemas.kinds import BACKPACK_CREATE
 from schemas.records import FINAL_STATUSES, Status
 from worker.keys import Keys
 from worker.results import Results
-from worker.settings import connect
+from worker.settings import Settings, connect
 
 DEMO_PROJECT = 44056
 PLAYFAB_PROJECT = 9001
@@ -50,7 +51,7 @@ PLAYFAB_PLAYERS = ["PF-7A1C0DE", "PF-33B0B0B", "PF-9C0FFEE"]
 DEMO_CATALOG = ["booster_mega_1", "gem.pack.100", "gem.pack.500", "skin-dragon", "battle_pass.s1"]
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="run the whole stack locally on a sample feed and report (make run)",
@@ -76,7 +77,9 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def run(args: argparse.Namespace, settings) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """``grants demo``: start the stack, run the samples through it and report;
+    0 when the metrics agree with the records."""
     real_redis = "redis_url" in settings.model_fields_set
     real_backend = "xsolla_base_url" in settings.model_fields_set
     shutil.rmtree(args.workdir, ignore_errors=True)
@@ -86,98 +89,28 @@ def run(args: argparse.Namespace, settings) -> int:
         stack.api_key = settings.xsolla_api_key.get_secret_value()
     try:
         _say("== starting the stack")
-        if real_redis:
-            _say(f"   redis:   {_mask(settings.redis_url)} (GRANTS_REDIS_URL)")
-        else:
-            server = stack.start_redis()
-            _say(f"   redis:   {server.url} (private, AOF in {server.dir})")
-        if real_backend:
-            _say(f"   backend: {settings.xsolla_base_url} (GRANTS_XSOLLA_BASE_URL)")
-        else:
-            stack.start_sandbox()
-            stack.sandbox_put(f"/sandbox/projects/{args.project_id}/catalog", DEMO_CATALOG)
-            _say(f"   backend: sandbox at {stack.sandbox_url}")
-        overrides = {}
-        if not real_backend:
-            # One project on PlayFab (the sandbox's PlayFab API, with its players).
-            overrides["GRANTS_PROJECTS"] = json.dumps(
-                {str(PLAYFAB_PROJECT): {"backend": "playfab", "base_url": f"{stack.sandbox_url}/playfab"}}
-            )
-            httpx.post(
-                f"{stack.sandbox_url}/sandbox/playfab/players", json={"PlayFabIds": PLAYFAB_PLAYERS}, timeout=10
-            ).raise_for_status()
-        if real_redis:
-            overrides["GRANTS_REDIS_URL"] = settings.redis_url
-        if real_backend:
-            overrides["GRANTS_XSOLLA_BASE_URL"] = settings.xsolla_base_url
-        stack.settings_env.update(overrides)
-        metrics_port = free_port()
-        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        stack.start_worker(concurrency=2, GRANTS_METRICS_PORT=str(metrics_port))
-        _say(f"   worker:  celery -A worker worker (log: {stack.workers[0].log_path})")
-        _say(f"   metrics: {metrics_url} (health: /livez, /readyz; GRANTS_METRICS_PORT={metrics_port})")
-        flower_port = args.flower_port if args.flower_port and _port_free(args.flower_port) else free_port()
-        stack.start_flower(flower_port)
-        _say(
-            f"   flower:  http://127.0.0.1:{flower_port} (basic auth: user {stack.flower_auth[0]}, "
-            f"password {stack.flower_auth[1]}, made for this run)"
-        )
-
-        redis_url = settings.redis_url if real_redis else stack.redis_url
+        _start_redis(stack, settings, real_redis)
+        _start_backend(stack, settings, args.project_id, real_backend)
+        stack.settings_env.update(_worker_overrides(stack, settings, real_redis=real_redis, real_backend=real_backend))
+        metrics_url = _start_worker(stack)
+        flower_port = _start_flower(stack, args.flower_port)
         env_file = _write_env(stack, args.workdir / "env", settings, flower_port, metrics_url)
         source = f"source {_shown(env_file)} &&"
         _say(f"   env:     {_shown(env_file)} (source it to run the commands below against this stack)")
         # The demo's workload takes a second or two: sampled every 0.1 s.
         sampler = metricsview.Sampler([metrics_url], interval=0.1).start()
+        redis_url = settings.redis_url if real_redis else stack.redis_url
         pub_settings = settings.model_copy(update={"redis_url": redis_url, "broker_url": settings.broker_url})
-        feed_path = args.feed or Path(str(resources.files("devstack").joinpath("samples", "purchases.jsonl")))
-        _say(f"\n== publishing {feed_path.name} to project {args.project_id}")
-        commands, invalid = [], 0
-        with open(feed_path, encoding="utf-8") as stream:
-            for item in read_feed(stream, args.project_id):
-                if isinstance(item, list):
-                    invalid += 1
-                    for error in item:
-                        _say(f"   invalid: {error}")
-                else:
-                    commands.append(item)
-        published = Publisher(pub_settings).publish_many(commands)
-        unique = list(dict.fromkeys(c.external_purchase_id for c in commands))
-        _say(f"   published {published} commands ({len(unique)} distinct purchases); {invalid} invalid lines skipped")
-
+        unique = _publish_feed(pub_settings, args.feed, args.project_id)
         results = Results(connect(redis_url), Keys(settings.key_prefix))
         _wait_outcomes(results, args.project_id, unique)
         metrics_agree = _report(results, args.project_id, unique, metrics_url)
         backpack_user = None
         if not real_backend:
-            publisher = Publisher(pub_settings)
-            _refunds(publisher, results, args.project_id)
-            _balances(stack, args.project_id)
-            _playfab(publisher, results, stack)
-            backpack_user = _backpack(publisher, results, stack, settings, args.project_id, source)
-        scrapes = sampler.stop()
-        _metrics_table(metricsview.Scrape.of([metrics_url]), metrics_url)
-        png = metricsview.plot(scrapes, args.workdir / "demo.png", "grants demo: outcomes and latency")
-        if png is not None:
-            _say(f"   plot of outcomes/s and purchase -> outcome latency over the run: {_shown(png)}")
-
+            backpack_user = _sandbox_samples(Publisher(pub_settings), results, stack, settings, args.project_id, source)
+        _final_metrics(sampler, metrics_url, args.workdir / "demo.png")
         keep = sys.stdout.isatty() if args.keep is None else args.keep
-        _say(
-            f"\nFlower (tasks, workers, queues): http://127.0.0.1:{flower_port} "
-            f"(user {stack.flower_auth[0]}, password {stack.flower_auth[1]})"
-        )
-        _say(f"\n== try it ({'while the stack is up' if keep else 'on a stack kept up: grants demo --keep'})")
-        tries = [
-            f"grants results get {unique[0]} --project-id {args.project_id}",
-            "grants results stats",
-            f"grants results list --status rejected --project-id {args.project_id}",
-        ]
-        if backpack_user is not None:
-            tries.append(f"grants backpack items --project-id {args.project_id} --user {backpack_user}")
-        for line in tries:
-            _say(f"   {source} {line}")
-        _say(f'   {source} curl -s "$GRANTS_METRICS_URL" | grep ^grants_outcomes_total')
-        _say(f'   {source} curl -su "$FLOWER_BASIC_AUTH" "$FLOWER_URL/api/tasks?search={unique[0]}"')
+        _say_try_it(stack, flower_port, source, unique[0], args.project_id, backpack_user, keep=keep)
         if keep:
             _say("The stack stays up for you to explore. Press Ctrl-C to stop it.")
             while True:
@@ -194,6 +127,134 @@ def run(args: argparse.Namespace, settings) -> int:
         stack.stop()
 
 
+def _start_redis(stack: Stack, settings: Settings, real_redis: bool) -> None:
+    """A private Redis, unless GRANTS_REDIS_URL names one."""
+    if real_redis:
+        _say(f"   redis:   {_mask(settings.redis_url)} (GRANTS_REDIS_URL)")
+    else:
+        server = stack.start_redis()
+        _say(f"   redis:   {server.url} (private, AOF in {server.dir})")
+
+
+def _start_backend(stack: Stack, settings: Settings, project_id: int, real_backend: bool) -> None:
+    """The sandbox, with the demo project's catalog, unless GRANTS_XSOLLA_BASE_URL names a backend."""
+    if real_backend:
+        _say(f"   backend: {settings.xsolla_base_url} (GRANTS_XSOLLA_BASE_URL)")
+    else:
+        stack.start_sandbox()
+        stack.sandbox_put(f"/sandbox/projects/{project_id}/catalog", DEMO_CATALOG)
+        _say(f"   backend: sandbox at {stack.sandbox_url}")
+
+
+def _worker_overrides(stack: Stack, settings: Settings, *, real_redis: bool, real_backend: bool) -> dict[str, str]:
+    """The worker's settings beyond the stack's: the PlayFab project (on the
+    sandbox, whose players it registers), or the real Redis and backend."""
+    overrides = {}
+    if not real_backend:
+        # One project on PlayFab (the sandbox's PlayFab API, with its players).
+        overrides["GRANTS_PROJECTS"] = json.dumps(
+            {str(PLAYFAB_PROJECT): {"backend": "playfab", "base_url": f"{stack.sandbox_url}/playfab"}}
+        )
+        httpx.post(
+            f"{stack.sandbox_url}/sandbox/playfab/players", json={"PlayFabIds": PLAYFAB_PLAYERS}, timeout=10
+        ).raise_for_status()
+    if real_redis:
+        overrides["GRANTS_REDIS_URL"] = settings.redis_url
+    if real_backend:
+        overrides["GRANTS_XSOLLA_BASE_URL"] = settings.xsolla_base_url
+    return overrides
+
+
+def _start_worker(stack: Stack) -> str:
+    """One worker (two processes) serving /metrics; returns its metrics URL."""
+    metrics_port = free_port()
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    stack.start_worker(concurrency=2, GRANTS_METRICS_PORT=str(metrics_port))
+    _say(f"   worker:  celery -A worker worker (log: {stack.workers[0].log_path})")
+    _say(f"   metrics: {metrics_url} (health: /livez, /readyz; GRANTS_METRICS_PORT={metrics_port})")
+    return metrics_url
+
+
+def _start_flower(stack: Stack, wanted_port: int) -> int:
+    """Flower on ``wanted_port`` (a free one if taken, or with 0); returns its port."""
+    flower_port = wanted_port if wanted_port and _port_free(wanted_port) else free_port()
+    stack.start_flower(flower_port)
+    _say(
+        f"   flower:  http://127.0.0.1:{flower_port} (basic auth: user {stack.flower_auth[0]}, "
+        f"password {stack.flower_auth[1]}, made for this run)"
+    )
+    return flower_port
+
+
+def _publish_feed(pub_settings: Settings, feed: Path | None, project_id: int) -> list[str]:
+    """Publish the feed (default: the bundled sample), naming its invalid
+    lines; returns its distinct purchase ids in order."""
+    feed_path = feed or Path(str(resources.files("devstack").joinpath("samples", "purchases.jsonl")))
+    _say(f"\n== publishing {feed_path.name} to project {project_id}")
+    commands, invalid = [], 0
+    with open(feed_path, encoding="utf-8") as stream:
+        for item in read_feed(stream, project_id):
+            if isinstance(item, list):
+                invalid += 1
+                for error in item:
+                    _say(f"   invalid: {error}")
+            else:
+                commands.append(item)
+    published = Publisher(pub_settings).publish_many(commands)
+    unique = list(dict.fromkeys(c.external_purchase_id for c in commands))
+    _say(f"   published {published} commands ({len(unique)} distinct purchases); {invalid} invalid lines skipped")
+    return unique
+
+
+def _sandbox_samples(
+    publisher: Publisher, results: Results, stack: Stack, settings: Settings, project_id: int, source: str
+) -> str:
+    """The samples only the sandbox serves: refunds, balances, PlayFab and
+    Backpack; returns the Backpack user."""
+    _refunds(publisher, results, project_id)
+    _balances(stack, project_id)
+    _playfab(publisher, results, stack)
+    return _backpack(publisher, results, stack, settings, project_id, source)
+
+
+def _final_metrics(sampler: metricsview.Sampler, metrics_url: str, png_path: Path) -> None:
+    """The metrics table at the end, and the plot of the run's scrapes."""
+    scrapes = sampler.stop()
+    _metrics_table(metricsview.Scrape.of([metrics_url]), metrics_url)
+    png = metricsview.plot(scrapes, png_path, "grants demo: outcomes and latency")
+    if png is not None:
+        _say(f"   plot of outcomes/s and purchase -> outcome latency over the run: {_shown(png)}")
+
+
+def _say_try_it(
+    stack: Stack,
+    flower_port: int,
+    source: str,
+    purchase_id: str,
+    project_id: int,
+    backpack_user: str | None,
+    *,
+    keep: bool,
+) -> None:
+    """Where Flower is, and commands to try against the stack."""
+    _say(
+        f"\nFlower (tasks, workers, queues): http://127.0.0.1:{flower_port} "
+        f"(user {stack.flower_auth[0]}, password {stack.flower_auth[1]})"
+    )
+    _say(f"\n== try it ({'while the stack is up' if keep else 'on a stack kept up: grants demo --keep'})")
+    tries = [
+        f"grants results get {purchase_id} --project-id {project_id}",
+        "grants results stats",
+        f"grants results list --status rejected --project-id {project_id}",
+    ]
+    if backpack_user is not None:
+        tries.append(f"grants backpack items --project-id {project_id} --user {backpack_user}")
+    for line in tries:
+        _say(f"   {source} {line}")
+    _say(f'   {source} curl -s "$GRANTS_METRICS_URL" | grep ^grants_outcomes_total')
+    _say(f'   {source} curl -su "$FLOWER_BASIC_AUTH" "$FLOWER_URL/api/tasks?search={purchase_id}"')
+
+
 def _shown(path: Path) -> str:
     """A path as the operator types it: relative to here when under it."""
     try:
@@ -202,7 +263,7 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _write_env(stack: Stack, path: Path, settings, flower_port: int, metrics_url: str) -> Path:
+def _write_env(stack: Stack, path: Path, settings: Settings, flower_port: int, metrics_url: str) -> Path:
     """``var/demo/env``: every setting the printed commands need, to ``source``
     (this run's credentials: readable by the owner alone)."""
     env = {k: v for k, v in stack.env().items() if k.startswith("GRANTS_") and k != "GRANTS_LOG_FORMAT" and v}
@@ -321,7 +382,7 @@ def _secs(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} s"
 
 
-def _scrape_until(url: str, done, timeout: float = 10.0) -> metricsview.Scrape:
+def _scrape_until(url: str, done: Callable[[metricsview.Scrape], bool], timeout: float = 10.0) -> metricsview.Scrape:
     """A scrape that shows what ``done`` wants (the leader exports the ledger's
     numbers once it holds its lock), or the last one after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -366,13 +427,13 @@ def _metrics_table(scrape: metricsview.Scrape, metrics_url: str) -> None:
     _table(["KIND", "PROJECT", "OUTCOMES", "RECEIVED", "P50", "P99"], rows, right=[4, 5])
 
 
-def _sample(name: str, project_id: int, kind: str = "grant") -> list:
+def _sample(name: str, project_id: int, kind: str = "grant") -> list[Any]:
     path = Path(str(resources.files("devstack").joinpath("samples", name)))
     with open(path, encoding="utf-8") as stream:
         return [c for c in read_feed(stream, project_id, kind) if not isinstance(c, list)]
 
 
-def _wait(check, timeout: float = 60.0) -> None:
+def _wait(check: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not check():
         time.sleep(0.2)
@@ -419,7 +480,9 @@ def _playfab(publisher: Publisher, results: Results, stack: Stack) -> None:
     _table(["EXTERNAL_PURCHASE_ID", "PLAYFAB_ID", "ITEMS", "STATUS", "INSTANCES"], rows)
 
 
-def _backpack(publisher: Publisher, results: Results, stack: Stack, settings, project_id: int, source: str) -> str:
+def _backpack(
+    publisher: Publisher, results: Results, stack: Stack, settings: Settings, project_id: int, source: str
+) -> str:
     from worker.backends.registry import Backends
 
     creates = _sample("backpack.jsonl", project_id, BACKPACK_CREATE)

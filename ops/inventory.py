@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from ops.args import table
 from schemas.commands import GrantCommand
 from schemas.kinds import BACKPACK_DELETE, GRANT, KINDS, PLAYFAB_DELETE
 from schemas.records import Status
@@ -161,16 +162,6 @@ def inventory_report(
     return report
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    """Columns as wide as their content (the last one runs free)."""
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    lines = []
-    for row in [headers, *rows]:
-        cells = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)] + [row[-1]]
-        lines.append("  ".join(cells).rstrip())
-    return lines
-
-
 def _items_table(backend: str, items: list[dict[str, Any]]) -> list[str]:
     if backend == "playfab":
         rows = [
@@ -182,7 +173,7 @@ def _items_table(backend: str, items: list[dict[str, Any]]) -> list[str]:
             ]
             for i in items
         ]
-        return _table(["ITEM_INSTANCE_ID", "ITEM_ID", "ANNOTATION", "PURCHASE_DATE"], rows)
+        return table(["ITEM_INSTANCE_ID", "ITEM_ID", "ANNOTATION", "PURCHASE_DATE"], rows)
     rows = [
         [
             str(i.get("item_id", "")),
@@ -192,7 +183,7 @@ def _items_table(backend: str, items: list[dict[str, Any]]) -> list[str]:
         ]
         for i in items
     ]
-    return _table(["ITEM_ID", "TYPE", "SKU", "QUANTITY"], rows)
+    return table(["ITEM_ID", "TYPE", "SKU", "QUANTITY"], rows)
 
 
 def render(report: dict[str, Any]) -> list[str]:
@@ -220,7 +211,7 @@ def render(report: dict[str, Any]) -> list[str]:
         return out
     out.append(f"in_doubt for {report['user']}: {len(doubts)}")
     rows = [[d["kind"], d["id"], d["backend"], d["what"], d["in_doubt_since"] or "", d["seen"]] for d in doubts]
-    out += ["  " + line for line in _table(["KIND", "ID", "BACKEND", "WHAT", "IN_DOUBT_SINCE", "IN INVENTORY"], rows)]
+    out += ["  " + line for line in table(["KIND", "ID", "BACKEND", "WHAT", "IN_DOUBT_SINCE", "IN INVENTORY"], rows)]
     out.append("")
     out.append(
         "record what you found: grants resolve ID --project-id "

@@ -5,6 +5,8 @@ deployment; start more of them (anywhere) for more capacity."""
 from __future__ import annotations
 
 import os
+from functools import partial
+from typing import Any
 
 import structlog
 from celery import Celery, signals
@@ -98,7 +100,16 @@ def create_app(settings: Settings) -> GrantsCelery:
     json_logs = logs.log_format(settings) == "json"
     if json_logs:
         logs.configure(settings)
-    app.conf.update(
+    app.conf.update(celery_config(app, settings))
+    register_tasks(app)
+    add_bootsteps(app)
+    connect_signals(app, settings, json_logs=json_logs)
+    return app
+
+
+def celery_config(app: GrantsCelery, settings: Settings) -> dict[str, Any]:
+    """Celery's configuration for ``app`` from the settings."""
+    return dict(
         # A message is acked only after its task ran; a task whose pool process
         # died is put back at once instead of being acked as failed.
         task_acks_late=True,
@@ -145,75 +156,99 @@ def create_app(settings: Settings) -> GrantsCelery:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
+
+
+def register_tasks(app: GrantsCelery) -> None:
+    """The send task, and the operator tasks (on the default queue, grants.ops)."""
     app.task(name=tasks.SEND_BATCHES, **tasks.SEND_OPTIONS)(tasks.send_batches)
-    # Operator tasks go to the default queue, grants.ops.
     app.task(name=tasks.REPLAY, bind=True)(tasks.replay)
     app.task(name=resolve.RESOLVE, bind=True)(resolve.resolve_task)
+
+
+def add_bootsteps(app: GrantsCelery) -> None:
+    """The sweeper, ingestion and monitor bootsteps of every worker."""
     app.steps["worker"].add(SweeperStep)
     app.steps["worker"].add(IngestStep)
     app.steps["worker"].add(monitor.MonitorStep)
 
-    @signals.worker_init.connect(weak=False)
-    def _startup_checks(**_kw):
-        # Before anything is consumed. Celery logs and swallows an exception
-        # raised here, so a failed check exits the process itself.
-        # Before the pool forks: its processes count their metrics in files.
-        monitor.prepare(settings.metrics_port)
-        rt = app.grants_runtime()
-        try:
-            # A Redis that may evict keys would grant twice: refused.
-            warning = check_eviction(rt.redis, allow=settings.redis_allow_eviction)
-            if warning:
-                log.warning(warning)
-            # An older version's store is moved onto today's layout first
-            # (once; the other workers wait for it).
-            migrate(rt.redis, rt.keys, rt.backends.refund_data_of_stored)
-        except UnsafeRedis as exc:
-            log.error("worker refused to start", reason=str(exc))
-            raise SystemExit(2) from None
-        except Exception as exc:
-            log.exception("worker could not start: the results store is unreachable or unreadable", error=str(exc))
-            raise SystemExit(1) from None
 
-    @signals.worker_process_init.connect(weak=False)
-    def _pool_process_ready(**_kw):
-        # Clients (and their TLS contexts: ~0.3 s each here) are built before
-        # the first task, not in its time; then the start-up heap is frozen.
-        app.grants_runtime().backends.warm()
-        tune_gc()
+def connect_signals(app: GrantsCelery, settings: Settings, *, json_logs: bool) -> None:
+    """Connect the worker's signal handlers (below) for ``app``; in JSON mode
+    also those that keep every line a JSON log line."""
+    signals.worker_init.connect(partial(_startup_checks, app, settings), weak=False)
+    signals.worker_process_init.connect(partial(_pool_process_ready, app), weak=False)
+    signals.worker_ready.connect(_quiet_gc, weak=False)
+    # Replaces Celery's own logging set-up.
+    signals.setup_logging.connect(partial(_logging, settings, json_logs), weak=False)
+    if json_logs:
+        signals.celeryd_init.connect(_no_banner, weak=False)
+        signals.celeryd_after_setup.connect(partial(_starting, app), weak=False)
+        signals.worker_shutting_down.connect(_stopping, weak=False)
 
-    @signals.worker_ready.connect(weak=False)
-    def _quiet_gc(**_kw):
-        tune_gc()
 
-    @signals.setup_logging.connect(weak=False)
-    def _logging(**_kw):  # replaces Celery's own logging set-up
-        logs.configure(settings)
-        if json_logs:
-            logs.capture_prints()
+def _startup_checks(app: GrantsCelery, settings: Settings, **_kw: Any) -> None:
+    """worker_init: the checks before anything is consumed, and the metrics
+    prepared before the pool forks (its processes count their metrics in
+    files). Celery logs and swallows an exception raised here, so a failed
+    check exits the process itself."""
+    monitor.prepare(settings.metrics_port)
+    rt = app.grants_runtime()
+    try:
+        # A Redis that may evict keys would grant twice: refused.
+        warning = check_eviction(rt.redis, allow=settings.redis_allow_eviction)
+        if warning:
+            log.warning(warning)
+        # An older version's store is moved onto today's layout first
+        # (once; the other workers wait for it).
+        migrate(rt.redis, rt.keys, rt.backends.refund_data_of_stored)
+    except UnsafeRedis as exc:
+        log.error("worker refused to start", reason=str(exc))
+        raise SystemExit(2) from None
+    except Exception as exc:
+        log.exception("worker could not start: the results store is unreachable or unreadable", error=str(exc))
+        raise SystemExit(1) from None
 
-    @signals.celeryd_init.connect(weak=False)
-    def _no_banner(instance, **_kw):
-        if json_logs:
-            instance.quiet = True
 
-    @signals.celeryd_after_setup.connect(weak=False)
-    def _starting(sender, instance, **_kw):
-        if json_logs:
-            log.info(
-                "worker starting",
-                hostname=sender,
-                # As the banner shows it (password masked).
-                broker=app.connection_for_write().as_uri(),
-                concurrency=instance.concurrency,
-                queues=sorted(q.name for q in app.amqp.queues.consume_from.values()),
-                tasks=sorted(n for n in app.tasks if not n.startswith("celery.")),
-            )
+def _pool_process_ready(app: GrantsCelery, **_kw: Any) -> None:
+    """worker_process_init: clients (and their TLS contexts: ~0.3 s each here)
+    are built before the first task, not in its time; then the start-up heap
+    is frozen."""
+    app.grants_runtime().backends.warm()
+    tune_gc()
 
-    @signals.worker_shutting_down.connect(weak=False)
-    def _stopping(sig, how, **_kw):
-        # Celery's own notice ("worker: Warm shutdown") is a plain print.
-        if json_logs:
-            log.info("worker shutting down", signal=sig, how=how)
 
-    return app
+def _quiet_gc(**_kw: Any) -> None:
+    """worker_ready: the main process's start-up heap is frozen too."""
+    tune_gc()
+
+
+def _logging(settings: Settings, json_logs: bool, **_kw: Any) -> None:
+    """setup_logging: our logging instead of Celery's; in JSON mode prints
+    become log lines."""
+    logs.configure(settings)
+    if json_logs:
+        logs.capture_prints()
+
+
+def _no_banner(instance: Any, **_kw: Any) -> None:
+    """celeryd_init (JSON mode): no banner; its facts are in "worker starting"."""
+    instance.quiet = True
+
+
+def _starting(app: GrantsCelery, sender: str, instance: Any, **_kw: Any) -> None:
+    """celeryd_after_setup (JSON mode): the banner's facts as one log line."""
+    log.info(
+        "worker starting",
+        hostname=sender,
+        # As the banner shows it (password masked).
+        broker=app.connection_for_write().as_uri(),
+        concurrency=instance.concurrency,
+        queues=sorted(q.name for q in app.amqp.queues.consume_from.values()),
+        tasks=sorted(n for n in app.tasks if not n.startswith("celery.")),
+    )
+
+
+def _stopping(sig: str, how: str, **_kw: Any) -> None:
+    """worker_shutting_down (JSON mode): Celery's own notice ("worker: Warm
+    shutdown") is a plain print; this is its log line."""
+    log.info("worker shutting down", signal=sig, how=how)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class GrantsError(Exception):
@@ -54,7 +55,7 @@ class ConnectFailed(Retryable):
 class RateLimited(Retryable):
     """HTTP 429. ``retry_after`` is the backend's Retry-After in seconds."""
 
-    def __init__(self, message: str, *, retry_after: float | None, **kw):
+    def __init__(self, message: str, *, retry_after: float | None, **kw: Any):
         super().__init__(message, **kw)
         self.retry_after = retry_after
 

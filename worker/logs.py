@@ -13,9 +13,11 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
+
+from worker.settings import Settings
 
 REDACTED = "***"
 _SECRET_FIELD = re.compile(r"(pass(word)?|secret|api_?key|token|authorization)", re.I)
@@ -64,7 +66,7 @@ _STDOUT: Any = sys.__stdout__
 _STDERR: Any = sys.__stderr__
 
 
-def log_format(settings, stream=None) -> str:
+def log_format(settings: Settings, stream: TextIO | None = None) -> str:
     """``json`` or ``console``: GRANTS_LOG_FORMAT, ``auto`` deciding by the stream."""
     fmt = settings.log_format
     if fmt == "auto":
@@ -72,7 +74,7 @@ def log_format(settings, stream=None) -> str:
     return fmt
 
 
-def configure(settings, *, stream=None) -> None:
+def configure(settings: Settings, *, stream: TextIO | None = None) -> None:
     """Set up structlog, and stdlib logging for libraries (Celery, kombu,
     httpx), for this process: one format for both, so in JSON mode every line
     is a JSON object, a library's as much as ours."""
@@ -131,7 +133,7 @@ class _LinesToLog(io.TextIOBase):
     library prints (Celery's shutdown notices, a stray ``print``) is a log
     line in the format of the others."""
 
-    def __init__(self, name: str, level: int, fallback):
+    def __init__(self, name: str, level: int, fallback: TextIO):
         self.logger = logging.getLogger(name)
         self.level = level
         self.fallback = fallback

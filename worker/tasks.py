@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 import structlog
+from celery import Task
 
 from schemas.kinds import KINDS
 from worker.errors import SendTaskFailed
@@ -160,7 +161,7 @@ class SendReport:
         return SendTaskFailed(text if len(text) <= RESULT_MAX_CHARS else text[: RESULT_MAX_CHARS - 3] + "...")
 
 
-def send_batches(task, batch_ids: Any = None, *extra: Any, **unexpected: Any) -> dict[str, Any]:
+def send_batches(task: Task, batch_ids: Any = None, *extra: Any, **unexpected: Any) -> dict[str, Any]:
     """Send the given batches, then drain ready ones until the budget is spent.
 
     Ends FAILURE (:class:`SendTaskFailed`, once every outcome is written)
@@ -194,7 +195,7 @@ def send_batches(task, batch_ids: Any = None, *extra: Any, **unexpected: Any) ->
     return report.as_dict()
 
 
-def _show_result(task, text: str) -> None:
+def _show_result(task: Task, text: str) -> None:
     """Give a failing task a result text in its events, as a succeeding one
     has: Flower searches a task's args and result, not its exception, and a
     batch the task took while draining is named in neither args nor
@@ -207,7 +208,7 @@ def _show_result(task, text: str) -> None:
 
 
 def replay(
-    task,
+    task: Task,
     status: str,
     kind: str = "grant",
     project_id: int | None = None,

@@ -55,7 +55,8 @@ Batching and sending
   or ``sending``), ``tok`` the fencing token, ``att`` (calls made), ``paid``
   (calls paid from the budget), ``begun`` (1 once a call was begun for it:
   it is no longer handed back by a pause), ``created`` and ``sent`` (ms),
-  ``on_unknown`` (its backend's lost-answer policy at begin), ``rec`` (1:
+  ``on_unknown`` (its backend's lost-answer policy at begin), ``unk`` (1: an
+  attempt lost its answer, so it ends in_doubt, never failed), ``rec`` (1:
   read back before the next call), ``nbf`` (not before, ms: a backoff),
   ``err`` (the last error), ``parent`` (the batch a split made it from),
   ``old`` (received, or requeued, time of its oldest command: the backlog's

@@ -323,10 +323,12 @@ class Ledger:
         final: str = "failed",
         reconcile: bool = False,
         lane_wide: bool = False,
+        unknown: bool = False,
     ) -> str:
         """Retry later (``'retry'``); past max attempts end as ``final`` ('failed'
         when nothing can have applied, 'in_doubt' when the last answer was
-        lost); ``'fenced'`` if the batch is no longer ours."""
+        lost, or any attempt's was: ``unknown`` says this one's was);
+        ``'fenced'`` if the batch is no longer ours."""
         return self._run(
             "release",
             work.batch_id,
@@ -337,6 +339,7 @@ class Ledger:
             final,
             int(reconcile),
             int(lane_wide),
+            int(unknown),
         )[0]
 
     def split(self, work: BatchWork, *, lease_ms: int) -> tuple[str, list[str]]:

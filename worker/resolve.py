@@ -163,15 +163,16 @@ class Resolver:
                 f"it is {status}, not in_doubt: nothing changed (only an in_doubt command is resolved)",
             )
         doubted_at = int(header.get("cpl") or 0)
-        lease_lost = LEASE_LOST in (header.get("err") or "")
+        too_soon = self._too_soon(project_id, record_id, header)
+        if too_soon is not None:
+            return too_soon
         command = MODELS[kind].model_validate(from_stored(kind, project_id, record_id, body))
         backend = self.backends.for_lane(Lane(kind, project_id))
         playfab = backend if isinstance(backend, PlayFab) and isinstance(command, GrantCommand) else None
         character = isinstance(command, GrantCommand) and bool(playfab_extras(command).get("CharacterId"))
         if finding == "failed":
             readable = (playfab, command) if playfab and isinstance(command, GrantCommand) and not character else None
-            planned = self._plan_failed(project_id, record_id, doubted_at if lease_lost else 0, readable, read)
-            return replace(planned, doubted_at=doubted_at)
+            return replace(self._plan_failed(project_id, record_id, readable, read), doubted_at=doubted_at)
         evidence = ""
         if playfab is not None and isinstance(command, GrantCommand):
             backend = playfab
@@ -210,28 +211,36 @@ class Resolver:
             doubted_at=doubted_at,
         )
 
+    def _too_soon(self, project_id: int, record_id: str, header: dict[str, Any]) -> Planned | None:
+        """Refused while the call's own answer may still land: after the
+        sweeper gave up a batch whose lease ran out mid-call, its sender may
+        only be stalled. A finding then could be contradicted by the answer
+        (which would be ignored): 'failed' and a replay may grant twice,
+        'granted' would send a refund for items never granted."""
+        if LEASE_LOST not in (header.get("err") or ""):
+            return None
+        sec, usec = self.ledger.redis.time()
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        wait_ms = int(header.get("cpl") or 0) + self.late_answer_ms - now_ms
+        if wait_ms <= 0:
+            return None
+        return Planned(
+            project_id,
+            record_id,
+            False,
+            f"in doubt for less than {self.late_answer_ms // 1000} s: its call's answer may still land. "
+            f"Nothing changed; try again in {wait_ms // 1000 + 1} s",
+        )
+
     def _plan_failed(
         self,
         project_id: int,
         record_id: str,
-        lease_lost_at: int,
         readable: tuple[PlayFab, GrantCommand] | None,
         read: dict[tuple[int, str], GetUserInventoryResult],
     ) -> Planned:
-        """'failed' makes a command replayable: refused while a late answer
-        may still land (``lease_lost_at``: when the sweeper gave its call up
-        for lost, else 0), and (PlayFab) while the inventory shows it applied."""
-        sec, usec = self.ledger.redis.time()
-        now_ms = int(sec) * 1000 + int(usec) // 1000
-        wait_ms = lease_lost_at + self.late_answer_ms - now_ms
-        if lease_lost_at and wait_ms > 0:
-            return Planned(
-                project_id,
-                record_id,
-                False,
-                f"in doubt for less than {self.late_answer_ms // 1000} s: its call's answer may still land. "
-                f"Nothing changed; try again in {wait_ms // 1000 + 1} s",
-            )
+        """'failed' makes a command replayable: refused (PlayFab) while the
+        inventory shows it applied."""
         if readable:
             backend, command = readable
             seen = self._instances(backend, project_id, command.user_id, record_id, read)

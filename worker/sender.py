@@ -319,12 +319,16 @@ class Sender:
                 final="failed" if certainly_not_applied else "in_doubt",
                 reconcile=retry.reconcile or (work.reconcile and certainly_not_applied),
                 lane_wide=lane_wide,
+                unknown=not certainly_not_applied,
             ),
         )
         if state == "fenced":
             # The sweeper gave the batch up for lost while we waited. This
-            # answer proves nothing applied: turn its in_doubt into failed.
-            if certainly_not_applied:
+            # answer proves this attempt applied nothing: turn its in_doubt
+            # into failed, unless an earlier attempt of a resending backend
+            # may have lost its answer (then that one may have applied).
+            earlier_unknown = work.attempt > 1 and work.on_unknown is OnUnknown.resend
+            if certainly_not_applied and not earlier_unknown:
                 return self._finish(work, everyone(work, "failed", exc).outcomes, blog)
             blog.warning("batch lease lost before its answer", error=str(exc))
         elif state in ("failed", "in_doubt"):

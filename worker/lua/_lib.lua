@@ -315,8 +315,13 @@ finalize = function(kind, pid, epid, new, res, refund, err, now, hdr, body, slim
   redis.call('XADD', P .. ':outcomes', 'MAXLEN', '~', MAXLEN, '*',
     'project_id', pid, 'external_purchase_id', epid, 'kind', kind, 'status', new, 'at', now)
   if kind == 'grant' and any_revoke_waiting() then release_waiting_revoke(pid, epid, new, now) end
-  -- (from in_doubt, or after a replay of it: a grant's final outcome, whatever it left)
-  if kind == 'grant' and new ~= 'in_doubt' and any_revoke_doubted() then release_doubted_revoke(pid, epid, new, now) end
+  -- Granted (a late answer, a read-back, a replay of it), or an operator's
+  -- finding: the refund follows. A late answer that only proves its own
+  -- attempt did nothing ('failed') says nothing of the others: the refund
+  -- stays in doubt with what is left to settle.
+  if kind == 'grant' and (new == 'granted' or (resolved_by and new ~= 'in_doubt')) and any_revoke_doubted() then
+    release_doubted_revoke(pid, epid, new, now)
+  end
 end
 
 -- Finalize every member of a batch that is still 'sending' (in it).

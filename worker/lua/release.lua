@@ -7,15 +7,25 @@
 --       'in_doubt' when the last answer was lost), reconcile first (1/0: the
 --       answer was lost and the backend can be read back), lane-wide (1/0: the
 --       refusal concerns the whole lane, as a 429 or a wrong endpoint does, so
---       no new batch of the lane is taken before the retry time either)
+--       no new batch of the lane is taken before the retry time either),
+--       unknown (1/0: this attempt's answer was lost)
+-- An attempt whose answer was lost is remembered on the batch ('unk'): past
+-- max attempts such a batch is in_doubt, never 'failed', even when its last
+-- answer proved that attempt did nothing (an earlier one may have applied).
 -- Returns {'retry'|'failed'|'in_doubt'|'fenced'}
 local id, token, delay_ms, err = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local max_attempts = tonumber(ARGV[7])
 local final, reconcile, lane_wide = ARGV[8], ARGV[9] or '0', ARGV[10] == '1'
+local unknown = ARGV[11] == '1'
 local bk = batch_key(id)
-local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'att', 'kind', 'lane')
+local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'att', 'kind', 'lane', 'unk')
 if not (b[1] == 'sending' and b[2] == token) then return {'fenced'} end
 local now = now_ms()
+if final == 'failed' and (unknown or b[8] == '1') then
+  final = 'in_doubt'
+  err = err .. ' (an earlier attempt of this batch lost its answer: it may have applied)'
+end
+if unknown then redis.call('HSET', bk, 'unk', 1) end
 if tonumber(b[5]) >= max_attempts then
   finalize_members(b[6], b[3], id, cjson.decode(b[4]), final, err, now)
   redis.call('DEL', bk)

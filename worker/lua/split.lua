@@ -7,7 +7,7 @@
 -- Returns {'fenced'} | {'single'} | {'ok', id1, id2}
 local id, token, lease_ms, reconcile = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6] or '0'
 local bk = batch_key(id)
-local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'lane', 'kind')
+local b = redis.call('HMGET', bk, 'st', 'tok', 'pid', 'members', 'lane', 'kind', 'unk')
 if not (b[1] == 'sending' and b[2] == token) then return {'fenced'} end
 local members = cjson.decode(b[4])
 if #members < 2 then return {'single'} end
@@ -24,6 +24,8 @@ for part = 0, 1 do
   redis.call('HSET', batch_key(child), 'lane', b[5], 'kind', b[6], 'pid', pid, 'n', #chunk,
     'members', cjson.encode(chunk), 'st', 'leased', 'att', 0, 'begun', 1, 'created', now, 'parent', id,
     'rec', reconcile)
+  -- An earlier attempt's lost answer is remembered by both halves (release.lua).
+  if b[7] == '1' then redis.call('HSET', batch_key(child), 'unk', 1) end
   redis.call('ZADD', LEASES, now + lease_ms, child)
   -- The child owns these commands now (begin and complete check it); it keeps
   -- the received time of its oldest, as take does ('old': the backlog's age).

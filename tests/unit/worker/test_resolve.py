@@ -273,3 +273,39 @@ def test_a_refund_in_doubt_with_its_grant_follows_a_late_answer(ledger, results)
     (rbid,) = ledger.take(max_batches=1, **TAKE)
     (order,) = ledger.begin(rbid, "rv", lease_ms=5000, on_unknown=OnUnknown.doubt).commands
     assert order.refund == refund
+
+
+def test_a_late_answer_proving_only_its_own_attempt_did_nothing_leaves_the_refund_in_doubt(ledger, results):
+    """Idempotent backend: attempt 1's answer lost, attempt 2 lost its lease
+    (in_doubt, and the refund with it), then attempt 2's late 503 says only
+    that attempt 2 did nothing: the refund must not become a noop."""
+    ingest(ledger, ["fx"])
+    (bid,) = ledger.take(max_batches=1, **TAKE)
+    first = ledger.begin(bid, "t1", lease_ms=5000, on_unknown=OnUnknown.resend)
+    assert (
+        ledger.release(first, delay_ms=0, error="ReadTimeout", max_attempts=3, final="in_doubt", unknown=True)
+        == "retry"
+    )
+    ledger.ingest([Arrival(RevokeCommand(project_id=1, external_purchase_id="fx", comment="Refund"), 1, "r:fx")])
+    second = ledger.begin(bid, "t2", lease_ms=1, on_unknown=OnUnknown.resend)
+    import time
+
+    time.sleep(0.01)
+    ledger.recover(dispatch_lease_ms=1000, max_attempts=2)
+    assert results.get(1, "fx")["status"] == "in_doubt"
+    assert ledger.release(second, delay_ms=0, error="503", max_attempts=3) == "fenced"
+    ledger.complete(second, [Outcome("fx", "failed", error="503")])
+    assert results.get(1, "fx", kind="revoke")["status"] == "in_doubt"
+
+
+def test_granted_is_refused_too_while_a_lost_lease_may_still_answer(ledger, results, resolver):
+    ingest(ledger, ["soon"])
+    (bid,) = ledger.take(max_batches=1, **{**TAKE, "lease_ms": 1})
+    ledger.begin(bid, "tok", lease_ms=1, on_unknown=OnUnknown.doubt)
+    import time
+
+    time.sleep(0.01)
+    assert ledger.recover(dispatch_lease_ms=1000, max_attempts=5)[0] == 1
+    summary = rs.resolve(resolver, [(1, "soon")], finding="granted", kind="grant", actor="ana")
+    assert summary.verdicts["resolved"] == 0 and "may still land" in summary.planned[0].why
+    assert results.get(1, "soon")["status"] == "in_doubt"

@@ -300,3 +300,18 @@ def test_what_a_read_back_settles_is_counted_in_the_send_summary(redis_client):
     summary = sender.send(bid)
     assert summary.get("reconciled") is True and summary.get("granted") == 1, summary
     assert Results(client, keys).get(3, "pf-1")["status"] == "granted"
+
+
+def test_a_lost_answer_then_503s_until_the_end_is_in_doubt_not_failed(harness):
+    """Idempotent backend: attempt 1's answer is lost (it may have applied),
+    attempts 2 and 3 answer 503 (they did not). 'failed' would say nothing
+    applied, and a refund would be dropped as a noop: it is in_doubt."""
+    bid = harness.batch(["lost-then-503"])
+    harness.answers.extend([httpx.ReadTimeout("slow"), httpx.Response(503), httpx.Response(503)])
+    sender = harness.build(idempotent=True)
+    for _ in range(3):
+        sender.send(bid)
+        harness.due(bid)
+    record = harness.results.get(3, "lost-then-503")
+    assert record["status"] == "in_doubt", record
+    assert "earlier attempt" in record["error"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from collections import Counter
@@ -193,7 +194,7 @@ class Ingestor:
         self.stopping = threading.Event()
         # Monotonic times of the last round completed (0: none yet, not
         # ready), and of the last round tried (health: worker/monitor.py).
-        self.last_round = 0.0
+        self.last_round = -math.inf
         self.alive_at = time.monotonic()
         self._legacy_due = 0.0
         self._counts: Counter = Counter()

@@ -11,6 +11,7 @@ import io
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any, TextIO
@@ -138,7 +139,9 @@ class _LinesToLog(io.TextIOBase):
         self.level = level
         self.fallback = fallback
         self._pending = ""
-        self._emitting = False
+        # Per thread: another thread printing while this one logs is still a
+        # log line (redacted), not raw text on the real stream.
+        self._local = threading.local()
 
     def writable(self) -> bool:
         return True
@@ -152,7 +155,7 @@ class _LinesToLog(io.TextIOBase):
         return None
 
     def write(self, text: str) -> int:
-        if self._emitting:  # logging itself failed and says so: say it plainly
+        if getattr(self._local, "emitting", False):  # logging itself failed and says so: say it plainly
             return self.fallback.write(text)
         self._pending += text
         while "\n" in self._pending:
@@ -168,11 +171,11 @@ class _LinesToLog(io.TextIOBase):
     def _emit(self, line: str) -> None:
         if not line.strip():
             return
-        self._emitting = True
+        self._local.emitting = True
         try:
             self.logger.log(self.level, line.rstrip())
         finally:
-            self._emitting = False
+            self._local.emitting = False
 
 
 def capture_prints() -> None:

@@ -345,12 +345,13 @@ class Settings(BaseSettings):
 def _url_password(url: str) -> str | None:
     """The password a Redis URL carries: in its netloc, or as redis-py also
     takes it, a ``password`` query parameter."""
-    from urllib.parse import parse_qs, urlsplit
+    from urllib.parse import parse_qs, unquote, urlsplit
 
     try:
         parts = urlsplit(url)
         in_query = parse_qs(parts.query).get("password") or []
-        return parts.password or (in_query[0] if in_query else None)
+        # As redis-py reads it: percent-decoded.
+        return unquote(parts.password) if parts.password else (in_query[0] if in_query else None)
     except ValueError:
         return None
 

@@ -12,6 +12,7 @@ Each tick:
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -49,7 +50,7 @@ class Sweeper:
         self._last_prune = 0.0
         # Monotonic times of the last round, and of the last that worked (health).
         self.alive_at = time.monotonic()
-        self.ok_at = 0.0  # no tick done yet: not ready
+        self.ok_at = -math.inf  # no tick done yet: not ready
         self.stopping = threading.Event()
 
     def tick(self) -> dict[str, int] | None:

@@ -268,7 +268,13 @@ local function release_doubted_revoke(pid, epid, grant_status, now)
   local vh, vbody = rec_read(vk)
   if not vh or vh.st ~= 'in_doubt' or (tonumber(vh.att) or 0) > 0 then return end
   local by = resolved_by and (' by ' .. resolved_by) or ''
-  if grant_status == 'granted' then
+  local grant_claim = claim_get('grant', pid, epid, now)
+  if grant_status == 'granted' and not (grant_claim and grant_claim.refund ~= '') then
+    -- Nothing to send it with (past the refund window): said, as ingest says it.
+    finalize('revoke', pid, epid, 'rejected', '', '',
+      'its grant was settled granted' .. by .. ', but what a refund needs of it is gone (past the refund window?): '
+      .. 'take the items back by hand', now, vh, vbody)
+  elseif grant_status == 'granted' then
     local hist = vh.hist or {}
     hist[#hist + 1] = {event = 'release', by = resolved_by, at = now, from_status = 'in_doubt', as = 'pending',
                        note = 'its grant was settled granted' .. by .. ': sent'}

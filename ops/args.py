@@ -88,6 +88,26 @@ def statuses(allowed: Iterable[Status]) -> Callable[[str], list[Status]]:
     return parse
 
 
+def add_selection(p: argparse.ArgumentParser, *, prefix: str = "") -> None:
+    """The options that choose records (replay's, and resolve's without ids):
+    kind, project, outcome time, SKU, user, how many; read by :func:`selection`."""
+    from schemas.kinds import KINDS
+
+    p.add_argument(
+        "--kind",
+        type=kind_name,
+        default="grant",
+        metavar="KIND",
+        help=f"which commands: {', '.join(KINDS)} (default grant)",
+    )
+    p.add_argument("--project-id", type=int)
+    p.add_argument("--since", type=when, help=f"{prefix}ISO 8601 (UTC unless it says): outcome recorded at or after")
+    p.add_argument("--until", type=when, help=f"{prefix}ISO 8601 (UTC unless it says): outcome recorded at or before")
+    p.add_argument("--sku", help=f"{prefix}only commands carrying this SKU")
+    p.add_argument("--user", help=f"{prefix}only commands for this user id")
+    p.add_argument("--limit", type=positive_int, default=1000, help=f"{prefix}at most this many (default 1000)")
+
+
 def selection(args: argparse.Namespace, status: Status) -> Filters:
     """The records in ``status`` that the selecting options (``--kind``,
     ``--project-id``, ``--since``, ``--until``, ``--sku``, ``--user``,

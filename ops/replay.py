@@ -10,9 +10,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from ops.args import actor_or_default, kind_name, positive_int, redis_client, selection, when
+from ops.args import actor_or_default, add_selection, redis_client, selection
 from producers.progress import Progress
-from schemas.kinds import KINDS
 from schemas.records import REPLAYABLE, Status
 from worker import replay as rp
 from worker.backends.registry import project_is_idempotent
@@ -34,19 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--status", required=True, choices=sorted(s.value for s in REPLAYABLE))
-    p.add_argument(
-        "--kind",
-        type=kind_name,
-        default="grant",
-        metavar="KIND",
-        help=f"which commands: {', '.join(KINDS)} (default grant)",
-    )
-    p.add_argument("--project-id", type=int)
-    p.add_argument("--since", type=when, help="ISO 8601 (UTC unless it says): outcome recorded at or after")
-    p.add_argument("--until", type=when, help="ISO 8601 (UTC unless it says): outcome recorded at or before")
-    p.add_argument("--sku", help="only commands carrying this SKU")
-    p.add_argument("--user", help="only commands for this user id")
-    p.add_argument("--limit", type=positive_int, default=1000, help="at most this many (default 1000)")
+    add_selection(p)
     p.add_argument("--dry-run", action="store_true", help="print what would be replayed and why; change nothing")
     p.add_argument("--force", action="store_true", help="replay in_doubt commands (they may apply twice)")
     p.add_argument("--actor", default=None, help="who is replaying, for the history (default user@host)")

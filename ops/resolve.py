@@ -9,8 +9,7 @@ from pathlib import Path
 
 from redis.exceptions import RedisError
 
-from ops.args import kind_name, positive_int, selection, when
-from schemas.kinds import KINDS
+from ops.args import add_selection, selection
 from schemas.records import Status
 from worker import errors
 from worker import resolve as rs
@@ -37,20 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--as", dest="finding", required=True, choices=rs.FINDINGS, help="what you found")
     p.add_argument("--actor", required=True, help="who resolves, for the history")
     p.add_argument("--note", default="", help="what you saw, for the history")
-    p.add_argument(
-        "--kind",
-        type=kind_name,
-        default="grant",
-        metavar="KIND",
-        help=f"which commands: {', '.join(KINDS)} (default grant)",
-    )
-    p.add_argument("--project-id", type=int)
     p.add_argument("--file", type=Path, help="a file of record ids, one a line (with --project-id)")
-    p.add_argument("--since", type=when, help="select: ISO 8601 (UTC unless it says), outcome at or after")
-    p.add_argument("--until", type=when, help="select: ISO 8601 (UTC unless it says), outcome at or before")
-    p.add_argument("--sku", help="select: only commands carrying this SKU")
-    p.add_argument("--user", help="select: only commands for this user id")
-    p.add_argument("--limit", type=positive_int, default=1000, help="select: at most this many (default 1000)")
+    add_selection(p, prefix="select: ")
     p.add_argument("--dry-run", action="store_true", help="print what would be resolved and why; change nothing")
     p.set_defaults(run=run)
 

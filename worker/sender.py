@@ -319,7 +319,10 @@ class Sender:
                 final="failed" if certainly_not_applied else "in_doubt",
                 reconcile=retry.reconcile or (work.reconcile and certainly_not_applied),
                 lane_wide=lane_wide,
-                unknown=not certainly_not_applied,
+                # A resending backend's lost answer stays unknown; a
+                # reconciling one's is settled by the read-back before the
+                # next call (what it finds absent is certainly not applied).
+                unknown=not certainly_not_applied and work.on_unknown is OnUnknown.resend,
             ),
         )
         if state == "fenced":

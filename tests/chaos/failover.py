@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack.localstack import REPO_ROOT, Stack, wait_until
+from devstack.localstack import REPO_ROOT, Stack, StackError, wait_until
 from producers.publisher import Publisher, PublishFailed
 from schemas.commands import GrantCommand
 from tests.helpers import operation
@@ -173,7 +173,15 @@ class Failover:
         self.report.promoted = True
         self.event(f"replica :{replica.port} promoted")
         primary.start()  # its AOF holds the lost writes; it is made a replica and resynced
-        wait_until(primary.in_sync, 60, "the old primary to rejoin as a replica", 0.2)
+        try:
+            wait_until(primary.in_sync, 45, "the sentinels to make the old primary a replica", 0.2)
+        except StackError:
+            # On a loaded machine the sentinels can be slow to reconfigure a
+            # returning primary; an operator would do it by hand (the audit
+            # is what the rig is about, not the sentinels' speed).
+            self.event("sentinels slow to convert the old primary: REPLICAOF by hand")
+            primary.client().replicaof("127.0.0.1", replica.port)
+            wait_until(primary.in_sync, 60, "the old primary to rejoin as a replica", 0.2)
         self.event(f"old primary :{primary.port} rejoined as a replica")
 
     def event(self, what: str) -> None:

@@ -173,28 +173,50 @@ class Resolver:
         if finding == "failed":
             readable = (playfab, command) if playfab and isinstance(command, GrantCommand) and not character else None
             return replace(self._plan_failed(project_id, record_id, readable, read), doubted_at=doubted_at)
-        evidence = ""
         if playfab is not None and isinstance(command, GrantCommand):
-            backend = playfab
-            # The instances our grant annotated are what a revoke takes back:
-            # read them now, so the refund data is the truth.
-            instances = self._instances(backend, project_id, command.user_id, record_id, read)
-            if not instances:
-                where = (
-                    "a character's items are not in that read: check the character's inventory in Game Manager"
-                    if character
-                    else "if it did not apply, resolve --as failed"
-                )
-                return Planned(
-                    project_id,
-                    record_id,
-                    False,
-                    f"PlayFab shows no item instance annotated {record_id!r} in {command.user_id}'s inventory: "
-                    f"nothing a revoke could take back. Nothing changed; {where}",
-                )
-            expected = len(item_grants(command))
-            evidence = f" ({len(instances)} of {expected} item instances seen in PlayFab)"
-            answer = {"ItemGrantResults": instances, "resolved": True}
+            return replace(
+                self._plan_playfab_granted(project_id, record_id, playfab, command, character, read),
+                doubted_at=doubted_at,
+            )
+        return replace(
+            self._planned_granted(project_id, record_id, kind, backend, command, answer, ""), doubted_at=doubted_at
+        )
+
+    def _plan_playfab_granted(
+        self,
+        project_id: int,
+        record_id: str,
+        backend: PlayFab,
+        command: GrantCommand,
+        character: bool,
+        read: dict[tuple[int, str], GetUserInventoryResult],
+    ) -> Planned:
+        """PlayFab: 'granted' only with the evidence, the instances our grant
+        annotated, which are what a revoke takes back (read now, so the refund
+        data is the truth)."""
+        instances = self._instances(backend, project_id, command.user_id, record_id, read)
+        if not instances:
+            where = (
+                "a character's items are not in that read: check the character's inventory in Game Manager"
+                if character
+                else "if it did not apply, resolve --as failed"
+            )
+            return Planned(
+                project_id,
+                record_id,
+                False,
+                f"PlayFab shows no item instance annotated {record_id!r} in {command.user_id}'s inventory: "
+                f"nothing a revoke could take back. Nothing changed; {where}",
+            )
+        evidence = f" ({len(instances)} of {len(item_grants(command))} item instances seen in PlayFab)"
+        answer = {"ItemGrantResults": instances, "resolved": True}
+        return self._planned_granted(project_id, record_id, GRANT, backend, command, answer, evidence)
+
+    def _planned_granted(
+        self, project_id: int, record_id: str, kind: str, backend: Any, command: Any, answer: Any, evidence: str
+    ) -> Planned:
+        """'granted', with the refund data a later revoke needs (and, with
+        ``evidence``, the answer that proves it)."""
         applied = KINDS[kind].applied.value
         refund = backend.refund_data(kind, command, answer)
         slim = (
@@ -208,7 +230,6 @@ class Resolver:
             refund=orjson.dumps(refund).decode() if refund else "",
             slim=slim,
             answer=orjson.dumps(answer).decode() if evidence else "",
-            doubted_at=doubted_at,
         )
 
     def _too_soon(self, project_id: int, record_id: str, header: dict[str, Any]) -> Planned | None:

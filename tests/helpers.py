@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from devstack.localstack import StackError, wait_until
+from devstack.localstack import REPO_ROOT, StackError, wait_until
 from schemas.commands import GrantCommand
 from schemas.records import FINAL_STATUSES
 from worker.results import Results
@@ -195,3 +195,44 @@ def secret_forms(merchant_id: str, *secrets: str) -> list[str]:
     if secrets and secrets[0]:
         forms.append(base64.b64encode(f"{merchant_id}:{secrets[0]}".encode()).decode())
     return forms
+
+
+def grants(
+    stack: Any, *argv: str, expect: int | None = 0, stdin: str | None = None, timeout: float = 120, **env: str
+) -> subprocess.CompletedProcess:
+    """Run the ``grants`` CLI (``python -m ops``) against ``stack``, as an
+    operator would; asserts its exit code unless ``expect`` is None."""
+    out = subprocess.run(
+        [sys.executable, "-m", "ops", *argv],
+        env=stack.env(**env),
+        cwd=REPO_ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if expect is not None:
+        assert out.returncode == expect, out.stdout + out.stderr
+    return out
+
+
+def xsolla_granted(request: httpx.Request) -> httpx.Response:
+    """What Xsolla answers a purchase call that applied every operation (an
+    httpx.MockTransport handler for the sender's unit tests)."""
+    import json
+
+    ops = json.loads(request.content)
+    return httpx.Response(
+        200,
+        json={
+            "count": len(ops),
+            "operations": [
+                {
+                    "user": o["user"],
+                    "purchase": {"external_purchase_id": o["purchase"]["external_purchase_id"]},
+                    "items": [{**i, "balance": i["quantity"]} for i in o["items"]],
+                }
+                for o in ops
+            ],
+        },
+    )

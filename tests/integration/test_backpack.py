@@ -4,14 +4,13 @@ real workers and the sandbox's Backpack API; and the CLI for each kind."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from devstack.localstack import REPO_ROOT, wait_until
+from devstack.localstack import wait_until
 from schemas.commands import BackpackCreateCommand, BackpackDeleteCommand
 from schemas.records import Status
+from tests.helpers import grants
 
 pytestmark = pytest.mark.integration
 
@@ -26,20 +25,6 @@ ITEMS = {
     ],
     "promo_codes": [{"item_sku": "promo.winter", "item_name": "Winter promo", "promo_code": "WINTER-26", **GAME}],
 }
-
-
-def grants(stack, *argv, expect=0, stdin=None):
-    out = subprocess.run(
-        [sys.executable, "-m", "ops", *argv],
-        env=stack.env(),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        input=stdin,
-    )
-    assert out.returncode == expect, out.stdout + out.stderr
-    return out
 
 
 def wait_kind(results, project_id, op, kind, timeout=20.0):

@@ -20,24 +20,12 @@ from producers.aio import AsyncPublisher
 from producers.publisher import Publisher, PublishFailed
 from schemas.records import Status
 from tests.conftest import make_stack, settings_for
-from tests.helpers import command, operation, wait_final
+from tests.helpers import command, grants, operation, wait_final
 from worker.keys import Keys
 from worker.results import Results
 from worker.settings import Settings, connect
 
 pytestmark = pytest.mark.integration
-
-
-def grants(stack, *argv, stdin=None):
-    return subprocess.run(
-        [sys.executable, "-m", "ops", *argv],
-        env=stack.env(),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        input=stdin,
-    )
 
 
 def test_the_earliest_published_payload_is_the_original_always(tmp_path, project_id):

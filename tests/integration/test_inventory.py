@@ -6,26 +6,16 @@ The PlayFab side (purchases seen by their Annotation) is in test_resolve.py."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from devstack.localstack import REPO_ROOT, wait_until
+from devstack.localstack import wait_until
 from schemas.commands import BackpackCreateCommand, RevokeCommand
-from tests.helpers import command, wait_final
+from tests.helpers import command, grants, wait_final
 
 pytestmark = pytest.mark.integration
 
 GAME = {"image_url": "https://cdn.example/i.png", "external_game_id": "game-42"}
-
-
-def grants(stack, *argv, expect=0):
-    out = subprocess.run(
-        [sys.executable, "-m", "ops", *argv], env=stack.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == expect, out.stdout + out.stderr
-    return out
 
 
 def create(project_id, op, user, sku):

@@ -4,27 +4,17 @@ replay of failed / in_doubt grants (CLI and Celery task)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 from kombu import Connection, Exchange, Producer
 
-from devstack.localstack import REPO_ROOT, wait_until
+from devstack.localstack import wait_until
 from tests.conftest import settings_for
-from tests.helpers import command, operation, wait_final
+from tests.helpers import command, grants, operation, wait_final
 from worker.celery_app import create_app
 
 pytestmark = pytest.mark.integration
-
-
-def grants(stack, *argv, expect=0):
-    out = subprocess.run(
-        [sys.executable, "-m", "ops", *argv], env=stack.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == expect, out.stdout + out.stderr
-    return out
 
 
 def dead_letters(stack):

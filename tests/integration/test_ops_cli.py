@@ -17,26 +17,12 @@ import pytest
 import redis
 
 from devstack.localstack import REPO_ROOT, free_port, redis_binary, wait_until
-from tests.helpers import command, wait_final
+from tests.helpers import command, grants, wait_final
 from worker.keys import Keys
 from worker.metrics import LedgerCollector
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-def grants(stack, *argv: str, expect: int | None = 0, **env: str) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        [sys.executable, "-m", "ops", *argv],
-        env=stack.env(**env),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if expect is not None:
-        assert out.returncode == expect, out.stdout + out.stderr
-    return out
 
 
 def no_traceback(out: subprocess.CompletedProcess) -> None:

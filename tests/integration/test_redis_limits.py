@@ -4,33 +4,19 @@ out without a double or a loss (real redis-server, workers and sandbox)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 
-from devstack.localstack import REPO_ROOT, Stack, wait_until
+from devstack.localstack import Stack, wait_until
 from producers.publisher import Publisher, PublishFailed
 from tests.conftest import FAST
-from tests.helpers import command, operation, wait_final
+from tests.helpers import command, grants, operation, wait_final
 from worker.keys import Keys
 from worker.results import Results
 from worker.settings import Settings, UnsafeRedis, connect
 
 pytestmark = pytest.mark.integration
-
-
-def grants(stack: Stack, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ops", *args],
-        env=stack.env(),
-        cwd=REPO_ROOT,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_a_redis_that_evicts_keys_is_refused_by_workers_and_producers(tmp_path, project_id):
@@ -47,7 +33,13 @@ def test_a_redis_that_evicts_keys_is_refused_by_workers_and_producers(tmp_path, 
         with pytest.raises(UnsafeRedis, match="allkeys-lru"):
             Publisher(settings).publish(command(project_id, "evict-1"))
         out = grants(
-            stack, "publish", "--project-id", str(project_id), "-", stdin=json.dumps(operation("evict-2")) + "\n"
+            stack,
+            "publish",
+            "--project-id",
+            str(project_id),
+            "-",
+            stdin=json.dumps(operation("evict-2")) + "\n",
+            expect=2,
         )
         assert out.returncode == 2
         assert "maxmemory-policy" in out.stderr and "nothing published" in out.stderr
@@ -79,7 +71,13 @@ def test_a_full_redis_fails_publishes_loudly_and_loses_or_doubles_nothing(tmp_pa
         with pytest.raises(PublishFailed, match="Redis is out of memory"):
             publisher.publish(command(project_id, "full-late"))
         out = grants(
-            stack, "publish", "--project-id", str(project_id), "-", stdin=json.dumps(operation("full-cli")) + "\n"
+            stack,
+            "publish",
+            "--project-id",
+            str(project_id),
+            "-",
+            stdin=json.dumps(operation("full-cli")) + "\n",
+            expect=2,
         )
         assert out.returncode == 2 and "Redis is out of memory" in out.stderr
         stats = grants(stack, "results", "stats")

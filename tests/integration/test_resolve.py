@@ -6,18 +6,16 @@ replayed, through real workers and the sandbox's PlayFab API."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 
 import httpx
 import pytest
 
-from devstack.localstack import REPO_ROOT, Stack, wait_until
+from devstack.localstack import Stack, wait_until
 from producers.publisher import Publisher
 from schemas.commands import RevokeCommand
 from tests.conftest import FAST, settings_for
-from tests.helpers import command, wait_final
+from tests.helpers import command, grants, wait_final
 from worker import resolve as rs
 from worker.backends.registry import Backends
 from worker.celery_app import create_app
@@ -52,14 +50,6 @@ def pf(tmp_path_factory):
 @pytest.fixture
 def results(pf):
     return Results(connect(pf.redis.url), Keys())
-
-
-def grants(stack, *argv, expect=0):
-    out = subprocess.run(
-        [sys.executable, "-m", "ops", *argv], env=stack.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == expect, out.stdout + out.stderr
-    return out
 
 
 def annotated(stack, player, purchase):

@@ -11,7 +11,6 @@ catalog and the stats are reset before each test.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,7 +36,6 @@ from schemas.playfab import (
     PlayFabErrorCode,
     RevokeInventoryItemsResult,
 )
-from tests.helpers import sandbox_process
 
 ROOT = Path(__file__).resolve().parents[3]
 MERCHANT_ID = 424242
@@ -51,32 +49,6 @@ _projects = itertools.count(7000)
 _players = itertools.count(1)
 
 M = TypeVar("M", bound=BaseModel)
-
-
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("backends")
-    (tmp / "backpack.token").write_text(BACKPACK_TOKEN + "\n")
-    (tmp / "playfab.key").write_text(PLAYFAB_KEY + "\n")
-    env = {
-        **os.environ,
-        "GRANTS_XSOLLA_MERCHANT_ID": str(MERCHANT_ID),
-        "GRANTS_XSOLLA_API_KEY": API_KEY,
-        "GRANTS_BACKPACK_TOKEN_FILE": str(tmp / "backpack.token"),
-        "GRANTS_PLAYFAB_SECRET_KEY_FILE": str(tmp / "playfab.key"),
-    }
-    with sandbox_process(tmp, env, "--backpack-host-id", HOST_ID, secrets=SECRETS) as url:
-        yield url
-
-
-@pytest.fixture
-def admin(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=5) as client:
-        client.put("/sandbox/faults", json={}).raise_for_status()
-        client.put("/sandbox/playfab/config", json={}).raise_for_status()
-        client.put("/sandbox/playfab/catalog", content=b"null").raise_for_status()
-        client.post("/sandbox/reset").raise_for_status()
-        yield client
 
 
 @pytest.fixture

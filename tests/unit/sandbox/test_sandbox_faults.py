@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +20,6 @@ import orjson
 import pytest
 
 from schemas.playfab import GetUserInventoryResult, GrantItemsToUsersResult
-from tests.helpers import sandbox_process
 from tests.unit.sandbox.test_sandbox_backends import (
     API_KEY,
     BACKPACK_TOKEN,
@@ -29,7 +27,6 @@ from tests.unit.sandbox.test_sandbox_backends import (
     HOST_ID,
     MERCHANT_ID,
     PLAYFAB_KEY,
-    SECRETS,
     create_url,
     grants,
     new_players,
@@ -38,32 +35,6 @@ from tests.unit.sandbox.test_sandbox_backends import (
 )
 
 _projects = itertools.count(9000)
-
-
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("faults")
-    (tmp / "backpack.token").write_text(BACKPACK_TOKEN + "\n")
-    (tmp / "playfab.key").write_text(PLAYFAB_KEY + "\n")
-    env = {
-        **os.environ,
-        "GRANTS_XSOLLA_MERCHANT_ID": str(MERCHANT_ID),
-        "GRANTS_XSOLLA_API_KEY": API_KEY,
-        "GRANTS_BACKPACK_TOKEN_FILE": str(tmp / "backpack.token"),
-        "GRANTS_PLAYFAB_SECRET_KEY_FILE": str(tmp / "playfab.key"),
-    }
-    with sandbox_process(tmp, env, "--backpack-host-id", HOST_ID, secrets=SECRETS) as url:
-        yield url
-
-
-@pytest.fixture
-def admin(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=5) as client:
-        client.put("/sandbox/faults", json={}).raise_for_status()
-        client.put("/sandbox/playfab/config", json={}).raise_for_status()
-        client.put("/sandbox/playfab/catalog", content=b"null").raise_for_status()
-        client.post("/sandbox/reset").raise_for_status()
-        yield client
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import random
 import httpx
 import pytest
 
-from tests.helpers import command
+from tests.helpers import command, xsolla_granted
 from worker.backends.http import retry_after_s
 from worker.backends.registry import Backends
 from worker.backends.xsolla import XsollaInventory
@@ -19,26 +19,6 @@ from worker.settings import Settings
 from worker.work import Arrival, Lane, OnUnknown, Outcome
 
 
-def ok(request: httpx.Request) -> httpx.Response:
-    import json
-
-    ops = json.loads(request.content)
-    return httpx.Response(
-        200,
-        json={
-            "count": len(ops),
-            "operations": [
-                {
-                    "user": o["user"],
-                    "purchase": {"external_purchase_id": o["purchase"]["external_purchase_id"]},
-                    "items": [{**i, "balance": i["quantity"]} for i in o["items"]],
-                }
-                for o in ops
-            ],
-        },
-    )
-
-
 @pytest.fixture
 def harness(redis_client):
     client, keys = redis_client
@@ -47,7 +27,7 @@ def harness(redis_client):
 
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(request)
-        answer = answers.pop(0) if answers else ok
+        answer = answers.pop(0) if answers else xsolla_granted
         if isinstance(answer, Exception):
             raise answer
         return answer(request) if callable(answer) else answer
@@ -184,7 +164,7 @@ def test_more_than_50_operations_are_never_sent():
 
     def answer(request: httpx.Request) -> httpx.Response:
         calls.append(request)
-        return ok(request)
+        return xsolla_granted(request)
 
     backend = XsollaInventory(
         httpx.Client(transport=httpx.MockTransport(answer), base_url="http://x"),

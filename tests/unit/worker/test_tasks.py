@@ -5,35 +5,15 @@ session's redis-server), the backend through httpx's MockTransport."""
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import pytest
 
-from tests.helpers import command
+from tests.helpers import command, xsolla_granted
 from worker import tasks
 from worker.errors import SendTaskFailed
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.work import Arrival
-
-
-def granted(request: httpx.Request) -> httpx.Response:
-    ops = json.loads(request.content)
-    return httpx.Response(
-        200,
-        json={
-            "count": len(ops),
-            "operations": [
-                {
-                    "user": o["user"],
-                    "purchase": {"external_purchase_id": o["purchase"]["external_purchase_id"]},
-                    "items": [{**i, "balance": i["quantity"]} for i in o["items"]],
-                }
-                for o in ops
-            ],
-        },
-    )
 
 
 @pytest.fixture
@@ -42,7 +22,7 @@ def harness(redis_server, redis_client):
     answers: list = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        answer = answers.pop(0) if answers else granted
+        answer = answers.pop(0) if answers else xsolla_granted
         return answer(request) if callable(answer) else answer
 
     settings = Settings(

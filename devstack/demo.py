@@ -33,6 +33,7 @@ from pydantic import SecretStr
 from devstack import metricsview
 from devstack.localstack import REPO_ROOT, Stack, free_port
 from ops.args import table
+from ops.backpack import item_detail
 from producers.feed import read_feed
 from producers.progress import Progress
 from producers.publisher import Publisher
@@ -521,18 +522,7 @@ def _backpack(
     finally:
         backend.close()
     _say(f"   the user's Backpack now ({source} grants backpack items --project-id {project_id} --user {user}):")
-    rows = []
-    for i in items:
-        extra = (
-            i.get("code")
-            or i.get("promo_code")
-            or (
-                f"{i.get('quantity')} (is_external_vc={i.get('is_external_vc')})"
-                if i.get("item_type") == "virtual_currency"
-                else ""
-            )
-        )
-        rows.append([i.get("item_type", ""), i.get("item_sku", ""), extra])
+    rows = [[i.get("item_type", ""), i.get("item_sku", ""), item_detail(i)] for i in items]
     _table(["ITEM_TYPE", "SKU", "CODE / QUANTITY"], rows)
     return user
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from ops.args import table
 from worker import errors
@@ -40,15 +41,7 @@ def run_items(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     rows = []
     for item in found:
-        detail = (
-            item.get("code")
-            or item.get("promo_code")
-            or (
-                f"{item.get('quantity')} (is_external_vc={item.get('is_external_vc')})"
-                if item.get("item_type") == "virtual_currency"
-                else ""
-            )
-        )
+        detail = item_detail(item)
         rows.append(
             (
                 item.get("item_id", ""),
@@ -62,3 +55,17 @@ def run_items(args: argparse.Namespace, settings: Settings) -> int:
         print(line)
     print(f"({len(found)} items)", file=sys.stderr)
     return 0
+
+
+def item_detail(item: dict[str, Any]) -> str:
+    """What identifies a Backpack item to its user: a key's or promo's code,
+    a currency package's quantity (and whether it is external)."""
+    return (
+        item.get("code")
+        or item.get("promo_code")
+        or (
+            f"{item.get('quantity')} (is_external_vc={item.get('is_external_vc')})"
+            if item.get("item_type") == "virtual_currency"
+            else ""
+        )
+    )

@@ -32,6 +32,9 @@ from schemas.xsolla import MAX_COMMENT_LENGTH, MAX_ID_LENGTH, PurchaseOperation
 
 # Bumped when the envelope changes shape; workers refuse versions they do not know.
 ENVELOPE_VERSION = 1
+# The validation context of a command read back from its record (it passed
+# every check when it was ingested, its encoding included).
+STORED: dict[str, Any] = {"stored": True}
 
 
 class _Canonical:
@@ -90,10 +93,13 @@ class _Canonical:
         return orjson.dumps(self.to_message())
 
     @model_validator(mode="after")
-    def _encodable(self) -> Self:
+    def _encodable(self, info: ValidationInfo) -> Self:
         # Anything we cannot encode we cannot store, hash or send: integers
         # beyond 64 bits, lone surrogates. Refuse it here, as invalid input,
-        # so it never takes its chunk down with it.
+        # so it never takes its chunk down with it. A command read back from
+        # its record was encoded when it was stored: not again.
+        if info.context is STORED:
+            return self
         try:
             _ = self.canonical
         except (TypeError, ValueError) as exc:
@@ -124,16 +130,26 @@ class GrantCommand(_Canonical, BaseModel):
     def user_id(self) -> str:
         return self.operation.user.id
 
+    @cached_property
+    def _dumped(self) -> bytes:
+        # The operation as JSON, dumped once (keys sorted, as the canonical
+        # form has them): its hash, its record and its call all start from
+        # it, and reading it back costs less than another dump.
+        return orjson.dumps(self.operation.model_dump(mode="json", exclude_none=True), option=orjson.OPT_SORT_KEYS)
+
     def body(self) -> dict[str, Any]:
-        """The operation as the backend expects it (unset optional fields left out)."""
-        return self.operation.model_dump(mode="json", exclude_none=True)
+        """The operation as the backend expects it (unset optional fields left
+        out); a new dict each time, the caller's to change."""
+        body: dict[str, Any] = orjson.loads(self._dumped)
+        return body
 
     def _identity_body(self) -> dict[str, Any]:
-        return {"operation": self.body()}
+        # Sorted already: the canonical form takes it as it is.
+        return {"operation": orjson.Fragment(self._dumped)}
 
     def _stored_body(self) -> dict[str, Any]:
         operation = self.body()
-        operation["purchase"] = {k: v for k, v in operation["purchase"].items() if k != "external_purchase_id"}
+        del operation["purchase"]["external_purchase_id"]
         return operation
 
 
@@ -285,7 +301,7 @@ def command_from_stored(
     kind: str, project_id: int | str, record_id: str, stored: str, refund: dict[str, Any] | None = None
 ) -> AnyCommand:
     """:func:`from_stored`, validated into the kind's model."""
-    return MODELS[kind].model_validate(from_stored(kind, project_id, record_id, stored, refund))
+    return MODELS[kind].model_validate(from_stored(kind, project_id, record_id, stored, refund), context=STORED)
 
 
 _ALIASES = {alias: k.name for k in KINDS.values() for alias in k.aliases}

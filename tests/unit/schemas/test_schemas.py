@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from schemas.commands import GrantCommand, parse_command
+from schemas.commands import GrantCommand, RevokeCommand, parse_command
 from schemas.xsolla import MAX_ITEMS_PER_OPERATION
 from tests.helpers import operation
 
@@ -125,6 +125,31 @@ def test_payload_hash_is_stable_and_sensitive():
     assert a.payload_hash() == make().payload_hash()
     assert a.payload_hash() != make(items__0__quantity=2).payload_hash()
     assert a.payload_hash() != GrantCommand(project_id=2, operation=a.body()).payload_hash()
+
+
+def test_payload_hash_is_the_one_earlier_versions_stored():
+    # Claims keep the hash for a year: if the canonical form changed, every
+    # repeat published after an upgrade would be refused as a conflict.
+    grant = GrantCommand(
+        project_id=44056,
+        operation={
+            "user": {"id": "u-1"},
+            "purchase": {
+                "external_purchase_id": "p-1",
+                "external_purchase_date": "2026-11-21T12:00:00+00:00",
+                "currency": "EUR",
+                "amount": "4.99",
+            },
+            "items": [{"sku": "gem.pack.100", "quantity": 2}, {"sku": "a", "quantity": 0.5}],
+            "comment": "Ünïcode",
+            "platform": "xsolla",
+            "custom_parameters": {"z": 1, "a": {"y": [1, "x"], "b": None}},
+        },
+    )
+    assert grant.payload_hash() == "585299c03c9b9b2c"
+    assert RevokeCommand(project_id=44056, external_purchase_id="p-1", comment="Refund").payload_hash() == (
+        "b3cc8e4b38627726"
+    )
 
 
 def test_broker_message_round_trip_and_refusals():

@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _dead(settings: Settings) -> DeadLetters:
-    return DeadLetters(redis_client(settings), Keys(settings.key_prefix))
+    return DeadLetters(redis_client(settings), Keys(settings.key_prefix), retention_ms=settings.result_ttl_ms)
 
 
 def run_list(args: argparse.Namespace, settings: Settings) -> int:

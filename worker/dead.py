@@ -31,16 +31,23 @@ _NO_RETENTION = "0:0:0:0"
 class DeadLetters:
     """List, read and purge dead letters."""
 
-    def __init__(self, client: redis.Redis, keys: Keys):
+    def __init__(self, client: redis.Redis, keys: Keys, *, retention_ms: int):
         self.redis = client
         self.keys = keys
+        # A letter is kept this long (GRANTS_RESULT_RETENTION_DAYS); its
+        # index entry may outlive it until the sweeper trims the index.
+        self.retention_ms = retention_ms
 
     @property
     def index(self) -> str:
         return self.keys.index(Status.dead.value)
 
     def count(self) -> int:
-        return int(self.redis.zcard(self.index))
+        """Dead letters still kept: index entries within the retention (by
+        Redis's clock, which timed them), not those whose letter expired."""
+        sec, usec = self.redis.time()
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        return int(self.redis.zcount(self.index, now_ms - self.retention_ms, "+inf"))
 
     def iter(self, page: int = 500) -> Iterator[dict[str, Any]]:
         """Every dead letter still kept, oldest first (a letter past its

@@ -126,7 +126,7 @@ def test_dead_letters_are_purged_with_their_index_entry(ledger, redis_client):
     client, keys = redis_client
     ledger.ingest([], [Refused("e-1", "{bad", "not JSON"), Refused("e-2", "[]", "empty")])
     letter = ledger.dead_letter("raw", "unknown task", source="celery")
-    dead = DeadLetters(client, keys)
+    dead = DeadLetters(client, keys, retention_ms=86_400_000)
     assert dead.count() == 3 and {d["id"] for d in dead.iter()} == {"e-1", "e-2", letter}
     assert dead.get("e-1")["reason"] == "not JSON"
     assert dead.purge(["e-1", "nope"]) == [True, False]
@@ -134,6 +134,18 @@ def test_dead_letters_are_purged_with_their_index_entry(ledger, redis_client):
     assert dead.purge(["e-1"]) == [False]
     assert dead.purge_all() == 2
     assert dead.count() == 0 and list(dead.iter()) == []
+
+
+def test_dead_letters_past_their_retention_are_not_counted(ledger, redis_client):
+    # The letter's hash expires with the retention; its index entry stays
+    # until the sweeper trims the index: it is not a letter any more.
+    client, keys = redis_client
+    ledger.ingest([], [Refused("e-old", "{bad", "not JSON"), Refused("e-new", "[]", "empty")])
+    sec, _ = client.time()
+    client.zadd(keys.index("dead"), {"e-old": (int(sec) - 3_600) * 1000})
+    client.delete(keys.dead_letter("e-old"))
+    dead = DeadLetters(client, keys, retention_ms=60_000)
+    assert dead.count() == 1 and [d["id"] for d in dead.iter()] == ["e-new"]
 
 
 def test_batches_go_back_in_the_order_they_were_taken_whatever_their_deadlines(redis_client):

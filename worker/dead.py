@@ -43,8 +43,8 @@ class DeadLetters:
         return self.keys.index(Status.dead.value)
 
     def count(self) -> int:
-        """Dead letters still kept: index entries within the retention (by
-        Redis's clock, which timed them), not those whose letter expired."""
+        """Dead letters still kept: index entries within the retention, not
+        those whose letter expired (the sweeper trims the index later)."""
         sec, usec = self.redis.time()
         now_ms = int(sec) * 1000 + int(usec) // 1000
         return int(self.redis.zcount(self.index, now_ms - self.retention_ms, "+inf"))
@@ -80,11 +80,11 @@ class DeadLetters:
         return found
 
     def purge_all(self) -> int:
-        """Remove every dead letter; returns how many index entries went."""
+        """Remove every dead letter; returns how many were still kept (an
+        index entry whose letter had expired goes too, uncounted)."""
         removed = 0
         while True:
             ids = self.redis.zrange(self.index, 0, PURGE_CHUNK - 1)
             if not ids:
                 return removed
-            removed += len(ids)
-            self.purge(ids)
+            removed += sum(self.purge(ids))

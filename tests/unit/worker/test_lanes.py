@@ -146,6 +146,8 @@ def test_dead_letters_past_their_retention_are_not_counted(ledger, redis_client)
     client.delete(keys.dead_letter("e-old"))
     dead = DeadLetters(client, keys, retention_ms=60_000)
     assert dead.count() == 1 and [d["id"] for d in dead.iter()] == ["e-new"]
+    # What `grants dead purge --all` would delete is what it says it deleted.
+    assert dead.purge_all() == 1 and client.zcard(keys.index("dead")) == 0
 
 
 def test_batches_go_back_in_the_order_they_were_taken_whatever_their_deadlines(redis_client):

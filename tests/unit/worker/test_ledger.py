@@ -19,18 +19,6 @@ from worker.work import Arrival, OnUnknown, Outcome
 TAKE = dict(max_inflight=100, flush_ms=60_000, lease_ms=5_000)
 
 
-@pytest.fixture
-def ledger(redis_client):
-    client, keys = redis_client
-    return Ledger(client, keys, ttl_ms=60_000, batch_limits={"grant": 50}, default_batch_limit=50)
-
-
-@pytest.fixture
-def results(redis_client):
-    client, keys = redis_client
-    return Results(client, keys)
-
-
 def ingest(ledger, ids, source="t", project=1, **kw):
     return [
         r.result

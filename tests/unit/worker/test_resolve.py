@@ -12,25 +12,11 @@ from schemas.records import Status
 from tests.helpers import command
 from worker import resolve as rs
 from worker.backends.registry import Backends
-from worker.ledger import Ledger
 from worker.replay import Filters
-from worker.results import Results
 from worker.settings import Settings
 from worker.work import Arrival, OnUnknown, Outcome
 
 TAKE = dict(max_inflight=100, flush_ms=0, lease_ms=5_000)
-
-
-@pytest.fixture
-def ledger(redis_client):
-    client, keys = redis_client
-    return Ledger(client, keys, ttl_ms=60_000, batch_limits={"grant": 50}, default_batch_limit=50)
-
-
-@pytest.fixture
-def results(redis_client):
-    client, keys = redis_client
-    return Results(client, keys)
 
 
 @pytest.fixture

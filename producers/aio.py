@@ -9,7 +9,15 @@ from collections.abc import Callable, Iterable
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from producers.publisher import APPEND_MANY, PublisherBase, PublishFailed, describe, final_status, log, scan_outcomes
+from producers.publisher import (
+    APPEND_MANY,
+    PublisherBase,
+    PublishFailed,
+    describe,
+    final_outcome,
+    log,
+    scan_outcomes,
+)
 from schemas.commands import AnyCommand
 from schemas.kinds import GRANT, KINDS
 from schemas.records import record_key
@@ -83,11 +91,10 @@ class AsyncPublisher(PublisherBase):
         deadline = time.monotonic() + timeout
         last = await self.redis.xrevrange(stream, count=1)
         cursor = last[0][0] if last else "0-0"
-        status = final_status(
-            await self.redis.get(record_key(prefix, KINDS[kind].namespace, project_id, external_purchase_id))
-        )
-        if status is not None:
-            return Outcome(project_id, external_purchase_id, kind, status, 0)
+        raw = await self.redis.get(record_key(prefix, KINDS[kind].namespace, project_id, external_purchase_id))
+        found = final_outcome(raw, project_id, external_purchase_id, kind)
+        if found is not None:
+            return found
         while True:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:

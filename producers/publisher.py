@@ -165,12 +165,15 @@ class Publisher(PublisherBase):
         self.redis.close()
 
 
-def final_status(raw: str | None) -> str | None:
-    """A stored record's status if it is final (schemas/records.py), else None."""
+def final_outcome(raw: str | None, project_id: int, record_id: str, kind: str) -> Outcome | None:
+    """A stored record's outcome (schemas/records.py) if it is final, with the
+    time it was written, else None."""
     if not raw:
         return None
-    status = parse_record(raw)[0].get("st")
-    return status if status in _FINAL else None
+    header = parse_record(raw)[0]
+    if header.get("st") not in _FINAL:
+        return None
+    return Outcome(project_id, record_id, kind, header["st"], int(header.get("cpl") or 0))
 
 
 def wait_outcome(
@@ -183,9 +186,10 @@ def wait_outcome(
     deadline = time.monotonic() + timeout
     last = client.xrevrange(stream, count=1)
     cursor = last[0][0] if last else "0-0"
-    status = final_status(client.get(record_key(prefix, KINDS[kind].namespace, project_id, record_id)))
-    if status is not None:
-        return Outcome(project_id, record_id, kind, status, 0)
+    raw = client.get(record_key(prefix, KINDS[kind].namespace, project_id, record_id))
+    found = final_outcome(raw, project_id, record_id, kind)
+    if found is not None:
+        return found
     while True:
         left_ms = int((deadline - time.monotonic()) * 1000)
         if left_ms <= 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -14,8 +15,9 @@ from typing import Any
 
 import httpx
 
-from devstack.localstack import REPO_ROOT, StackError, wait_until
+from devstack.localstack import REPO_ROOT, Stack, StackError, wait_until
 from schemas.commands import GrantCommand
+from schemas.kinds import GRANT
 from schemas.records import FINAL_STATUSES
 from worker.results import Results
 
@@ -48,9 +50,10 @@ def command(project_id: int, purchase_id: str, **kw: Any) -> GrantCommand:
 
 
 def wait_final(
-    results: Results, project_id: int, purchase_ids: Iterable[str], timeout: float = 30.0
+    results: Results, project_id: int, purchase_ids: Iterable[str], timeout: float = 30.0, *, kind: str = GRANT
 ) -> dict[str, dict]:
-    """Wait until every purchase has a final outcome; returns records by id."""
+    """Wait until every command of ``kind`` (its purchase or operation id) has a
+    final outcome; returns records by id."""
     final = {s.value for s in FINAL_STATUSES}
     pending = list(purchase_ids)
     done: dict[str, dict] = {}
@@ -59,7 +62,7 @@ def wait_final(
         nonlocal pending
         still = []
         for pid in pending:
-            record = results.get(project_id, pid)
+            record = results.get(project_id, pid, kind)
             if record and record["status"] in final:
                 done[pid] = record
             else:
@@ -70,9 +73,32 @@ def wait_final(
     try:
         wait_until(all_final, timeout, "final outcomes", interval=0.1)
     except StackError:
-        states = {p: (results.get(project_id, p) or {}).get("status") for p in pending[:10]}
+        states = {p: (results.get(project_id, p, kind) or {}).get("status") for p in pending[:10]}
         raise AssertionError(f"{len(pending)} purchases without an outcome after {timeout}s: {states}") from None
     return done
+
+
+@contextmanager
+def playfab_stack(workdir: Path, project_id: int, players: list[str], settings_env: dict[str, str]):
+    """A stack with a worker whose project ``project_id`` is on the sandbox's
+    PlayFab API, which knows these players (every other project on Xsolla)."""
+    stack = Stack(workdir, settings_env=dict(settings_env))
+    try:
+        stack.start_redis()
+        stack.start_sandbox()
+        stack.settings_env["GRANTS_PROJECTS"] = json.dumps(
+            {str(project_id): {"backend": "playfab", "base_url": f"{stack.sandbox_url}/playfab"}}
+        )
+        stack.start_worker(concurrency=2)
+        httpx.post(f"{stack.sandbox_url}/sandbox/playfab/players", json={"PlayFabIds": players}).raise_for_status()
+        yield stack
+    finally:
+        stack.stop()
+
+
+def final_record(results: Results, project_id: int, record_id: str, kind: str = GRANT, timeout: float = 20.0) -> dict:
+    """One command's record once its outcome is final."""
+    return wait_final(results, project_id, [record_id], timeout, kind=kind)[record_id]
 
 
 @contextmanager

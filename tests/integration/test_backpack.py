@@ -10,7 +10,7 @@ import pytest
 from devstack.localstack import wait_until
 from schemas.commands import BackpackCreateCommand, BackpackDeleteCommand
 from schemas.records import Status
-from tests.helpers import grants
+from tests.helpers import final_record, grants
 
 pytestmark = pytest.mark.integration
 
@@ -27,14 +27,6 @@ ITEMS = {
 }
 
 
-def wait_kind(results, project_id, op, kind, timeout=20.0):
-    def outcome():
-        rec = results.get(project_id, op, kind)
-        return rec if rec and rec["status"] not in ("pending", "sending") else None
-
-    return wait_until(outcome, timeout, f"an outcome of {kind} {op}", interval=0.1)
-
-
 def test_backpack_create_list_delete_round_trip(stack, publisher, results, project_id):
     ops = []
     for n, (item_type, items) in enumerate(ITEMS.items()):
@@ -44,7 +36,7 @@ def test_backpack_create_list_delete_round_trip(stack, publisher, results, proje
             project_id=project_id, operation_id=op, user_id="user-bp", item_type=item_type, items=items
         )
         publisher.publish_many([cmd, cmd])  # a repeat of the same operation is created once
-    created = {op: wait_kind(results, project_id, op, "backpack.create") for op in ops}
+    created = {op: final_record(results, project_id, op, "backpack.create") for op in ops}
     assert {r["status"] for r in created.values()} == {"granted"}
     vc = created["bp-create-2"]["response"]["items"][0]
     assert vc["is_external_vc"] in (True, False) and vc["quantity"] == 500
@@ -62,7 +54,7 @@ def test_backpack_create_list_delete_round_trip(stack, publisher, results, proje
     grants(
         stack, "publish", "--project-id", str(project_id), "--kind", "backpack-delete", "-", stdin=line + "\n" + line
     )
-    deleted = wait_kind(results, project_id, "bp-del-1", "backpack.delete")
+    deleted = final_record(results, project_id, "bp-del-1", "backpack.delete")
     assert deleted["status"] == "revoked" and deleted["duplicates"] == 1
     after = json.loads(
         grants(stack, "backpack", "items", "--project-id", str(project_id), "--user", "user-bp", "--json").stdout
@@ -78,7 +70,7 @@ def test_backpack_create_list_delete_round_trip(stack, publisher, results, proje
             item_id="00000000-0000-4000-8000-000000000000",
         )
     )
-    assert wait_kind(results, project_id, "bp-del-2", "backpack.delete")["status"] == "rejected"
+    assert final_record(results, project_id, "bp-del-2", "backpack.delete")["status"] == "rejected"
 
 
 def test_publish_kinds_validate_their_lines(stack, project_id):
@@ -161,7 +153,7 @@ def test_ids_that_would_change_the_url_path_are_refused_everywhere(stack, result
             }
         ],
     )
-    assert wait_kind(results, project_id, "pa-ok", "backpack.create")["status"] == "granted"
+    assert final_record(results, project_id, "pa-ok", "backpack.create")["status"] == "granted"
 
     def dead_letters() -> list:
         return [d for d in results.in_status(Status.dead, limit=1000) if "raw-" in (d["raw"] or "")]
@@ -196,12 +188,12 @@ def test_a_failed_backpack_delete_is_replayed(stack, publisher, results, project
         items=ITEMS["virtual_items"],
     )
     publisher.publish(cmd)
-    item = wait_kind(results, project_id, "bpr-create", "backpack.create")["response"]["items"][0]
+    item = final_record(results, project_id, "bpr-create", "backpack.create")["response"]["items"][0]
     sandbox_faults(script=[{"status": 503}] * 6)
     publisher.publish(
         BackpackDeleteCommand(project_id=project_id, operation_id="bpr-del", user_id="user-r", item_id=item["item_id"])
     )
-    assert wait_kind(results, project_id, "bpr-del", "backpack.delete")["status"] == "failed"
+    assert final_record(results, project_id, "bpr-del", "backpack.delete")["status"] == "failed"
     out = grants(
         stack, "replay", "--kind", "backpack-delete", "--status", "failed", "--project-id", str(project_id)
     ).stdout

@@ -22,9 +22,10 @@ def demo_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("GRANTS_")}
 
 
-def test_demo_runs_the_sample_feed_end_to_end(tmp_path):
+def run_grants(*args: str) -> subprocess.CompletedProcess:
+    """``grants ARGS`` as a user runs it (no GRANTS_* of ours); it must succeed."""
     out = subprocess.run(
-        [sys.executable, "-m", "ops", "demo", "--no-keep", "--workdir", str(tmp_path / "demo"), "--flower-port", "0"],
+        [sys.executable, "-m", "ops", *args],
         cwd=REPO_ROOT,
         env=demo_env(),
         capture_output=True,
@@ -32,6 +33,11 @@ def test_demo_runs_the_sample_feed_end_to_end(tmp_path):
         timeout=240,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return out
+
+
+def test_demo_runs_the_sample_feed_end_to_end(tmp_path):
+    out = run_grants("demo", "--no-keep", "--workdir", str(tmp_path / "demo"), "--flower-port", "0")
     text = out.stdout
     # The sample's three invalid lines are named by line and field.
     assert "invalid: line 9: items[0].sku:" in text
@@ -131,14 +137,6 @@ def test_the_printed_commands_work_against_the_kept_stack(tmp_path):
 
 def test_bench_plots_grants_per_second_and_latency_from_the_metrics(tmp_path):
     png = tmp_path / "bench.png"
-    out = subprocess.run(
-        [sys.executable, "-m", "ops", "bench", "--purchases", "2000", "--plot", str(png)],
-        cwd=REPO_ROOT,
-        env=demo_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    out = run_grants("bench", "--purchases", "2000", "--plot", str(png))
     assert f"plot: {png}" in out.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,9 +9,8 @@ import json
 
 import pytest
 
-from devstack.localstack import wait_until
 from schemas.commands import BackpackCreateCommand, RevokeCommand
-from tests.helpers import command, grants, wait_final
+from tests.helpers import command, final_record, grants, wait_final
 
 pytestmark = pytest.mark.integration
 
@@ -28,14 +27,6 @@ def create(project_id, op, user, sku):
     )
 
 
-def final(results, project_id, op, kind):
-    def outcome():
-        rec = results.get(project_id, op, kind)
-        return rec if rec and rec["status"] not in ("pending", "sending") else None
-
-    return wait_until(outcome, 20, f"an outcome of {kind} {op}", interval=0.1)
-
-
 def test_xsolla_has_no_read_and_backpack_is_shown_beside_the_doubts(
     stack, publisher, results, project_id, sandbox_faults
 ):
@@ -50,10 +41,10 @@ def test_xsolla_has_no_read_and_backpack_is_shown_beside_the_doubts(
     publisher.publish(command(project_id, "inv-x1", user=user, sku="gem.pack.500"))
     assert wait_final(results, project_id, ["inv-x1"], timeout=20)["inv-x1"]["status"] == "in_doubt"
     publisher.publish(create(project_id, "inv-bp1", user, "sword.gold"))
-    assert final(results, project_id, "inv-bp1", "backpack.create")["status"] == "in_doubt"
+    assert final_record(results, project_id, "inv-bp1", "backpack.create")["status"] == "in_doubt"
     sandbox_faults()
     publisher.publish(create(project_id, "inv-bp2", user, "shield.iron"))
-    assert final(results, project_id, "inv-bp2", "backpack.create")["status"] == "granted"
+    assert final_record(results, project_id, "inv-bp2", "backpack.create")["status"] == "granted"
     publisher.publish(command(project_id, "inv-other", user="someone-else"))  # not this user's
     wait_final(results, project_id, ["inv-other"])
 
@@ -94,4 +85,4 @@ def test_xsolla_has_no_read_and_backpack_is_shown_beside_the_doubts(
     report = json.loads(grants(stack, "inventory", "--project-id", str(project_id), "--user", user, "--json").stdout)
     assert report["in_doubt"] == []
     publisher.publish(RevokeCommand(project_id=project_id, external_purchase_id="inv-x1", comment="Refund"))
-    assert final(results, project_id, "inv-x1", "revoke")["status"] == "revoked"
+    assert final_record(results, project_id, "inv-x1", "revoke")["status"] == "revoked"

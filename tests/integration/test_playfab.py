@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from devstack.localstack import Stack, wait_until
+from devstack.localstack import wait_until
 from producers.publisher import Publisher
 from schemas.commands import RevokeCommand
 from tests.conftest import FAST, settings_for
-from tests.helpers import command, wait_final
+from tests.helpers import command, playfab_stack, wait_final
 from worker.keys import Keys
 from worker.results import Results
 from worker.settings import connect
@@ -23,21 +21,9 @@ PLAYERS = ["PF-ANA", "PF-BO", "PF-CHEN"]
 
 @pytest.fixture(scope="module")
 def pf(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("playfab"), settings_env=dict(FAST))
-    try:
-        stack.start_redis()
-        stack.start_sandbox()
-        stack.settings_env["GRANTS_PROJECTS"] = json.dumps(
-            {str(PF): {"backend": "playfab", "base_url": f"{stack.sandbox_url}/playfab"}}
-        )
-        stack.start_worker(concurrency=2)
+    with playfab_stack(tmp_path_factory.mktemp("playfab"), PF, PLAYERS, FAST) as stack:
         stack.sandbox_put("/sandbox/playfab/config", {"shuffle_results": True})
-        import httpx
-
-        httpx.post(f"{stack.sandbox_url}/sandbox/playfab/players", json={"PlayFabIds": PLAYERS}).raise_for_status()
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture

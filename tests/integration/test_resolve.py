@@ -11,11 +11,11 @@ import threading
 import httpx
 import pytest
 
-from devstack.localstack import Stack, wait_until
+from devstack.localstack import wait_until
 from producers.publisher import Publisher
 from schemas.commands import RevokeCommand
 from tests.conftest import FAST, settings_for
-from tests.helpers import command, grants, wait_final
+from tests.helpers import command, grants, playfab_stack, wait_final
 from worker import resolve as rs
 from worker.backends.registry import Backends
 from worker.celery_app import create_app
@@ -33,18 +33,10 @@ PLAYERS = ["PF-RES-A", "PF-RES-B", "PF-RES-C", "PF-RES-D", "PF-RES-E"]
 @pytest.fixture(scope="module")
 def pf(tmp_path_factory):
     # Two attempts: a lost answer, then a failed read-back, and it is in_doubt.
-    stack = Stack(tmp_path_factory.mktemp("resolve"), settings_env={**FAST, "GRANTS_RETRY_MAX_ATTEMPTS": "2"})
-    try:
-        stack.start_redis()
-        stack.start_sandbox()
-        stack.settings_env["GRANTS_PROJECTS"] = json.dumps(
-            {str(PF): {"backend": "playfab", "base_url": f"{stack.sandbox_url}/playfab"}}
-        )
-        stack.start_worker(concurrency=2)
-        httpx.post(f"{stack.sandbox_url}/sandbox/playfab/players", json={"PlayFabIds": PLAYERS}).raise_for_status()
+    with playfab_stack(
+        tmp_path_factory.mktemp("resolve"), PF, PLAYERS, {**FAST, "GRANTS_RETRY_MAX_ATTEMPTS": "2"}
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture
